@@ -1,0 +1,1 @@
+"""fer-lightning."""

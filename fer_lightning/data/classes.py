@@ -1,0 +1,19 @@
+"""Expression classes and the JAFFE expression codes."""
+
+# Canonical class order: alphabetical, as used by every model output, metric and report.
+CLASS_NAMES: tuple[str, ...] = ("anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise")
+
+# JAFFE expression codes (the two letters before the index in ``KA.AN1.39.tiff``).
+JAFFE_CODES: dict[str, str] = {
+    "AN": "anger",
+    "DI": "disgust",
+    "FE": "fear",
+    "HA": "happiness",
+    "NE": "neutral",
+    "SA": "sadness",
+    "SU": "surprise",
+}
+
+# The ten JAFFE posers and the image count of the official release.
+JAFFE_SUBJECTS: tuple[str, ...] = ("KA", "KL", "KM", "KR", "MK", "NA", "NM", "TM", "UY", "YM")
+JAFFE_N_IMAGES = 213

@@ -1,0 +1,184 @@
+"""The JAFFE LightningDataModule: files -> cached uint8 tensors -> splits -> batches -> device augmentation."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from fer_lightning.data.augment import FaceAugment
+from fer_lightning.data.cache import DecodedSet, load_or_decode
+from fer_lightning.data.classes import CLASS_NAMES, JAFFE_N_IMAGES, JAFFE_SUBJECTS
+from fer_lightning.data.jaffe import FaceRecord, scan_jaffe
+from fer_lightning.data.splits import Split, loso_split, paper_split
+from fer_lightning.data.synthetic import ensure_synthetic
+from fer_lightning.errors import FERError
+
+log = logging.getLogger(__name__)
+SPLITS = ("paper", "loso")
+
+
+class IndexedImages(Dataset):
+    """Items ``{"image": (1, S, S) uint8, "label": int, "index": int}`` for a subset of a decoded set."""
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, indices: Sequence[int]) -> None:
+        self.images, self.targets = images, targets
+        self.indices = torch.as_tensor(list(indices), dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        j = self.indices[i]
+        return {"image": self.images[j], "label": self.targets[j], "index": j}
+
+
+class JAFFEDataModule(pl.LightningDataModule):
+    """JAFFE (or any folder in its file format) with the paper's split or leave-one-subject-out folds.
+
+    With ``root=None`` a deterministic synthetic JAFFE-format set is generated into ``cache_dir`` and used.
+    Batches hold ``image`` as uint8 on the loader side; :meth:`on_after_batch_transfer` turns them into float
+    ``(B, 1, S, S)`` in ``[0, 1]`` on the target device and augments them there during training.
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        image_size: int = 224,
+        split: str = "paper",
+        test_size: int | float = 57,
+        val_size: int | float = 23,
+        train_size: int | float | None = None,
+        fold: int = 0,
+        seed: int = 0,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        cache_dir: str | None = None,
+        augment: dict[str, Any] | None = None,
+        synthetic: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if split not in SPLITS:
+            raise FERError(f"data.split={split} is unknown; choose one of: {', '.join(SPLITS)}")
+        if image_size < 32:
+            raise FERError(f"data.image_size={image_size} is too small; MobileNetV2 needs at least 32 pixels")
+        self.root = root
+        self.image_size = int(image_size)
+        self.split_name = split
+        self.test_size, self.val_size, self.train_size = test_size, val_size, train_size
+        self.fold, self.seed = int(fold), int(seed)
+        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
+        self.cache_dir = cache_dir
+        self.synthetic_cfg = dict(synthetic or {})
+        self.augment = FaceAugment(**(augment or {}))
+        self.class_names: tuple[str, ...] = CLASS_NAMES
+        self.decoded: DecodedSet | None = None
+        self.split: Split | None = None
+
+    # ------------------------------------------------------------------ data
+    @property
+    def dataset_name(self) -> str:
+        return "synthetic" if self.root is None else "jaffe"
+
+    @property
+    def fingerprint(self) -> str:
+        return self._decoded().fingerprint
+
+    def _image_folder(self) -> Path:
+        if self.root is not None:
+            return Path(self.root).expanduser()
+        if self.cache_dir is None:
+            raise FERError("data.cache_dir is not set: the synthetic set needs a folder to be generated into")
+        return ensure_synthetic(self.cache_dir, **self.synthetic_cfg)
+
+    def _records(self) -> list[FaceRecord]:
+        records = scan_jaffe(self._image_folder())
+        present = {r.label for r in records}
+        for name in self.class_names:
+            if name not in present:
+                raise FERError(f"class '{name}' has no images in {self._image_folder()}; every expression is needed")
+        if self.root is None:
+            log.warning(
+                "*** SYNTHETIC DATA *** no data.root given: training on the generated synthetic JAFFE-format set "
+                "(%d images). Results say nothing about real faces; set data.root=/path/to/jaffe.", len(records)
+            )
+        else:
+            n_subjects = len({r.subject for r in records})
+            if len(records) != JAFFE_N_IMAGES or n_subjects != len(JAFFE_SUBJECTS):
+                log.warning(
+                    "%s: %d images of %d subjects, unlike the official JAFFE (%d images of %d subjects)",
+                    self.root, len(records), n_subjects, JAFFE_N_IMAGES, len(JAFFE_SUBJECTS),
+                )
+        return records
+
+    def _decoded(self) -> DecodedSet:
+        if self.decoded is None:
+            self.decoded = load_or_decode(self._records(), self.image_size, self.cache_dir, name=self.dataset_name)
+        return self.decoded
+
+    def prepare_data(self) -> None:
+        """Generate the synthetic set and fill the decoded-image cache (once, on one process)."""
+        self._decoded()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.split is not None:
+            return
+        d = self._decoded()
+        self.targets = torch.tensor([self.class_names.index(lbl) for lbl in d.labels], dtype=torch.long)
+        if self.split_name == "paper":
+            self.split = paper_split(
+                d.labels, test_size=self.test_size, val_size=self.val_size, train_size=self.train_size, seed=self.seed
+            )
+        else:
+            self.split = loso_split(d.labels, d.subjects, fold=self.fold, val_size=self.val_size, seed=self.seed)
+        log.info(
+            "%s split of %d images: %d train / %d val / %d test",
+            self.split_name, len(d.labels), len(self.split.train), len(self.split.val), len(self.split.test),
+        )
+
+    def split_rows(self) -> list[dict[str, str]]:
+        """One row per image: file, subject, label and the split it went to."""
+        self.setup()
+        d = self._decoded()
+        assigned = self.split.assignment(len(d.files))
+        return [
+            {"file": Path(f).name, "subject": s, "label": lbl, "split": a}
+            for f, s, lbl, a in zip(d.files, d.subjects, d.labels, assigned, strict=True)
+        ]
+
+    # ---------------------------------------------------------------- loaders
+    def _loader(self, part: str, shuffle: bool) -> DataLoader:
+        self.setup()
+        ds = IndexedImages(self._decoded().images, self.targets, getattr(self.split, part))
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    # ------------------------------------------------------------ on device
+    def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, Any]:
+        x = batch["image"]
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255.0)
+        if self.trainer is not None and self.trainer.training:
+            x = self.augment(x)
+        batch["image"] = x
+        return batch

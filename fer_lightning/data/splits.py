@@ -1,0 +1,104 @@
+"""Train / validation / test splits: the paper's stratified random split and leave-one-subject-out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from fer_lightning.errors import FERError
+
+
+@dataclass(frozen=True)
+class Split:
+    """Indices into the dataset for each part; disjoint and sorted."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+    def assignment(self, n: int) -> list[str]:
+        """``'train' | 'val' | 'test' | 'unused'`` for each of the ``n`` images."""
+        out = ["unused"] * n
+        for name in ("train", "val", "test"):
+            for i in getattr(self, name):
+                out[int(i)] = name
+        return out
+
+
+def _count(size: int | float | None, n: int, option: str) -> int | None:
+    """A split size given as a count (int) or a fraction of ``n`` (float in (0, 1))."""
+    if size is None:
+        return None
+    if isinstance(size, float) and not size.is_integer():
+        if not 0.0 < size < 1.0:
+            raise FERError(f"{option}={size}: give a count of images or a fraction between 0 and 1")
+        return int(round(size * n))
+    size = int(size)
+    if size < 0:
+        raise FERError(f"{option}={size}: a split size cannot be negative")
+    return size
+
+
+def _stratified_take(
+    idx: np.ndarray, labels: np.ndarray, k: int, seed: int, option: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``idx`` into (rest, taken) with ``k`` taken, stratified by label."""
+    if k == 0:
+        return idx, idx[:0]
+    n_classes = len(np.unique(labels[idx]))
+    if k < n_classes or len(idx) - k < n_classes:
+        raise FERError(
+            f"{option}={k} cannot be met: a stratified split of {len(idx)} images over {n_classes} classes "
+            f"needs between {n_classes} and {len(idx) - n_classes} images; change {option}"
+        )
+    try:
+        rest, taken = train_test_split(idx, test_size=k, stratify=labels[idx], random_state=seed)
+    except ValueError as e:
+        raise FERError(f"{option}={k} cannot be met with a stratified split of {len(idx)} images ({e})") from e
+    return np.sort(rest), np.sort(taken)
+
+
+def paper_split(
+    labels: Sequence[str],
+    *,
+    test_size: int | float = 57,
+    val_size: int | float = 23,
+    train_size: int | float | None = None,
+    seed: int = 0,
+) -> Split:
+    """The paper's stratified random split (133 / 23 / 57 of JAFFE's 213): test first, then validation, then
+    train = the rest (or ``train_size`` of the rest, stratified)."""
+    y = np.asarray(labels)
+    n = len(y)
+    n_test = _count(test_size, n, "data.test_size")
+    n_val = _count(val_size, n, "data.val_size")
+    n_train = _count(train_size, n, "data.train_size")
+    rest_n = n - n_test - n_val
+    if rest_n <= 0 or (n_train is not None and n_train > rest_n):
+        want = f"{n_train or 'the rest'} train + {n_val} val + {n_test} test"
+        raise FERError(f"split sizes {want} do not fit in {n} images; lower data.test_size/val_size/train_size")
+    idx = np.arange(n)
+    rest, test = _stratified_take(idx, y, n_test, seed, "data.test_size")
+    train, val = _stratified_take(rest, y, n_val, seed + 1, "data.val_size")
+    if n_train is not None and n_train < len(train):
+        _, train = _stratified_take(train, y, n_train, seed + 2, "data.train_size")
+    return Split(train=train, val=val, test=test)
+
+
+def loso_split(
+    labels: Sequence[str], subjects: Sequence[str], *, fold: int, val_size: int | float = 23, seed: int = 0
+) -> Split:
+    """Leave one subject out: the ``fold``-th subject (sorted order) is the test set; validation is drawn,
+    stratified, from the other subjects' images."""
+    y, s = np.asarray(labels), np.asarray(subjects)
+    order = sorted(set(s.tolist()))
+    if not 0 <= fold < len(order):
+        raise FERError(f"data.fold={fold} is out of range: {len(order)} subjects, so folds are 0..{len(order) - 1}")
+    test = np.flatnonzero(s == order[fold])
+    rest = np.flatnonzero(s != order[fold])
+    n_val = _count(val_size, len(rest), "data.val_size")
+    train, val = _stratified_take(rest, y, n_val, seed, "data.val_size")
+    return Split(train=train, val=val, test=np.sort(test))

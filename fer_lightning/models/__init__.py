@@ -1,0 +1,1 @@
+"""LightningModules: the shared classifier base and one module per model."""

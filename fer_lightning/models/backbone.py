@@ -1,0 +1,103 @@
+"""MobileNetV2 from torchvision as a GAP feature extractor, with clear errors when weights are unavailable."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models import MobileNet_V2_Weights, MobileNetV2, mobilenet_v2
+
+from fer_lightning.data.augment import grey_to_imagenet
+from fer_lightning.errors import FERError
+
+IMAGENET_WEIGHTS = MobileNet_V2_Weights.IMAGENET1K_V1
+_PREFIXES = ("module.", "model.", "net.", "backbone.")
+
+
+def imagenet_weights_file() -> Path:
+    """Where torchvision looks for (and downloads) the ImageNet MobileNetV2 file: ``$TORCH_HOME/hub/checkpoints``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(IMAGENET_WEIGHTS.url)
+
+
+def _load_imagenet() -> MobileNetV2:
+    try:
+        return mobilenet_v2(weights=IMAGENET_WEIGHTS)
+    except Exception as e:  # offline, proxy, truncated download, ...
+        torch_home = os.environ.get("TORCH_HOME", "unset, so ~/.cache/torch")
+        raise FERError(
+            f"cannot load the ImageNet MobileNetV2 weights: torchvision expects {imagenet_weights_file()} "
+            f"(TORCH_HOME={torch_home}) and could not download it ({e.__class__.__name__}: {e}); "
+            "copy mobilenet_v2-b0353104.pth there or point TORCH_HOME at a cache holding it, "
+            "or set model.backbone.weights=none (random init) or model.backbone.weights=/path/to/state_dict.pth"
+        ) from e
+
+
+def _load_state_dict_file(path: Path) -> MobileNetV2:
+    if not path.is_file():
+        raise FERError(
+            f"model.backbone.weights={path}: no such file; use imagenet, none, or the path of a MobileNetV2 state dict"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise FERError(f"model.backbone.weights={path}: not a loadable PyTorch state dict ({e.__class__.__name__})") from e
+    if isinstance(state, dict) and "state_dict" in state:  # a Lightning checkpoint
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise FERError(f"model.backbone.weights={path}: holds a {type(state).__name__}, not a state dict")
+    clean = {}
+    for k, v in state.items():
+        while k.startswith(_PREFIXES):
+            k = k.split(".", 1)[1]
+        clean[k] = v
+    net = mobilenet_v2(weights=None)
+    features = {k: v for k, v in clean.items() if k.startswith("features.")}
+    expected = {k for k in net.state_dict() if k.startswith("features.")}
+    missing = sorted(expected - set(features))
+    if missing:
+        raise FERError(
+            f"model.backbone.weights={path}: not a MobileNetV2 state dict ({len(missing)} backbone tensors missing, "
+            f"e.g. {missing[0]})"
+        )
+    net.load_state_dict(features, strict=False)
+    return net
+
+
+def load_mobilenet_v2(weights: str | None = "imagenet") -> MobileNetV2:
+    """A full torchvision MobileNetV2 (classifier included): ``imagenet`` | ``none`` | path to a state dict."""
+    spec = "none" if weights is None else str(weights)
+    if spec.lower() == "none":
+        return mobilenet_v2(weights=None)
+    if spec.lower() == "imagenet":
+        return _load_imagenet()
+    return _load_state_dict_file(Path(spec).expanduser())
+
+
+class MobileNetV2Backbone(nn.Module):
+    """MobileNetV2 without its classifier: ``(B, 1, H, W)`` grey in ``[0, 1]`` -> ``(B, 1280)`` GAP features.
+
+    The grey input is repeated to 3 channels and ImageNet-normalised inside, on the input's device. With
+    ``trainable=False`` the parameters are frozen and BatchNorm statistics stay fixed (the module stays in eval
+    mode even when its parent is put in training mode).
+    """
+
+    out_features = 1280
+
+    def __init__(self, weights: str | None = "imagenet", trainable: bool = True) -> None:
+        super().__init__()
+        net = load_mobilenet_v2(weights)
+        self.to_input = grey_to_imagenet()
+        self.features = net.features
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.trainable = trainable
+        if not trainable:
+            self.requires_grad_(False)
+            self.eval()
+
+    def train(self, mode: bool = True) -> MobileNetV2Backbone:
+        return super().train(mode and self.trainable)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.features(self.to_input(x))).flatten(1)

@@ -1,0 +1,120 @@
+"""The classifier base shared by every model: loss, metrics, logging, optimiser and collected predictions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import matplotlib.pyplot as plt
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import TensorBoardLogger
+from torch import nn
+
+from fer_lightning.checkpoints import FORMAT_KEY
+from fer_lightning.metrics import ClassificationMetrics
+from fer_lightning.plots import confusion_matrix_figure
+
+STAGES = ("train", "val", "test")
+
+
+class FERClassifier(pl.LightningModule):
+    """Subclasses build their network in ``__init__`` and implement ``forward(images) -> logits``.
+
+    Batches are dicts with ``image`` ``(B, 1, H, W)`` float, ``label`` ``(B,)`` and ``index`` ``(B,)``. Metrics
+    are logged as ``train/*``, ``val/*``, ``test/*`` at epoch end; after a validation or test epoch,
+    ``results[stage]`` holds the scalar metrics, ``confusion[stage]`` the confusion matrix and
+    ``outputs[stage]`` the per-image ``index``, ``probs`` and ``target`` (all on the CPU).
+    """
+
+    model_name = "classifier"
+
+    def __init__(self, class_names: Sequence[str], lr: float = 1e-4, weight_decay: float = 0.0) -> None:
+        super().__init__()
+        self.class_names = tuple(class_names)
+        self.lr, self.weight_decay = float(lr), float(weight_decay)
+        self.criterion = nn.CrossEntropyLoss()
+        # one metric set per stage, as attributes so they follow the module's device
+        self.train_metrics = ClassificationMetrics(self.class_names)
+        self.val_metrics = ClassificationMetrics(self.class_names)
+        self.test_metrics = ClassificationMetrics(self.class_names)
+        self.results: dict[str, dict[str, float]] = {}
+        self.confusion: dict[str, torch.Tensor] = {}
+        self.outputs: dict[str, dict[str, torch.Tensor]] = {}
+        self._collected: dict[str, list[tuple[torch.Tensor, ...]]] = {"val": [], "test": []}
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def stage_metrics(self, stage: str) -> ClassificationMetrics:
+        return getattr(self, f"{stage}_metrics")
+
+    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self(batch["image"])
+
+    def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        logits = self.logits(batch)
+        loss = self.criterion(logits, batch["label"])
+        probs = logits.detach().float().softmax(dim=-1)
+        self.stage_metrics(stage).update(probs, batch["label"])
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(logits))
+        if stage in self._collected:
+            self._collected[stage].append((batch["index"].cpu(), probs.cpu(), batch["label"].cpu()))
+        return loss
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "test")
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self.logits(batch).float().softmax(dim=-1)
+
+    def _epoch_end(self, stage: str) -> None:
+        metrics = self.stage_metrics(stage)
+        values = metrics.compute()
+        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=False)
+        if stage != "train" and not self.trainer.sanity_checking:
+            cm = metrics.confusion_matrix().cpu()
+            self.results[stage] = {k: float(v) for k, v in values.items()}
+            self.confusion[stage] = cm
+            collected = self._collected[stage]
+            self.outputs[stage] = {
+                "index": torch.cat([c[0] for c in collected]),
+                "probs": torch.cat([c[1] for c in collected]),
+                "target": torch.cat([c[2] for c in collected]),
+            }
+            self._log_figure(f"{stage}/confusion_matrix", cm, f"{stage} confusion matrix (epoch {self.current_epoch})")
+        if stage in self._collected:
+            self._collected[stage] = []
+        metrics.reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._epoch_end("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._epoch_end("test")
+
+    def _log_figure(self, tag: str, cm: torch.Tensor, title: str) -> None:
+        loggers = [lg for lg in self.loggers if isinstance(lg, TensorBoardLogger)]
+        if not loggers:
+            return
+        fig = confusion_matrix_figure(cm.numpy(), self.class_names, title)
+        for lg in loggers:
+            lg.experiment.add_figure(tag, fig, global_step=self.global_step, close=False)
+        plt.close(fig)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[FORMAT_KEY] = {"model": self.model_name, "class_names": list(self.class_names), "format": 1}
+
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.parameters() if p.requires_grad]
+        return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)

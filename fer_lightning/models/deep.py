@@ -1,0 +1,40 @@
+"""The paper's deep-only model: fine-tuned MobileNetV2 GAP features -> Dense 256 -> ReLU -> Dropout 0.5 -> 7."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from fer_lightning.heads import MLPHead
+from fer_lightning.models.backbone import MobileNetV2Backbone
+from fer_lightning.models.base import FERClassifier
+
+
+class DeepFER(FERClassifier):
+    """``(B, 1, H, W)`` grey in ``[0, 1]`` -> ``(B, num_classes)`` logits, trained end to end.
+
+    ``backbone``: ``{"weights": "imagenet" | "none" | path, "trainable": bool}``;
+    ``head``: keyword arguments of :class:`~fer_lightning.heads.MLPHead` (default: the paper's 256 / 0.5).
+    """
+
+    model_name = "deep"
+
+    def __init__(
+        self,
+        class_names: Sequence[str],
+        backbone: dict[str, Any] | None = None,
+        head: dict[str, Any] | None = None,
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__(class_names, lr=lr, weight_decay=weight_decay)
+        self.save_hyperparameters()
+        backbone = {"weights": "imagenet", "trainable": True, **(backbone or {})}
+        head = {"hidden": [256], "dropout": [0.5], **(head or {})}
+        self.backbone = MobileNetV2Backbone(**backbone)
+        self.head = MLPHead(MobileNetV2Backbone.out_features, self.num_classes, **head)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(images))

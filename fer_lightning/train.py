@@ -1,0 +1,190 @@
+"""Train, validate and test a model.
+
+    python -m fer_lightning.train                     # deep-only MobileNetV2 on the synthetic set
+    python -m fer_lightning.train data.root=/data/jaffe data.split=loso data.fold=3
+    python -m fer_lightning.train -m data.seed=0,1,2  # a Hydra multirun, one run dir per job
+
+Each run dir holds config.yaml (resolved), run_info.json, splits.csv, checkpoints/, tensorboard/,
+metrics.json and predictions.csv.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from fer_lightning.checkpoints import check_checkpoint
+from fer_lightning.config import config_dir
+from fer_lightning.errors import FERError
+from fer_lightning.results import prediction_fields, prediction_rows, versions, write_csv, write_json
+
+log = logging.getLogger("fer_lightning.train")
+
+warnings.filterwarnings("ignore", message=r".*does not have many workers.*")  # data are in-memory tensors
+warnings.filterwarnings("ignore", message=r".*No positive samples in targets.*")  # AUROC on tiny batches
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")  # Lightning internals
+
+
+def _write_run_description(cfg: DictConfig, dm: Any, out: Path) -> None:
+    """Resolved config, versions, dataset fingerprint and the split assignment, before training starts."""
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    write_json(
+        out / "run_info.json",
+        {
+            "command": " ".join(sys.argv),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "dataset": dm.dataset_name,
+            "dataset_root": str(dm.root) if dm.root is not None else None,
+            "dataset_fingerprint": dm.fingerprint,
+            "n_images": len(dm.decoded.labels),
+            "versions": versions(),
+        },
+    )
+    write_csv(out / "splits.csv", dm.split_rows(), ["file", "subject", "label", "split"])
+
+
+def _best_checkpoint(trainer: pl.Trainer) -> str | None:
+    cb = trainer.checkpoint_callback
+    if isinstance(cb, ModelCheckpoint) and cb.best_model_path and Path(cb.best_model_path).is_file():
+        return cb.best_model_path
+    return None
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit on train, pick the best checkpoint on ``val/loss``, test it, and write the run outputs.
+
+    Returns the metrics written to ``metrics.json``.
+    """
+    out = Path(cfg.paths.output_dir)
+    if (out / "metrics.json").exists():
+        raise FERError(f"{out} already holds a finished run; give hydra.run.dir a new folder instead of overwriting it")
+    out.mkdir(parents=True, exist_ok=True)
+    pl.seed_everything(cfg.seed, workers=True)
+
+    dm = instantiate(cfg.data)
+    dm.prepare_data()
+    dm.setup()
+    model = instantiate(cfg.model, class_names=list(dm.class_names))
+    if cfg.get("ckpt_path"):
+        check_checkpoint(cfg.ckpt_path, model, option="ckpt_path")
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    _write_run_description(cfg, dm, out)
+
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+    fit_seconds = time.perf_counter() - start
+    if trainer.interrupted:
+        raise FERError(f"training was interrupted; resume it with ckpt_path={out / 'checkpoints' / 'last.ckpt'}")
+
+    best = _best_checkpoint(trainer)
+    trainer.validate(model, datamodule=dm, ckpt_path=best, verbose=False)
+    trainer.test(model, datamodule=dm, ckpt_path=best, verbose=False)
+
+    d = dm.decoded
+    metrics: dict[str, Any] = {f"test/{k}": v for k, v in model.results["test"].items()}
+    metrics.update({f"val/{k}": v for k, v in model.results["val"].items()})
+    metrics.update(
+        {
+            "confusion_matrix": model.confusion["test"].tolist(),
+            "class_names": list(dm.class_names),
+            "n_train": len(dm.split.train),
+            "n_val": len(dm.split.val),
+            "n_test": len(dm.split.test),
+            "dataset": dm.dataset_name,
+            "dataset_fingerprint": d.fingerprint,
+            "split": dm.split_name,
+            "fold": dm.fold if dm.split_name != "paper" else None,
+            "seed": int(cfg.seed),
+            "model": model.model_name,
+            "epochs": int(trainer.current_epoch),
+            "best_checkpoint": best,
+            "fit_seconds": round(fit_seconds, 2),
+        }
+    )
+    rows = prediction_rows(model.outputs["test"], d.files, d.subjects, dm.class_names)
+    write_csv(out / "predictions.csv", rows, prediction_fields(dm.class_names))
+    write_json(out / "metrics.json", metrics)
+
+    scalars = {k: v for k, v in metrics.items() if k.startswith("test/") and isinstance(v, float)}
+    for lg in trainer.loggers:
+        lg.log_hyperparams(_flat_params(cfg), metrics=scalars)
+        lg.save()
+    log.info(
+        "%s on %s (%s split%s): test acc %.4f, macro F1 %.4f on %d images; outputs in %s",
+        model.model_name, dm.dataset_name, dm.split_name,
+        f", fold {dm.fold}" if dm.split_name != "paper" else "",
+        metrics["test/acc"], metrics["test/f1_macro"], metrics["n_test"], out,
+    )
+    return metrics
+
+
+def _flat_params(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as flat ``a/b/c: value`` pairs for TensorBoard's HPARAMS tab."""
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if not str(k).startswith("_"):
+                    walk(v, f"{prefix}/{k}" if prefix else str(k))
+        else:
+            flat[prefix] = node if isinstance(node, int | float | str | bool) else str(node)
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return {k: v for k, v in flat.items() if not k.startswith(("paths/", "hydra/"))}
+
+
+def _is_multirun() -> bool:
+    try:
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:
+        return False
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point: returns ``cfg.optimized_metric`` for sweepers; one-line errors, exit code 2."""
+    torch.set_float32_matmul_precision("high")
+    try:
+        metrics = train(cfg)
+    except FERError as e:
+        if _is_multirun():  # record the failure and let the other jobs of the sweep go on
+            Path(cfg.paths.output_dir, "error.txt").write_text(f"{e}\n")
+            log.error("job failed: %s", e)
+            return None
+        print(f"fer-lightning: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except Exception:
+        if not _is_multirun():
+            raise
+        Path(cfg.paths.output_dir, "error.txt").write_text(traceback.format_exc())
+        log.exception("job failed")
+        return None
+    name = cfg.get("optimized_metric")
+    if not name:
+        return None
+    if name not in metrics:
+        options = ", ".join(k for k in metrics if k.startswith(("val/", "test/")))
+        print(f"fer-lightning: error: optimized_metric={name} is not a metric; choose one of: {options}", file=sys.stderr)
+        sys.exit(2)
+    return float(metrics[name])
+
+
+if __name__ == "__main__":
+    main()
