@@ -36,5 +36,7 @@ def check_checkpoint(path: str | Path, model: Any, option: str = "ckpt_path") ->
             f"use model={info.get('model')} or a checkpoint of a {model.model_name} run"
         )
     if list(info.get("class_names", [])) != list(model.class_names):
-        raise FERError(f"{option}={path} was trained on classes {info.get('class_names')}, not {list(model.class_names)}")
+        raise FERError(
+            f"{option}={path} was trained on classes {info.get('class_names')}, not {list(model.class_names)}"
+        )
     return ckpt

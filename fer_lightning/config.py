@@ -12,4 +12,6 @@ def config_dir() -> str:
     for candidate in (_PKG / "conf", _PKG.parent / "conf"):
         if (candidate / "train.yaml").is_file():
             return str(candidate)
-    raise FileNotFoundError(f"fer-lightning's Hydra configs were not found in {_PKG / 'conf'} or {_PKG.parent / 'conf'}")
+    raise FileNotFoundError(
+        f"fer-lightning's Hydra configs were not found in {_PKG / 'conf'} or {_PKG.parent / 'conf'}"
+    )

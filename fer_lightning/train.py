@@ -105,7 +105,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "class_names": list(dm.class_names),
             "n_train": len(dm.split.train),
             "n_val": len(dm.split.val),
-            "n_test": len(dm.split.test),
+            "n_test": len(model.outputs["test"]["index"]),
             "dataset": dm.dataset_name,
             "dataset_fingerprint": d.fingerprint,
             "split": dm.split_name,
@@ -181,7 +181,8 @@ def main(cfg: DictConfig) -> float | None:
         return None
     if name not in metrics:
         options = ", ".join(k for k in metrics if k.startswith(("val/", "test/")))
-        print(f"fer-lightning: error: optimized_metric={name} is not a metric; choose one of: {options}", file=sys.stderr)
+        print(f"fer-lightning: error: optimized_metric={name} is not a metric; choose one of: {options}",
+              file=sys.stderr)
         sys.exit(2)
     return float(metrics[name])
 

@@ -26,11 +26,15 @@ def read_grey(path: str | Path) -> np.ndarray:
                 if img.mode == "F" and arr.max() <= 1.0:
                     top = 1.0
                 return np.clip(np.rint(arr / top * 255.0), 0, 255).astype(np.uint8)
+            if img.mode in ("P", "PA", "LA", "RGBA", "CMYK"):
+                img = img.convert("RGB")  # through the palette / without alpha
             if img.mode != "L":
-                img = img.convert("RGB").convert("L") if img.mode in ("P", "PA", "LA", "RGBA", "CMYK") else img.convert("L")
+                img = img.convert("L")
             return np.asarray(img, dtype=np.uint8).copy()
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise FERError(f"{path}: cannot read this image ({e.__class__.__name__}: {e}); replace or remove the file") from e
+        raise FERError(
+            f"{path}: cannot read this image ({e.__class__.__name__}: {e}); replace or remove the file"
+        ) from e
 
 
 def resize_grey(arr: np.ndarray, size: int) -> np.ndarray:

@@ -77,9 +77,11 @@ def paper_split(
     n_val = _count(val_size, n, "data.val_size")
     n_train = _count(train_size, n, "data.train_size")
     rest_n = n - n_test - n_val
-    if rest_n <= 0 or (n_train is not None and n_train > rest_n):
+    n_classes = len(set(y.tolist()))
+    if rest_n < n_classes or (n_train is not None and n_train > rest_n):
         want = f"{n_train or 'the rest'} train + {n_val} val + {n_test} test"
-        raise FERError(f"split sizes {want} do not fit in {n} images; lower data.test_size/val_size/train_size")
+        raise FERError(f"split sizes {want} do not fit in {n} images "
+                       f"({n_classes} classes); lower data.test_size/val_size/train_size")
     idx = np.arange(n)
     rest, test = _stratified_take(idx, y, n_test, seed, "data.test_size")
     train, val = _stratified_take(rest, y, n_val, seed + 1, "data.val_size")

@@ -42,7 +42,9 @@ def _load_state_dict_file(path: Path) -> MobileNetV2:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise FERError(f"model.backbone.weights={path}: not a loadable PyTorch state dict ({e.__class__.__name__})") from e
+        raise FERError(
+            f"model.backbone.weights={path}: not a loadable PyTorch state dict ({e.__class__.__name__})"
+        ) from e
     if isinstance(state, dict) and "state_dict" in state:  # a Lightning checkpoint
         state = state["state_dict"]
     if not isinstance(state, dict):

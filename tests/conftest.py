@@ -1,0 +1,77 @@
+"""Shared fixtures: a session-wide synthetic set and cache, tiny Hydra configs, CLI runner."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from fer_lightning.config import config_dir
+from fer_lightning.data.synthetic import ensure_synthetic
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+LONDON = SHARED / "data" / "london-faces-256"
+
+# Tests never touch the user's cache; the shared offline torchvision cache is used when it is there.
+if "TORCH_HOME" not in os.environ and (SHARED / "torch-home").is_dir():
+    os.environ["TORCH_HOME"] = str(SHARED / "torch-home")
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(cache_dir) -> Path:
+    """The default synthetic set (10 subjects x 7 expressions x 3), generated once per test session."""
+    return ensure_synthetic(cache_dir)
+
+
+@pytest.fixture
+def jaffe_dir(tmp_path, synthetic_dir) -> Path:
+    """A user's JAFFE-format folder (a copy of the synthetic files) that a test may damage."""
+    dest = tmp_path / "jaffe"
+    dest.mkdir()
+    for p in synthetic_dir.glob("*.tiff"):
+        shutil.copy2(p, dest / p.name)
+    return dest
+
+
+TINY = [
+    "data.image_size=64",
+    "model.backbone.weights=none",
+    "trainer.max_epochs=2",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+]
+
+
+@pytest.fixture
+def make_cfg(tmp_path, cache_dir):
+    """Compose the training config as Hydra would, with tiny settings and a fresh output dir."""
+
+    def _make(*overrides: str, out: Path | None = None) -> DictConfig:
+        out = out or tmp_path / "run"
+        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+            return compose(
+                "train",
+                overrides=[*TINY, f"data.cache_dir={cache_dir}", f"paths.output_dir={out}", *overrides],
+            )
+
+    return _make
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600):
+    """``python -m fer_lightning.<args>`` in a subprocess; returns the CompletedProcess."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=cwd or REPO, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
