@@ -24,6 +24,17 @@ if "TORCH_HOME" not in os.environ and (SHARED / "torch-home").is_dir():
     os.environ["TORCH_HOME"] = str(SHARED / "torch-home")
 
 
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")

@@ -113,3 +113,14 @@ def test_grey_to_imagenet():
     assert y.shape == (2, 3, 16, 16)
     for c in range(3):
         np.testing.assert_allclose(y[:, c], (x[:, 0] - IMAGENET_MEAN[c]) / IMAGENET_STD[c], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_augmentation_runs_on_cuda(cache_dir):
+    dm = JAFFEDataModule(root=None, image_size=48, cache_dir=str(cache_dir))
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    batch = {k: v.cuda() for k, v in batch.items()}
+    dm.trainer = SimpleNamespace(training=True)
+    out = dm.on_after_batch_transfer(batch, 0)["image"]
+    assert out.is_cuda and out.dtype == torch.float32 and 0 <= float(out.min()) and float(out.max()) <= 1

@@ -3,6 +3,7 @@
 from collections import Counter
 
 import numpy as np
+import pytest
 from PIL import Image
 from skimage.feature import hog
 from sklearn.linear_model import LogisticRegression
@@ -43,6 +44,7 @@ def test_ensure_is_idempotent(synthetic_dir, cache_dir):
     assert not [p for p in synthetic_dir.parent.iterdir() if ".tmp" in p.name]
 
 
+@pytest.mark.slow
 def test_learnable_but_not_trivial(synthetic_dir):
     """Subject-independent HOG + logistic regression: well above chance (1/7), far from perfect, and with the
     designed confusions (anger/disgust, fear/surprise)."""

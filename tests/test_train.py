@@ -16,6 +16,7 @@ from fer_lightning.train import train
 
 from .conftest import run_cli
 
+pytestmark = pytest.mark.slow
 VOLATILE = {"fit_seconds", "best_checkpoint"}
 
 
