@@ -172,3 +172,13 @@ def test_cli_errors_are_one_line(tmp_path, cache_dir, override, expected):
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("fer-lightning: error: ") and expected in last, res.stderr[-2000:]
     assert "Traceback" not in res.stderr
+
+
+def test_main_returns_the_optimized_metric(make_cfg, tmp_path):
+    from fer_lightning.train import main
+
+    value = main(make_cfg("trainer.fast_dev_run=true", "optimized_metric=test/acc", out=tmp_path / "a"))
+    assert value == json.loads((tmp_path / "a" / "metrics.json").read_text())["test/acc"]
+    with pytest.raises(SystemExit) as e:
+        main(make_cfg("trainer.fast_dev_run=true", "optimized_metric=test/nope", out=tmp_path / "b"))
+    assert e.value.code == 2
