@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import nn
 
 
@@ -37,3 +38,54 @@ class MLPHead(nn.Sequential):
             width = h
         layers.append(nn.Linear(width, num_classes))
         super().__init__(*layers)
+
+
+class FusionHead(nn.Module):
+    """Named feature blocks -> logits: z-score each block -> concatenate -> PCA -> :class:`MLPHead`.
+
+    ``block_dims`` fixes the blocks and their order. The z-score and PCA layers are fitted once from training
+    blocks with :meth:`fit`, which also builds the MLP (its input size is the number of PCA components). With
+    ``fitted_components`` given (as when a checkpoint is loaded) everything is built at once.
+    """
+
+    def __init__(
+        self,
+        block_dims: dict[str, int],
+        num_classes: int,
+        n_components: int | float = 0.95,
+        fitted_components: int | None = None,
+        hidden: Sequence[int] = (512, 256),
+        dropout: Sequence[float] = (0.5, 0.3),
+        input_dropout: float = 0.5,
+        batchnorm: bool = True,
+    ) -> None:
+        from fer_lightning.layers import PCAProjection, ZScore
+
+        super().__init__()
+        self.names = list(block_dims)
+        self.num_classes = num_classes
+        self.mlp_kwargs = {"hidden": list(hidden), "dropout": list(dropout), "input_dropout": input_dropout,
+                           "batchnorm": batchnorm}
+        self.zscore = nn.ModuleDict({name: ZScore(dim) for name, dim in block_dims.items()})
+        self.pca = PCAProjection(sum(block_dims.values()), n_components, fitted_components)
+        self.mlp = MLPHead(fitted_components, num_classes, **self.mlp_kwargs) if fitted_components else None
+
+    @property
+    def fitted(self) -> bool:
+        return self.mlp is not None and bool(self.pca.fitted)
+
+    def reduce(self, blocks: dict[str, torch.Tensor]) -> torch.Tensor:
+        """z-scored, concatenated and PCA-projected features ``(B, k)``."""
+        return self.pca(torch.cat([self.zscore[n](blocks[n]) for n in self.names], dim=1))
+
+    def fit(self, blocks: dict[str, torch.Tensor]) -> int:
+        """Fit the z-score and PCA layers on training blocks, build the MLP; returns the number of components."""
+        for n in self.names:
+            self.zscore[n].fit(blocks[n])
+        normalised = torch.cat([self.zscore[n](blocks[n].to(self.zscore[n].mean.device)) for n in self.names], dim=1)
+        self.pca.fit(normalised)
+        self.mlp = MLPHead(self.pca.out_features, self.num_classes, **self.mlp_kwargs).to(self.pca.mean.device)
+        return self.pca.out_features
+
+    def forward(self, blocks: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.mlp(self.reduce(blocks))

@@ -48,7 +48,7 @@ def fingerprint(records: Sequence[FaceRecord], settings: dict[str, Any]) -> str:
     return h.hexdigest()[:16]
 
 
-def _atomic_save(obj: Any, dest: Path) -> None:
+def atomic_torch_save(obj: Any, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name, suffix=".tmp")
     os.close(fd)
@@ -81,7 +81,7 @@ def load_or_decode(
         arrays = [resize_grey(read_grey(r.path), image_size) for r in records]
         images = torch.from_numpy(np.stack(arrays)).unsqueeze(1).contiguous()
         if path is not None:
-            _atomic_save({"images": images, "fingerprint": fp}, path)
+            atomic_torch_save({"images": images, "fingerprint": fp}, path)
             log.info("cached decoded images in %s", path)
     return DecodedSet(
         images=images,

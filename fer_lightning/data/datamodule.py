@@ -18,24 +18,36 @@ from fer_lightning.data.jaffe import FaceRecord, scan_jaffe
 from fer_lightning.data.splits import Split, loso_split, paper_split
 from fer_lightning.data.synthetic import ensure_synthetic
 from fer_lightning.errors import FERError
+from fer_lightning.features.cache import load_or_compute
+from fer_lightning.features.extractor import HandcraftedFeatures, resolve_device
 
 log = logging.getLogger(__name__)
 SPLITS = ("paper", "loso")
 
 
 class IndexedImages(Dataset):
-    """Items ``{"image": (1, S, S) uint8, "label": int, "index": int}`` for a subset of a decoded set."""
+    """Items ``{"image": (1, S, S) uint8, "label": int, "index": int[, "features": {block: (D,)}]}`` for a
+    subset of a decoded set."""
 
-    def __init__(self, images: torch.Tensor, targets: torch.Tensor, indices: Sequence[int]) -> None:
-        self.images, self.targets = images, targets
+    def __init__(
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        indices: Sequence[int],
+        features: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        self.images, self.targets, self.features = images, targets, features
         self.indices = torch.as_tensor(list(indices), dtype=torch.long)
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, i: int) -> dict[str, Any]:
         j = self.indices[i]
-        return {"image": self.images[j], "label": self.targets[j], "index": j}
+        item: dict[str, Any] = {"image": self.images[j], "label": self.targets[j], "index": j}
+        if self.features is not None:
+            item["features"] = {k: v[j] for k, v in self.features.items()}
+        return item
 
 
 class JAFFEDataModule(pl.LightningDataModule):
@@ -61,6 +73,8 @@ class JAFFEDataModule(pl.LightningDataModule):
         cache_dir: str | None = None,
         augment: dict[str, Any] | None = None,
         synthetic: dict[str, Any] | None = None,
+        features: HandcraftedFeatures | dict[str, Any] | None = None,
+        feature_device: str = "auto",
     ) -> None:
         super().__init__()
         if split not in SPLITS:
@@ -76,9 +90,12 @@ class JAFFEDataModule(pl.LightningDataModule):
         self.cache_dir = cache_dir
         self.synthetic_cfg = dict(synthetic or {})
         self.augment = FaceAugment(**(augment or {}))
+        self.extractor = None if features is None else HandcraftedFeatures.build(features)
+        self.feature_device = feature_device
         self.class_names: tuple[str, ...] = CLASS_NAMES
         self.decoded: DecodedSet | None = None
         self.split: Split | None = None
+        self.features: dict[str, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ data
     @property
@@ -140,7 +157,22 @@ class JAFFEDataModule(pl.LightningDataModule):
             "%s split of %d images: %d train / %d val / %d test",
             self.split_name, len(d.labels), len(self.split.train), len(self.split.val), len(self.split.test),
         )
+        if self.extractor is not None and self.extractor.source == "precomputed":
+            log.info("handcrafted descriptor blocks: %s", self.extractor.describe())
+            self.features = load_or_compute(
+                self.extractor, d.images, d.fingerprint, self.cache_dir, resolve_device(self.feature_device)
+            )
 
+    def train_features(self, extractor: HandcraftedFeatures | None = None) -> dict[str, torch.Tensor]:
+        """Handcrafted blocks of the training split only (what fitted normalisation and PCA may see): the
+        precomputed ones, or ``extractor``'s on the un-augmented training images."""
+        self.setup()
+        idx = torch.as_tensor(self.split.train, dtype=torch.long)
+        if self.features is not None:
+            return {k: v[idx] for k, v in self.features.items()}
+        if extractor is None:
+            raise RuntimeError("no precomputed features and no extractor to compute them with")
+        return extractor.compute(self._decoded().images[idx], device=resolve_device(self.feature_device))
     def split_rows(self) -> list[dict[str, str]]:
         """One row per image: file, subject, label and the split it went to."""
         self.setup()
@@ -154,7 +186,7 @@ class JAFFEDataModule(pl.LightningDataModule):
     # ---------------------------------------------------------------- loaders
     def _loader(self, part: str, shuffle: bool) -> DataLoader:
         self.setup()
-        ds = IndexedImages(self._decoded().images, self.targets, getattr(self.split, part))
+        ds = IndexedImages(self._decoded().images, self.targets, getattr(self.split, part), self.features)
         return DataLoader(
             ds,
             batch_size=self.batch_size,

@@ -1,0 +1,124 @@
+"""Histogram of Oriented Gradients on batches, matching ``skimage.feature.hog``.
+
+Same algorithm as scikit-image (``channel_axis=None``, ``transform_sqrt=False``): central-difference gradients
+with zero rows/columns at the border, unsigned orientation ``rad2deg(atan2(g_row, g_col)) % 180`` hard-binned into
+``[180 i / n, 180 (i + 1) / n)``, per-cell magnitude sums divided by the cell area over the full cells only,
+overlapping blocks of ``cells_per_block`` cells with one-cell stride, normalised per block, and flattened in
+scikit-image's ``(block_row, block_col, cell_row, cell_col, orientation)`` order.
+
+Integer images take an exact path (gradients are integers in -255..255, so the orientation bin comes from a
+table computed with scikit-image's own float64 formula); floating images take a differentiable path (the
+gradient magnitudes carry gradients back to the input).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+_INT_RANGE = 255  # 8-bit images: gradients lie in -255..255
+
+
+@lru_cache(maxsize=8)
+def _orientation_table(orientations: int) -> torch.Tensor:
+    """``table[(g_row + 255) * 511 + g_col + 255]`` = scikit-image's bin of that gradient, or ``orientations``
+    when it votes nowhere (an orientation that rounds to 180 degrees)."""
+    g = np.arange(-_INT_RANGE, _INT_RANGE + 1, dtype=np.float64)
+    g_row, g_col = np.meshgrid(g, g, indexing="ij")
+    ori = np.rad2deg(np.arctan2(g_row, g_col)) % 180
+    per = 180.0 / orientations
+    table = np.full(ori.shape, orientations, dtype=np.int64)
+    for i in range(orientations):
+        table[(ori < per * (i + 1)) & (ori >= per * i)] = i
+    return torch.from_numpy(table.reshape(-1))
+
+
+def hog_dim(height: int, width: int, orientations: int = 9, pixels_per_cell: int = 8, cells_per_block: int = 2) -> int:
+    """Length of the HOG vector of a ``height x width`` image."""
+    n_r, n_c = height // pixels_per_cell - cells_per_block + 1, width // pixels_per_cell - cells_per_block + 1
+    return max(n_r, 0) * max(n_c, 0) * cells_per_block**2 * orientations
+
+
+def _gradients(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    x = x.to(dtype)
+    g_row = torch.zeros_like(x)
+    g_col = torch.zeros_like(x)
+    g_row[:, 1:-1, :] = x[:, 2:, :] - x[:, :-2, :]
+    g_col[:, :, 1:-1] = x[:, :, 2:] - x[:, :, :-2]
+    return g_row, g_col
+
+
+def _cell_histograms(x: torch.Tensor, orientations: int, cell: int) -> torch.Tensor:
+    """``(B, H, W)`` -> ``(B, n_cells_row, n_cells_col, orientations)`` magnitude sums / cell area."""
+    b, h, w = x.shape
+    n_r, n_c = h // cell, w // cell
+    hh, ww = n_r * cell, n_c * cell
+    bins_total = orientations + 1  # the last bin collects "no vote"
+    if not x.is_floating_point():
+        if int(x.min()) < 0 or int(x.max()) > _INT_RANGE:
+            raise ValueError("integer images for HOG must hold values in 0..255")
+        g_row, g_col = _gradients(x, torch.int32)
+        g_row, g_col = g_row[:, :hh, :ww], g_col[:, :hh, :ww]
+        table = _orientation_table(orientations).to(x.device)
+        key = (g_row + _INT_RANGE).mul_(2 * _INT_RANGE + 1).add_(g_col + _INT_RANGE)
+        bins = table[key.long()]
+        magnitude = torch.hypot(g_row.float(), g_col.float())
+    else:
+        g_row, g_col = _gradients(x, x.dtype)
+        g_row, g_col = g_row[:, :hh, :ww], g_col[:, :hh, :ww]
+        if g_row.requires_grad:  # hypot's gradient is NaN at 0; this differs from it by < 1e-12
+            magnitude = torch.sqrt(g_row.square() + g_col.square() + 1e-24)
+        else:
+            magnitude = torch.hypot(g_row, g_col)
+        ori = torch.rad2deg(torch.atan2(g_row.detach(), g_col.detach())).remainder(180.0)
+        edges = torch.arange(1, orientations, dtype=ori.dtype, device=ori.device) * (180.0 / orientations)
+        bins = torch.bucketize(ori, edges, right=True)
+        bins = torch.where(ori >= 180.0, orientations, bins)
+    cell_of = (torch.arange(hh, device=x.device) // cell).view(-1, 1) * n_c + (torch.arange(ww, device=x.device) // cell)
+    key = (cell_of * bins_total).unsqueeze(0) + bins
+    key = key + (torch.arange(b, device=x.device) * (n_r * n_c * bins_total)).view(b, 1, 1)
+    hist = torch.zeros(b * n_r * n_c * bins_total, dtype=magnitude.dtype, device=x.device)
+    hist = hist.index_add(0, key.reshape(-1), magnitude.reshape(-1))
+    return hist.view(b, n_r, n_c, bins_total)[..., :orientations] / float(cell * cell)
+
+
+def _normalize_blocks(blocks: torch.Tensor, method: str, eps: float) -> torch.Tensor:
+    """Normalise ``(..., D)`` block vectors like scikit-image's ``_hog_normalize_block``."""
+    if method == "L1":
+        return blocks / (blocks.abs().sum(-1, keepdim=True) + eps)
+    if method == "L1-sqrt":
+        return torch.sqrt(blocks / (blocks.abs().sum(-1, keepdim=True) + eps))
+    if method == "L2":
+        return blocks / torch.sqrt(blocks.square().sum(-1, keepdim=True) + eps**2)
+    if method == "L2-Hys":
+        out = blocks / torch.sqrt(blocks.square().sum(-1, keepdim=True) + eps**2)
+        out = out.clamp(max=0.2)
+        return out / torch.sqrt(out.square().sum(-1, keepdim=True) + eps**2)
+    raise ValueError(f"unknown HOG block_norm '{method}'; choose L1, L1-sqrt, L2 or L2-Hys")
+
+
+def hog(
+    x: torch.Tensor,
+    orientations: int = 9,
+    pixels_per_cell: int = 8,
+    cells_per_block: int = 2,
+    block_norm: str = "L2-Hys",
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """HOG of each image: ``(B, 1, H, W)`` (uint8 0..255, or float) -> ``(B, D)`` float32 (float64 for float64 input).
+
+    Equals ``skimage.feature.hog(img, orientations, (ppc, ppc), (cpb, cpb), block_norm, feature_vector=True)`` on
+    the same image (26,244 values at 224x224 with the defaults).
+    """
+    if x.ndim != 4 or x.shape[1] != 1:
+        raise ValueError(f"hog expects (B, 1, H, W) grey images, got {tuple(x.shape)}")
+    h, w = x.shape[-2:]
+    if hog_dim(h, w, orientations, pixels_per_cell, cells_per_block) == 0:
+        need = pixels_per_cell * cells_per_block
+        raise ValueError(f"images of {h}x{w} are too small for HOG: at least {need}x{need} pixels are needed")
+    hist = _cell_histograms(x[:, 0], orientations, pixels_per_cell)  # (B, nR, nC, O)
+    blocks = hist.unfold(1, cells_per_block, 1).unfold(2, cells_per_block, 1)  # (B, bR, bC, O, cb, cb)
+    blocks = blocks.permute(0, 1, 2, 4, 5, 3).reshape(*blocks.shape[:3], -1)
+    return _normalize_blocks(blocks, block_norm, eps).reshape(x.shape[0], -1)

@@ -1,0 +1,164 @@
+"""Uniform local binary patterns on batches, matching ``skimage.feature.local_binary_pattern(..., 'uniform')``.
+
+scikit-image samples ``P`` neighbours on a circle of radius ``R`` (offsets rounded to 5 decimals), reads them with
+float64 bilinear interpolation (zero outside the image), sets bit ``i`` when ``neighbour - centre >= 0``, and maps a
+pattern with at most two 0/1 changes *along i = 0..P-1 (the wrap-around is not counted)* to its number of ones,
+every other pattern to ``P + 1``. Codes are ``0..P+1``.
+
+Two paths give scikit-image's codes exactly:
+
+* the general path replays scikit-image's float64 arithmetic operation by operation, for any ``P``, ``R`` and
+  any input dtype;
+* a fast path for 8-bit images with ``P=8, R=1``: each diagonal neighbour's test ``V - centre >= 0`` reduces to the
+  sign of ``s + rho * t`` with integers ``s = a + d - 2 * centre`` (the two side corners) and ``t = b - centre`` (the
+  far corner), ``rho = w_far / w_side``. Over all 8-bit values the smallest non-zero ``|V - centre|`` is 5.0e-4, so a
+  fixed-point ``rho`` (17 fractional bits, error < 1e-5 x 255) decides every case except exact ties (``s = t = 0``),
+  whose outcome depends on float64 rounding; those few pixels are recomputed with scikit-image's float64 formula.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+
+_FIXED_POINT = 1 << 17
+
+
+def _offsets(P: int, R: float) -> list[tuple[float, float]]:
+    return [(round(-R * math.sin(2 * math.pi * i / P), 5), round(R * math.cos(2 * math.pi * i / P), 5)) for i in range(P)]
+
+
+@lru_cache(maxsize=16)
+def uniform_table(P: int) -> torch.Tensor:
+    """``table[pattern]`` = scikit-image's uniform code of a ``P``-bit pattern (bit i = neighbour i)."""
+    table = torch.empty(1 << P, dtype=torch.uint8)
+    for pattern in range(1 << P):
+        bits = [(pattern >> i) & 1 for i in range(P)]
+        changes = sum(bits[i] != bits[i + 1] for i in range(P - 1))
+        table[pattern] = sum(bits) if changes <= 2 else P + 1
+    return table
+
+
+def _bilinear_minus_centre(xpad: torch.Tensor, pad: int, b, r, c, rp: float, cp: float) -> torch.Tensor:
+    """scikit-image's float64 ``bilinear_interpolation(r + rp, c + cp) - image[r, c]`` at integer positions."""
+    rr = r.to(torch.float64) + rp
+    cc = c.to(torch.float64) + cp
+    minr, maxr, minc, maxc = torch.floor(rr), torch.ceil(rr), torch.floor(cc), torch.ceil(cc)
+    dr, dc = rr - minr, cc - minc
+
+    def px(y, x):
+        return xpad[b, y.long() + pad, x.long() + pad]
+
+    top = (1 - dc) * px(minr, minc) + dc * px(minr, maxc)
+    bottom = (1 - dc) * px(maxr, minc) + dc * px(maxr, maxc)
+    return ((1 - dr) * top + dr * bottom) - xpad[b, r + pad, c + pad]
+
+
+def _codes_general(x: torch.Tensor, P: int, R: float) -> torch.Tensor:
+    """Any dtype, any P and R: scikit-image's float64 arithmetic on whole images. ``(B, H, W)`` -> uint8."""
+    b, h, w = x.shape
+    pad = int(math.ceil(R)) + 1
+    xpad = F.pad(x.to(torch.float64), (pad, pad, pad, pad))
+    rows = torch.arange(h, device=x.device).view(1, h, 1).expand(b, h, w)
+    cols = torch.arange(w, device=x.device).view(1, 1, w).expand(b, h, w)
+    batch = torch.arange(b, device=x.device).view(b, 1, 1).expand(b, h, w)
+    pattern = torch.zeros(b, h, w, dtype=torch.int32, device=x.device)
+    for i, (rp, cp) in enumerate(_offsets(P, R)):
+        bit = _bilinear_minus_centre(xpad, pad, batch, rows, cols, rp, cp) >= 0
+        pattern |= bit.to(torch.int32) << i
+    return uniform_table(P).to(x.device)[pattern.long()]
+
+
+def _fast_plan() -> list[tuple]:
+    """For P=8, R=1: per neighbour either ('axis', (dy, dx)) or ('diag', side1, side2, far, rho_fixed_point)."""
+    plan = []
+    for rp, cp in _offsets(8, 1):
+        r0, r1, c0, c1 = math.floor(rp), math.ceil(rp), math.floor(cp), math.ceil(cp)
+        if r0 == r1 and c0 == c1:
+            plan.append(("axis", (r0, c0)))
+            continue
+        dr, dc = rp - r0, cp - c0
+        corners = {(r0, c0): (1 - dr) * (1 - dc), (r0, c1): (1 - dr) * dc, (r1, c0): dr * (1 - dc), (r1, c1): dr * dc}
+        corners.pop((0, 0))  # the centre itself: its difference to the centre is 0
+        far = max(corners, key=corners.get)
+        side1, side2 = (k for k in corners if k != far)
+        plan.append(("diag", side1, side2, far, round(corners[far] / corners[side1] * _FIXED_POINT)))
+    return plan
+
+
+_PLAN = _fast_plan()
+
+
+def _codes_uint8_p8r1(x: torch.Tensor) -> torch.Tensor:
+    """The exact fast path for 8-bit images, P=8, R=1. ``(B, H, W)`` uint8 -> uint8 codes."""
+    b, h, w = x.shape
+    xpad = F.pad(x, (1, 1, 1, 1))
+    wide = xpad.to(torch.int32)
+
+    def at(t: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+        return t[:, 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
+
+    centre, centre32 = at(xpad, 0, 0), at(wide, 0, 0)
+    twice_centre = 2 * centre32
+    pattern = torch.zeros(b, h, w, dtype=torch.uint8, device=x.device)
+    xpad64 = None
+    for i, step in enumerate(_PLAN):
+        if step[0] == "axis":
+            bit = at(xpad, *step[1]) >= centre
+        else:
+            _, side1, side2, far, rho = step
+            s = at(wide, *side1) + at(wide, *side2) - twice_centre
+            u = s.mul_(_FIXED_POINT).add_(at(wide, *far) - centre32, alpha=rho)
+            bit = u >= 0
+            ties = (u == 0).nonzero()
+            if len(ties):  # exact ties: scikit-image's float64 rounding decides
+                if xpad64 is None:
+                    xpad64 = xpad.to(torch.float64)
+                tb, tr, tc = ties.unbind(1)
+                rp, cp = _offsets(8, 1)[i]
+                bit[tb, tr, tc] = _bilinear_minus_centre(xpad64, 1, tb, tr, tc, rp, cp) >= 0
+        pattern.add_(bit.view(torch.uint8), alpha=1 << i)
+    return uniform_table(8).to(x.device)[pattern.long()]
+
+
+def lbp_codes(x: torch.Tensor, P: int = 8, R: float = 1.0, chunk: int = 16) -> torch.Tensor:
+    """Uniform LBP codes: ``(B, 1, H, W)`` -> ``(B, 1, H, W)`` uint8 in ``0..P+1`` (not differentiable).
+
+    Equals ``skimage.feature.local_binary_pattern(img, P, R, method='uniform')`` on the same image, for 8-bit
+    images exactly (``P=8, R=1`` through the fast path). Images are processed ``chunk`` at a time to stay in cache.
+    """
+    if x.ndim != 4 or x.shape[1] != 1:
+        raise ValueError(f"lbp_codes expects (B, 1, H, W) grey images, got {tuple(x.shape)}")
+    fast = x.dtype == torch.uint8 and P == 8 and R == 1
+    fn = _codes_uint8_p8r1 if fast else (lambda t: _codes_general(t, P, R))
+    parts = [fn(x[i : i + chunk, 0]) for i in range(0, x.shape[0], chunk)]
+    return torch.cat(parts).unsqueeze(1) if parts else x.new_zeros(x.shape, dtype=torch.uint8)
+
+
+def grid_edges(size: int, cells: int) -> list[int]:
+    """Cell boundaries of a ``cells``-way split of ``size`` pixels: ``[0, ..., size]`` (``floor(k * size / cells)``)."""
+    if not 1 <= cells <= size:
+        raise ValueError(f"cannot split {size} pixels into {cells} LBP cells")
+    return [k * size // cells for k in range(cells + 1)]
+
+
+def lbp_histograms(codes: torch.Tensor, n_codes: int, grid: tuple[int, int] = (7, 7)) -> torch.Tensor:
+    """Per-cell normalised histograms of LBP codes: ``(B, 1, H, W)`` -> ``(B, gy * gx * n_codes)`` float32.
+
+    The image is split into a ``gy x gx`` grid (boundaries :func:`grid_edges`); each cell's histogram sums to 1.
+    Order: cell row, cell column, code.
+    """
+    b, _, h, w = codes.shape
+    gy, gx = grid
+    ey, ex = grid_edges(h, gy), grid_edges(w, gx)
+    row_cell = torch.bucketize(torch.arange(h), torch.tensor(ey[1:-1]), right=True)
+    col_cell = torch.bucketize(torch.arange(w), torch.tensor(ex[1:-1]), right=True)
+    cell = (row_cell.view(-1, 1) * gx + col_cell.view(1, -1)).to(codes.device)  # (H, W)
+    key = (cell * n_codes).unsqueeze(0) + codes[:, 0].long()
+    key = key + (torch.arange(b, device=codes.device) * (gy * gx * n_codes)).view(b, 1, 1)
+    counts = torch.bincount(key.reshape(-1), minlength=b * gy * gx * n_codes).view(b, gy * gx, n_codes)
+    area = torch.bincount(cell.reshape(-1), minlength=gy * gx).to(torch.float32)  # pixels per cell
+    return (counts.to(torch.float32) / area.view(1, -1, 1)).reshape(b, -1)

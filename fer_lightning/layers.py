@@ -1,0 +1,120 @@
+"""Fixed layers fitted from training features: z-score normalisation and PCA.
+
+Both hold their statistics as buffers (saved in checkpoints, so loading needs no data), are never trained, and
+are fitted once from the train split (in float64). Shapes that depend on the fit (the number of PCA components)
+are restored from the checkpoint's buffers when a state dict is loaded.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fer_lightning.errors import FERError
+
+
+class _Fitted(nn.Module):
+    """Buffers that take the shape of whatever state dict is loaded into them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("fitted", torch.tensor(False))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name, buf in list(self._buffers.items()):
+            incoming = state_dict.get(prefix + name)
+            if buf is not None and incoming is not None and incoming.shape != buf.shape:
+                self._buffers[name] = torch.empty_like(incoming, device=buf.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _check_fitted(self) -> None:
+        if not bool(self.fitted):
+            raise RuntimeError(f"{type(self).__name__} is used before it was fitted on training features")
+
+
+class ZScore(_Fitted):
+    """``(B, D)`` -> ``(B, D)``: ``(x - mean) / std`` per feature, like ``sklearn.preprocessing.StandardScaler``
+    (population std; constant features are divided by 1)."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(num_features))
+        self.register_buffer("std", torch.ones(num_features))
+
+    @torch.no_grad()
+    def fit(self, x: torch.Tensor) -> ZScore:
+        x64 = x.detach().to(torch.float64)
+        mean = x64.mean(0)
+        std = x64.std(0, correction=0)
+        std = torch.where(std < 10 * torch.finfo(torch.float64).eps, torch.ones_like(std), std)
+        self.mean = mean.to(self.mean.dtype).to(self.mean.device)
+        self.std = std.to(self.std.dtype).to(self.std.device)
+        self.fitted.fill_(True)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_fitted()
+        return (x - self.mean) / self.std
+
+
+class PCAProjection(_Fitted):
+    """``(B, D)`` -> ``(B, k)``: a fixed linear layer ``(x - mean) @ components.T``, fitted like
+    ``sklearn.decomposition.PCA(n_components)`` (same sign convention: each component's largest-magnitude
+    entry is positive).
+
+    ``n_components``: an int (number of components, at most ``n_train - 1``) or a float in ``(0, 1)`` (the
+    smallest number of components whose explained variance reaches that fraction).
+    """
+
+    def __init__(self, num_features: int, n_components: int | float, fitted_components: int | None = None) -> None:
+        super().__init__()
+        self.n_components = n_components
+        k = fitted_components or 0
+        self.register_buffer("mean", torch.zeros(num_features))
+        self.register_buffer("components", torch.zeros(k, num_features))
+        self.register_buffer("explained_variance_ratio", torch.zeros(k))
+
+    @property
+    def out_features(self) -> int:
+        return self.components.shape[0]
+
+    def _count(self, ratio: torch.Tensor, n: int) -> int:
+        nc = self.n_components
+        if isinstance(nc, float) and not float(nc).is_integer():
+            if not 0.0 < nc < 1.0:
+                raise FERError(f"pca.n_components={nc}: give a number of components or a variance fraction in (0, 1)")
+            cumulative = torch.cumsum(ratio, 0)
+            return int(torch.searchsorted(cumulative, torch.tensor(nc, dtype=cumulative.dtype), right=True)) + 1
+        k = int(nc)
+        if not 1 <= k <= n - 1:
+            raise FERError(
+                f"pca.n_components={k} is more than the {n} training samples allow (at most n_train - 1 = {n - 1}); "
+                f"lower it or give a variance fraction such as 0.95"
+            )
+        return k
+
+    @torch.no_grad()
+    def fit(self, x: torch.Tensor) -> PCAProjection:
+        x64 = x.detach().to(torch.float64)
+        n = x64.shape[0]
+        if n < 2:
+            raise FERError(f"PCA needs at least 2 training samples, got {n}")
+        mean = x64.mean(0)
+        _, s, vt = torch.linalg.svd(x64 - mean, full_matrices=False)
+        variance = s.square() / (n - 1)
+        ratio = variance / variance.sum()
+        k = min(self._count(ratio, n), n - 1)
+        vt = vt[:k]
+        signs = torch.sign(vt.gather(1, vt.abs().argmax(1, keepdim=True)))  # sklearn's svd_flip(u_based_decision=False)
+        vt = vt * signs
+        device, dtype = self.mean.device, self.mean.dtype
+        self.mean = mean.to(device, dtype)
+        self.components = vt.to(device, dtype).contiguous()
+        self.explained_variance_ratio = ratio[:k].to(device, dtype)
+        self.fitted.fill_(True)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_fitted()
+        return F.linear(x - self.mean, self.components)
