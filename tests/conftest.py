@@ -58,7 +58,6 @@ def jaffe_dir(tmp_path, synthetic_dir) -> Path:
 
 TINY = [
     "data.image_size=64",
-    "model.backbone.weights=none",
     "trainer.max_epochs=2",
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
@@ -71,10 +70,12 @@ def make_cfg(tmp_path, cache_dir):
 
     def _make(*overrides: str, out: Path | None = None) -> DictConfig:
         out = out or tmp_path / "run"
+        with_cnn = not any(o == "model=handcrafted" for o in overrides)
+        tiny = TINY + (["model.backbone.weights=none"] if with_cnn else [])
         with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
             return compose(
                 "train",
-                overrides=[*TINY, f"data.cache_dir={cache_dir}", f"paths.output_dir={out}", *overrides],
+                overrides=[*tiny, f"data.cache_dir={cache_dir}", f"paths.output_dir={out}", *overrides],
             )
 
     return _make

@@ -42,7 +42,8 @@ def finished_run(tmp_path_factory, cache_dir):
 
     out = tmp_path_factory.mktemp("finished") / "run"
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose("train", overrides=[*TINY, f"data.cache_dir={cache_dir}", f"paths.output_dir={out}"])
+        cfg = compose("train", overrides=[*TINY, "model.backbone.weights=none", f"data.cache_dir={cache_dir}",
+                                          f"paths.output_dir={out}"])
     return out, train(cfg)
 
 

@@ -13,12 +13,19 @@ gradient magnitudes carry gradients back to the input).
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
 import numpy as np
 import torch
 
 _INT_RANGE = 255  # 8-bit images: gradients lie in -255..255
+_CPU_CHUNK = 16
+
+
+@lru_cache(maxsize=1)
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads()), thread_name_prefix="fer-hog")
 
 
 @lru_cache(maxsize=8)
@@ -50,6 +57,14 @@ def _gradients(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch
     return g_row, g_col
 
 
+@lru_cache(maxsize=32)
+def _cell_keys(hh: int, ww: int, cell: int, bins_total: int, device: str) -> torch.Tensor:
+    """``(hh, ww)`` int64: ``cell_index * bins_total`` for every pixel of the full-cell area."""
+    n_c = ww // cell
+    rows = (torch.arange(hh) // cell).view(-1, 1) * n_c
+    return ((rows + torch.arange(ww) // cell) * bins_total).to(device)
+
+
 def _cell_histograms(x: torch.Tensor, orientations: int, cell: int) -> torch.Tensor:
     """``(B, H, W)`` -> ``(B, n_cells_row, n_cells_col, orientations)`` magnitude sums / cell area."""
     b, h, w = x.shape
@@ -62,8 +77,8 @@ def _cell_histograms(x: torch.Tensor, orientations: int, cell: int) -> torch.Ten
         g_row, g_col = _gradients(x, torch.int32)
         g_row, g_col = g_row[:, :hh, :ww], g_col[:, :hh, :ww]
         table = _orientation_table(orientations).to(x.device)
-        key = (g_row + _INT_RANGE).mul_(2 * _INT_RANGE + 1).add_(g_col + _INT_RANGE)
-        bins = table[key.long()]
+        index = (g_row + _INT_RANGE).mul_(2 * _INT_RANGE + 1).add_(g_col + _INT_RANGE)
+        key = table[index.long()]
         magnitude = torch.hypot(g_row.float(), g_col.float())
     else:
         g_row, g_col = _gradients(x, x.dtype)
@@ -74,13 +89,12 @@ def _cell_histograms(x: torch.Tensor, orientations: int, cell: int) -> torch.Ten
             magnitude = torch.hypot(g_row, g_col)
         ori = torch.rad2deg(torch.atan2(g_row.detach(), g_col.detach())).remainder(180.0)
         edges = torch.arange(1, orientations, dtype=ori.dtype, device=ori.device) * (180.0 / orientations)
-        bins = torch.bucketize(ori, edges, right=True)
-        bins = torch.where(ori >= 180.0, orientations, bins)
-    cell_of = (torch.arange(hh, device=x.device) // cell).view(-1, 1) * n_c + (torch.arange(ww, device=x.device) // cell)
-    key = (cell_of * bins_total).unsqueeze(0) + bins
-    key = key + (torch.arange(b, device=x.device) * (n_r * n_c * bins_total)).view(b, 1, 1)
+        key = torch.bucketize(ori, edges, right=True)
+        key = torch.where(ori >= 180.0, orientations, key)
+    key += _cell_keys(hh, ww, cell, bins_total, str(x.device))
+    key += (torch.arange(b, device=x.device) * (n_r * n_c * bins_total)).view(b, 1, 1)
     hist = torch.zeros(b * n_r * n_c * bins_total, dtype=magnitude.dtype, device=x.device)
-    hist = hist.index_add(0, key.reshape(-1), magnitude.reshape(-1))
+    hist = hist.index_add(0, key.view(-1), magnitude.reshape(-1))
     return hist.view(b, n_r, n_c, bins_total)[..., :orientations] / float(cell * cell)
 
 
@@ -93,9 +107,13 @@ def _normalize_blocks(blocks: torch.Tensor, method: str, eps: float) -> torch.Te
     if method == "L2":
         return blocks / torch.sqrt(blocks.square().sum(-1, keepdim=True) + eps**2)
     if method == "L2-Hys":
-        out = blocks / torch.sqrt(blocks.square().sum(-1, keepdim=True) + eps**2)
-        out = out.clamp(max=0.2)
-        return out / torch.sqrt(out.square().sum(-1, keepdim=True) + eps**2)
+        if blocks.requires_grad:
+            out = (blocks / torch.sqrt(blocks.square().sum(-1, keepdim=True) + eps**2)).clamp(max=0.2)
+            return out / torch.sqrt(out.square().sum(-1, keepdim=True) + eps**2)
+        # in place: the same arithmetic without the temporaries
+        norm = blocks.square().sum(-1, keepdim=True).add_(eps**2).sqrt_()
+        out = (blocks / norm).clamp_(max=0.2)
+        return out.div_(out.square().sum(-1, keepdim=True).add_(eps**2).sqrt_())
     raise ValueError(f"unknown HOG block_norm '{method}'; choose L1, L1-sqrt, L2 or L2-Hys")
 
 
@@ -118,7 +136,18 @@ def hog(
     if hog_dim(h, w, orientations, pixels_per_cell, cells_per_block) == 0:
         need = pixels_per_cell * cells_per_block
         raise ValueError(f"images of {h}x{w} are too small for HOG: at least {need}x{need} pixels are needed")
-    hist = _cell_histograms(x[:, 0], orientations, pixels_per_cell)  # (B, nR, nC, O)
-    blocks = hist.unfold(1, cells_per_block, 1).unfold(2, cells_per_block, 1)  # (B, bR, bC, O, cb, cb)
-    blocks = blocks.permute(0, 1, 2, 4, 5, 3).reshape(*blocks.shape[:3], -1)
-    return _normalize_blocks(blocks, block_norm, eps).reshape(x.shape[0], -1)
+    def one_chunk(start: int) -> torch.Tensor:
+        hist = _cell_histograms(x[start : start + chunk, 0], orientations, pixels_per_cell)  # (b, nR, nC, O)
+        k = cells_per_block
+        n_r, n_c = hist.shape[1] - k + 1, hist.shape[2] - k + 1
+        # block vector = its cells in (cell_row, cell_col, orientation) order, as scikit-image ravels it
+        blocks = torch.cat([hist[:, dy : dy + n_r, dx : dx + n_c] for dy in range(k) for dx in range(k)], dim=-1)
+        return _normalize_blocks(blocks, block_norm, eps).reshape(blocks.shape[0], -1)
+
+    if x.is_cuda or x.requires_grad or x.shape[0] <= _CPU_CHUNK:
+        chunk = x.shape[0]
+        return one_chunk(0)
+    # On the CPU: chunks small enough to stay in cache, on as many threads as torch uses (index_add, the
+    # histogram step, runs on one core); each chunk's result does not depend on the others.
+    chunk = _CPU_CHUNK
+    return torch.cat(list(_pool().map(one_chunk, range(0, x.shape[0], chunk))))

@@ -13,7 +13,10 @@ Two paths give scikit-image's codes exactly:
   sign of ``s + rho * t`` with integers ``s = a + d - 2 * centre`` (the two side corners) and ``t = b - centre`` (the
   far corner), ``rho = w_far / w_side``. Over all 8-bit values the smallest non-zero ``|V - centre|`` is 5.0e-4, so a
   fixed-point ``rho`` (17 fractional bits, error < 1e-5 x 255) decides every case except exact ties (``s = t = 0``),
-  whose outcome depends on float64 rounding; those few pixels are recomputed with scikit-image's float64 formula.
+  whose outcome depends on float64 rounding. Flat ties (all four corners equal to the centre ``v``) are read from a
+  table of scikit-image's float64 outcome per ``(v, row, column)``, built once per image size; other ties (such as
+  linear ramps) are recomputed with scikit-image's float64 formula from the few pixels they need. Photos with
+  smooth regions have many ties and run slower than textured faces (see ``bench/features.py``).
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ _FIXED_POINT = 1 << 17
 
 
 def _offsets(P: int, R: float) -> list[tuple[float, float]]:
-    return [(round(-R * math.sin(2 * math.pi * i / P), 5), round(R * math.cos(2 * math.pi * i / P), 5)) for i in range(P)]
+    angles = [2 * math.pi * i / P for i in range(P)]
+    return [(round(-R * math.sin(a), 5), round(R * math.cos(a), 5)) for a in angles]
 
 
 @lru_cache(maxsize=16)
@@ -72,6 +76,62 @@ def _codes_general(x: torch.Tensor, P: int, R: float) -> torch.Tensor:
     return uniform_table(P).to(x.device)[pattern.long()]
 
 
+@lru_cache(maxsize=64)
+def _fractions(n: int, offset: float, device: str) -> tuple[int, int, torch.Tensor]:
+    """For positions ``0..n-1`` shifted by ``offset``: (floor offset, ceil offset, scikit-image's float64
+    fraction ``(p + offset) - floor(p + offset)`` per position)."""
+    pos = torch.arange(n, dtype=torch.float64) + offset
+    low = torch.floor(pos)
+    return int(low[0]), int(torch.ceil(pos)[0]), (pos - low).to(device)
+
+
+def _tie_bits(xpad: torch.Tensor, ties: torch.Tensor, h: int, w: int, rp: float, cp: float) -> torch.Tensor:
+    """scikit-image's float64 test ``bilinear(r + rp, c + cp) - centre >= 0`` at the tie positions ``(K, 3)`` of
+    an 8-bit chunk padded by 1; reads only the needed pixels."""
+    r0, r1, dr_all = _fractions(h, rp, str(xpad.device))
+    c0, c1, dc_all = _fractions(w, cp, str(xpad.device))
+    b, r, c = ties.unbind(1)
+    stride = w + 2
+    base = (b * (h + 2) + r + 1) * stride + c + 1
+    flat = xpad.reshape(-1)
+
+    def px(dy: int, dx: int) -> torch.Tensor:
+        return flat[base + (dy * stride + dx)].to(torch.float64)
+
+    dr, dc = dr_all[r], dc_all[c]
+    top = (1 - dc) * px(r0, c0) + dc * px(r0, c1)
+    bottom = (1 - dc) * px(r1, c0) + dc * px(r1, c1)
+    return ((1 - dr) * top + dr * bottom) - px(0, 0) >= 0
+
+
+@lru_cache(maxsize=16)
+def _flat_tie_table(h: int, w: int, rp: float, cp: float, device: str) -> torch.Tensor:
+    """``(256 * h * w,)`` bool: scikit-image's float64 outcome at a *flat* tie (all four corners equal to the
+    centre value ``v``) at ``(r, c)``, indexed by ``v * h * w + r * w + c``. Computed once per image size."""
+    dr, dc = _fractions(h, rp, "cpu")[2], _fractions(w, cp, "cpu")[2]
+    v = torch.arange(256, dtype=torch.float64).view(256, 1, 1)
+    dr, dc = dr.view(1, h, 1), dc.view(1, 1, w)
+    top = (1 - dc) * v + dc * v  # the same operations as the general formula with equal corners
+    value = (1 - dr) * top + dr * top
+    return (value - v >= 0).reshape(-1).to(device)
+
+
+def _resolve_ties(xpad, centre, ties, side1, h, w, rp, cp) -> torch.Tensor:
+    """Bits at tie positions (flat indices into the chunk): flat ties from the table, the rest computed."""
+    b, rc = ties // (h * w), ties % (h * w)
+    r, c = rc // w, rc % w
+    stride = w + 2
+    padded = (b * (h + 2) + r + 1) * stride + c + 1
+    flat_pad = xpad.reshape(-1)
+    v = flat_pad[padded]
+    flat = flat_pad[padded + side1[0] * stride + side1[1]] == v  # side equals centre, so all four corners do
+    out = _flat_tie_table(h, w, rp, cp, str(xpad.device))[v.long() * (h * w) + rc]
+    if not bool(flat.all()):
+        other = (~flat).nonzero().squeeze(1)
+        out[other] = _tie_bits(xpad, torch.stack([b[other], r[other], c[other]], 1), h, w, rp, cp)
+    return out
+
+
 def _fast_plan() -> list[tuple]:
     """For P=8, R=1: per neighbour either ('axis', (dy, dx)) or ('diag', side1, side2, far, rho_fixed_point)."""
     plan = []
@@ -104,7 +164,6 @@ def _codes_uint8_p8r1(x: torch.Tensor) -> torch.Tensor:
     centre, centre32 = at(xpad, 0, 0), at(wide, 0, 0)
     twice_centre = 2 * centre32
     pattern = torch.zeros(b, h, w, dtype=torch.uint8, device=x.device)
-    xpad64 = None
     for i, step in enumerate(_PLAN):
         if step[0] == "axis":
             bit = at(xpad, *step[1]) >= centre
@@ -113,13 +172,9 @@ def _codes_uint8_p8r1(x: torch.Tensor) -> torch.Tensor:
             s = at(wide, *side1) + at(wide, *side2) - twice_centre
             u = s.mul_(_FIXED_POINT).add_(at(wide, *far) - centre32, alpha=rho)
             bit = u >= 0
-            ties = (u == 0).nonzero()
+            ties = (u == 0).view(-1).nonzero().squeeze(1)
             if len(ties):  # exact ties: scikit-image's float64 rounding decides
-                if xpad64 is None:
-                    xpad64 = xpad.to(torch.float64)
-                tb, tr, tc = ties.unbind(1)
-                rp, cp = _offsets(8, 1)[i]
-                bit[tb, tr, tc] = _bilinear_minus_centre(xpad64, 1, tb, tr, tc, rp, cp) >= 0
+                bit.view(-1)[ties] = _resolve_ties(xpad, centre, ties, side1, h, w, *_offsets(8, 1)[i])
         pattern.add_(bit.view(torch.uint8), alpha=1 << i)
     return uniform_table(8).to(x.device)[pattern.long()]
 
@@ -134,6 +189,7 @@ def lbp_codes(x: torch.Tensor, P: int = 8, R: float = 1.0, chunk: int = 16) -> t
         raise ValueError(f"lbp_codes expects (B, 1, H, W) grey images, got {tuple(x.shape)}")
     fast = x.dtype == torch.uint8 and P == 8 and R == 1
     fn = _codes_uint8_p8r1 if fast else (lambda t: _codes_general(t, P, R))
+    chunk = max(1, x.shape[0]) if x.is_cuda else chunk
     parts = [fn(x[i : i + chunk, 0]) for i in range(0, x.shape[0], chunk)]
     return torch.cat(parts).unsqueeze(1) if parts else x.new_zeros(x.shape, dtype=torch.uint8)
 
@@ -153,12 +209,19 @@ def lbp_histograms(codes: torch.Tensor, n_codes: int, grid: tuple[int, int] = (7
     """
     b, _, h, w = codes.shape
     gy, gx = grid
+    n_cells = gy * gx
     ey, ex = grid_edges(h, gy), grid_edges(w, gx)
     row_cell = torch.bucketize(torch.arange(h), torch.tensor(ey[1:-1]), right=True)
     col_cell = torch.bucketize(torch.arange(w), torch.tensor(ex[1:-1]), right=True)
     cell = (row_cell.view(-1, 1) * gx + col_cell.view(1, -1)).to(codes.device)  # (H, W)
-    key = (cell * n_codes).unsqueeze(0) + codes[:, 0].long()
-    key = key + (torch.arange(b, device=codes.device) * (gy * gx * n_codes)).view(b, 1, 1)
-    counts = torch.bincount(key.reshape(-1), minlength=b * gy * gx * n_codes).view(b, gy * gx, n_codes)
-    area = torch.bincount(cell.reshape(-1), minlength=gy * gx).to(torch.float32)  # pixels per cell
+    area = torch.bincount(cell.reshape(-1), minlength=n_cells).to(torch.float32)  # pixels per cell
+    base = (cell * n_codes).unsqueeze(0)
+    chunk = b if codes.is_cuda else 16
+    parts = []
+    for i in range(0, b, chunk):
+        part = codes[i : i + chunk, 0]
+        n = part.shape[0]
+        key = part.long().add_(base).add_((torch.arange(n, device=codes.device) * (n_cells * n_codes)).view(n, 1, 1))
+        parts.append(torch.bincount(key.view(-1), minlength=n * n_cells * n_codes).view(n, n_cells, n_codes))
+    counts = torch.cat(parts)
     return (counts.to(torch.float32) / area.view(1, -1, 1)).reshape(b, -1)
