@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import platform
 import sys
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -15,23 +13,12 @@ from typing import Any
 
 import torch
 
+from fer_lightning.storage import atomic_write_text
+
 PACKAGES = (
     "fer-lightning", "torch", "torchvision", "pytorch-lightning", "torchmetrics", "kornia",
     "scikit-image", "scikit-learn", "hydra-core", "numpy", "tensorboard",
 )
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file, so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -22,20 +22,23 @@ import hydra
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from fer_lightning.checkpoints import check_checkpoint
 from fer_lightning.config import config_dir
 from fer_lightning.errors import FERError
+from fer_lightning.pipeline import run_pipeline
 from fer_lightning.results import prediction_fields, prediction_rows, versions, write_csv, write_json
 
 log = logging.getLogger("fer_lightning.train")
 
 warnings.filterwarnings("ignore", message=r".*does not have many workers.*")  # data are in-memory tensors
 warnings.filterwarnings("ignore", message=r".*No positive samples in targets.*")  # AUROC on tiny batches
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")  # frozen backbone
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")  # Lightning internals
 
 
@@ -57,6 +60,20 @@ def _write_run_description(cfg: DictConfig, dm: Any, out: Path) -> None:
     write_csv(out / "splits.csv", dm.split_rows(), ["file", "subject", "label", "split"])
 
 
+def build(node: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate``, letting a user-facing :class:`FERError` raised inside a constructor through
+    (Hydra wraps every constructor error in an ``InstantiationException``)."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        while cause is not None and not isinstance(cause, FERError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise
+
+
 def _best_checkpoint(trainer: pl.Trainer) -> str | None:
     cb = trainer.checkpoint_callback
     if isinstance(cb, ModelCheckpoint) and cb.best_model_path and Path(cb.best_model_path).is_file():
@@ -75,15 +92,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True)
 
-    dm = instantiate(cfg.data)
+    model_cls = get_class(cfg.model._target_)
+    precompute = getattr(model_cls, "uses_features", False) and cfg.features.source == "precomputed"
+    dm = build(cfg.data, features=cfg.features if precompute else None)
     dm.prepare_data()
     dm.setup()
-    model = instantiate(cfg.model, class_names=list(dm.class_names))
+    model = build(cfg.model, class_names=list(dm.class_names))
     if cfg.get("ckpt_path"):
         check_checkpoint(cfg.ckpt_path, model, option="ckpt_path")
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    loggers = [build(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    trainer: pl.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     _write_run_description(cfg, dm, out)
 
     start = time.perf_counter()
@@ -162,7 +181,7 @@ def main(cfg: DictConfig) -> float | None:
     """Hydra entry point: returns ``cfg.optimized_metric`` for sweepers; one-line errors, exit code 2."""
     torch.set_float32_matmul_precision("high")
     try:
-        metrics = train(cfg)
+        metrics = run_pipeline(cfg) if cfg.get("pipeline") else train(cfg)
     except FERError as e:
         if _is_multirun():  # record the failure and let the other jobs of the sweep go on
             Path(cfg.paths.output_dir, "error.txt").write_text(f"{e}\n")

@@ -165,6 +165,7 @@ def test_multirun_from_another_directory(tmp_path, cache_dir):
     [
         ("data.root=/nonexistent/jaffe", "data.root=/nonexistent/jaffe is not a folder"),
         ("data.test_size=200", "do not fit in 210 images"),
+        ("model.backbone.weights=/nonexistent/mnv2.pth", "model.backbone.weights=/nonexistent/mnv2.pth: no such file"),
     ],
 )
 def test_cli_errors_are_one_line(tmp_path, cache_dir, override, expected):

@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ import torch
 
 from fer_lightning.data.images import read_grey, resize_grey
 from fer_lightning.data.jaffe import FaceRecord
+from fer_lightning.storage import atomic_torch_save
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
@@ -46,18 +45,6 @@ def fingerprint(records: Sequence[FaceRecord], settings: dict[str, Any]) -> str:
         st = r.path.stat()
         h.update(f"{r.path.name}\0{st.st_size}\0{st.st_mtime_ns}\0{r.subject}\0{r.label}\n".encode())
     return h.hexdigest()[:16]
-
-
-def atomic_torch_save(obj: Any, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def load_or_decode(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -67,6 +68,20 @@ def _load_state_dict_file(path: Path) -> MobileNetV2:
     return net
 
 
+def backbone_state_from_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """The fine-tuned MobileNetV2 ``features.*`` tensors of a fer-lightning ``deep`` run's checkpoint."""
+    from fer_lightning.checkpoints import read_checkpoint
+
+    ckpt = read_checkpoint(path, option="model.backbone.checkpoint")
+    kind = ckpt["fer_lightning"].get("model")
+    if kind != "deep":
+        raise FERError(
+            f"model.backbone.checkpoint={path} holds a '{kind}' model; give the checkpoint of a model=deep run"
+        )
+    prefix = "backbone."
+    return {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix + "features.")}
+
+
 def load_mobilenet_v2(weights: str | None = "imagenet") -> MobileNetV2:
     """A full torchvision MobileNetV2 (classifier included): ``imagenet`` | ``none`` | path to a state dict."""
     spec = "none" if weights is None else str(weights)
@@ -87,12 +102,14 @@ class MobileNetV2Backbone(nn.Module):
 
     out_features = 1280
 
-    def __init__(self, weights: str | None = "imagenet", trainable: bool = True) -> None:
+    def __init__(self, weights: str | None = "imagenet", trainable: bool = True, checkpoint: str | None = None) -> None:
         super().__init__()
-        net = load_mobilenet_v2(weights)
+        net = load_mobilenet_v2("none" if checkpoint else weights)
         self.to_input = grey_to_imagenet()
         self.features = net.features
         self.pool = nn.AdaptiveAvgPool2d(1)
+        if checkpoint:
+            self.load_state_dict(backbone_state_from_checkpoint(checkpoint), strict=False)
         self.trainable = trainable
         if not trainable:
             self.requires_grad_(False)
@@ -103,3 +120,21 @@ class MobileNetV2Backbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.features(self.to_input(x))).flatten(1)
+
+    def fingerprint(self) -> str:
+        """A digest of the weights and BatchNorm statistics: the cache key of features computed with them."""
+        h = hashlib.sha256()
+        for k, v in self.state_dict().items():
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    @torch.no_grad()
+    def gap_features(self, images: torch.Tensor, device: torch.device, batch_size: int = 64) -> torch.Tensor:
+        """``(N, 1, H, W)`` uint8 -> ``(N, 1280)`` GAP features (eval mode, on ``device``, returned on the CPU)."""
+        was_training = self.training
+        self.eval().to(device)
+        out = [self(images[i : i + batch_size].to(device).float().div_(255.0)).cpu()
+               for i in range(0, len(images), batch_size)]
+        self.train(was_training)
+        return torch.cat(out)

@@ -11,7 +11,8 @@ import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 from torch import nn
 
-from fer_lightning.checkpoints import FORMAT_KEY
+from fer_lightning.checkpoints import FORMAT_KEY, read_checkpoint
+from fer_lightning.errors import FERError
 from fer_lightning.metrics import ClassificationMetrics
 from fer_lightning.plots import confusion_matrix_figure
 
@@ -111,6 +112,20 @@ class FERClassifier(pl.LightningModule):
         for lg in loggers:
             lg.experiment.add_figure(tag, fig, global_step=self.global_step, close=False)
         plt.close(fig)
+
+    @classmethod
+    def from_checkpoint(cls, path: str, map_location: str | torch.device = "cpu") -> FERClassifier:
+        """Load a checkpoint of this model safely (``weights_only``), with nothing else: no data, no cache, no
+        ImageNet file and no deep-run checkpoint (the backbone weights are in the checkpoint itself)."""
+        ckpt = read_checkpoint(path)
+        kind = ckpt[FORMAT_KEY].get("model")
+        if kind != cls.model_name:
+            raise FERError(f"{path} holds a '{kind}' model, not '{cls.model_name}'")
+        overrides = {}
+        backbone = ckpt.get("hyper_parameters", {}).get("backbone")
+        if isinstance(backbone, dict):
+            overrides["backbone"] = {**backbone, "weights": "none", "checkpoint": None}
+        return cls.load_from_checkpoint(path, map_location=map_location, **overrides)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[FORMAT_KEY] = {"model": self.model_name, "class_names": list(self.class_names), "format": 1}

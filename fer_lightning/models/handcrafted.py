@@ -22,6 +22,7 @@ class HandcraftedFER(FERClassifier):
     """
 
     model_name = "handcrafted"
+    uses_features = True  # the data module precomputes the handcrafted blocks for it
 
     def __init__(
         self,
