@@ -1,4 +1,8 @@
-"""The paper's "LBP + HOG" baseline: z-scored HOG and LBP blocks -> PCA -> dropout/BN/MLP head. No CNN."""
+"""The paper's "LBP + HOG" baseline: z-scored HOG and LBP blocks -> PCA -> dropout/BN/MLP head. No CNN.
+
+It is also the base of the hybrid model, which adds one more block (the CNN's GAP features) through the
+``extra_*`` hooks.
+"""
 
 from __future__ import annotations
 
@@ -40,26 +44,41 @@ class HandcraftedFER(FERClassifier):
         self.hparams["features"] = self.extractor.full_config()
         head = {"hidden": [512, 256], "dropout": [0.5, 0.3], "input_dropout": 0.5, "batchnorm": True, **(head or {})}
         self.fusion = FusionHead(
-            self.extractor.block_dims(),
+            {**self.extra_block_dims(), **self.extractor.block_dims()},
             self.num_classes,
             n_components=(pca or {}).get("n_components", 0.95),
             fitted_components=fitted_components,
             **head,
         )
 
+    # ------------------------------------------------ hooks for models with more blocks
+    def extra_block_dims(self) -> dict[str, int]:
+        """Blocks besides the handcrafted ones, fused in front of them."""
+        return {}
+
+    def extra_train_blocks(self, datamodule: Any) -> dict[str, torch.Tensor]:
+        """Those blocks for the training split (prepared in :meth:`setup`)."""
+        return {}
+
+    def extra_blocks(self, batch: dict[str, Any] | None, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Those blocks for a batch (or, with ``batch=None``, for raw images)."""
+        return {}
+
+    # ---------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         if self.fusion.fitted or self._trainer is None or self.trainer.datamodule is None:
             return
-        train_blocks = self.trainer.datamodule.train_features(self.extractor)
-        self.hparams["fitted_components"] = self.fusion.fit(train_blocks)
+        dm = self.trainer.datamodule
+        blocks = {**self.extra_train_blocks(dm), **dm.train_features(self.extractor)}
+        self.hparams["fitted_components"] = self.fusion.fit(blocks)
 
-    def blocks(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def handcrafted_blocks(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         if self.extractor.source == "precomputed" and "features" in batch:
             return batch["features"]
         return self.extractor(batch["image"])
 
     def logits(self, batch: dict[str, Any]) -> torch.Tensor:
-        return self.fusion(self.blocks(batch))
+        return self.fusion({**self.extra_blocks(batch, batch["image"]), **self.handcrafted_blocks(batch)})
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.fusion(self.extractor(images))
+        return self.fusion({**self.extra_blocks(None, images), **self.extractor(images)})
