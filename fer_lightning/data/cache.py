@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fer_lightning.data.crop import FaceCropper
 from fer_lightning.data.images import read_grey, resize_grey
 from fer_lightning.data.jaffe import FaceRecord
 from fer_lightning.storage import atomic_torch_save
@@ -48,10 +49,16 @@ def fingerprint(records: Sequence[FaceRecord], settings: dict[str, Any]) -> str:
 
 
 def load_or_decode(
-    records: Sequence[FaceRecord], image_size: int, cache_dir: str | Path | None, name: str = "faces"
+    records: Sequence[FaceRecord],
+    image_size: int,
+    cache_dir: str | Path | None,
+    name: str = "faces",
+    crop: FaceCropper | None = None,
 ) -> DecodedSet:
-    """Decode ``records`` to ``(N, 1, image_size, image_size)`` uint8, reusing the cache entry if there is one."""
-    fp = fingerprint(records, {"image_size": image_size})
+    """Decode ``records`` (read grey, crop the face, resize) to ``(N, 1, image_size, image_size)`` uint8, reusing
+    the cache entry if there is one. The crop settings are part of the cache key."""
+    crop = crop or FaceCropper("none")
+    fp = fingerprint(records, {"image_size": image_size, "crop": crop.settings()})
     path = Path(cache_dir).expanduser() / f"{name}-{image_size}px-{fp}.pt" if cache_dir is not None else None
     images = None
     if path is not None and path.is_file():
@@ -65,7 +72,9 @@ def load_or_decode(
             log.warning("ignoring unreadable cache file %s (%s); decoding again", path, e)
     if images is None:
         log.info("decoding %d images at %dpx", len(records), image_size)
-        arrays = [resize_grey(read_grey(r.path), image_size) for r in records]
+        arrays = [resize_grey(crop(read_grey(r.path), r.path), image_size) for r in records]
+        if crop.missed:
+            log.warning("no face found in %d of %d images (centre crops used)", len(crop.missed), len(records))
         images = torch.from_numpy(np.stack(arrays)).unsqueeze(1).contiguous()
         if path is not None:
             atomic_torch_save({"images": images, "fingerprint": fp}, path)

@@ -17,3 +17,14 @@ JAFFE_CODES: dict[str, str] = {
 # The ten JAFFE posers and the image count of the official release.
 JAFFE_SUBJECTS: tuple[str, ...] = ("KA", "KL", "KM", "KR", "MK", "NA", "NM", "TM", "UY", "YM")
 JAFFE_N_IMAGES = 213
+
+# Folder names accepted for each class by data=folder (case-insensitive).
+CLASS_ALIASES: dict[str, str] = {
+    "anger": "anger", "angry": "anger",
+    "disgust": "disgust", "disgusted": "disgust",
+    "fear": "fear", "fearful": "fear", "afraid": "fear",
+    "happiness": "happiness", "happy": "happiness",
+    "neutral": "neutral",
+    "sadness": "sadness", "sad": "sadness",
+    "surprise": "surprise", "surprised": "surprise",
+}

@@ -14,15 +14,17 @@ from torch.utils.data import DataLoader, Dataset
 from fer_lightning.data.augment import FaceAugment
 from fer_lightning.data.cache import DecodedSet, load_or_decode
 from fer_lightning.data.classes import CLASS_NAMES, JAFFE_N_IMAGES, JAFFE_SUBJECTS
+from fer_lightning.data.crop import FaceCropper
+from fer_lightning.data.folder import scan_folder
 from fer_lightning.data.jaffe import FaceRecord, scan_jaffe
-from fer_lightning.data.splits import Split, loso_split, paper_split
+from fer_lightning.data.splits import Split, loso_split, paper_split, subject_kfold_split
 from fer_lightning.data.synthetic import ensure_synthetic
 from fer_lightning.errors import FERError
 from fer_lightning.features.cache import load_or_compute
 from fer_lightning.features.extractor import HandcraftedFeatures, resolve_device
 
 log = logging.getLogger(__name__)
-SPLITS = ("paper", "loso")
+SPLITS = ("paper", "loso", "subject_kfold")
 
 
 class IndexedImages(Dataset):
@@ -67,6 +69,7 @@ class JAFFEDataModule(pl.LightningDataModule):
         val_size: int | float = 23,
         train_size: int | float | None = None,
         fold: int = 0,
+        folds: int = 5,
         seed: int = 0,
         batch_size: int = 16,
         num_workers: int = 0,
@@ -75,6 +78,9 @@ class JAFFEDataModule(pl.LightningDataModule):
         synthetic: dict[str, Any] | None = None,
         features: HandcraftedFeatures | dict[str, Any] | None = None,
         feature_device: str = "auto",
+        face_crop: str = "none",
+        crop_margin: float = 0.2,
+        crop_box: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if split not in SPLITS:
@@ -85,7 +91,8 @@ class JAFFEDataModule(pl.LightningDataModule):
         self.image_size = int(image_size)
         self.split_name = split
         self.test_size, self.val_size, self.train_size = test_size, val_size, train_size
-        self.fold, self.seed = int(fold), int(seed)
+        self.fold, self.folds, self.seed = int(fold), int(folds), int(seed)
+        self.cropper = FaceCropper(face_crop, crop_margin, crop_box)
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
         self.cache_dir = cache_dir
         self.synthetic_cfg = dict(synthetic or {})
@@ -135,7 +142,9 @@ class JAFFEDataModule(pl.LightningDataModule):
 
     def _decoded(self) -> DecodedSet:
         if self.decoded is None:
-            self.decoded = load_or_decode(self._records(), self.image_size, self.cache_dir, name=self.dataset_name)
+            self.decoded = load_or_decode(
+                self._records(), self.image_size, self.cache_dir, name=self.dataset_name, crop=self.cropper
+            )
         return self.decoded
 
     def prepare_data(self) -> None:
@@ -151,8 +160,12 @@ class JAFFEDataModule(pl.LightningDataModule):
             self.split = paper_split(
                 d.labels, test_size=self.test_size, val_size=self.val_size, train_size=self.train_size, seed=self.seed
             )
-        else:
+        elif self.split_name == "loso":
             self.split = loso_split(d.labels, d.subjects, fold=self.fold, val_size=self.val_size, seed=self.seed)
+        else:
+            self.split = subject_kfold_split(
+                d.labels, d.subjects, folds=self.folds, fold=self.fold, val_size=self.val_size, seed=self.seed
+            )
         log.info(
             "%s split of %d images: %d train / %d val / %d test",
             self.split_name, len(d.labels), len(self.split.train), len(self.split.val), len(self.split.test),
@@ -214,3 +227,34 @@ class JAFFEDataModule(pl.LightningDataModule):
             x = self.augment(x)
         batch["image"] = x
         return batch
+
+
+class FolderDataModule(JAFFEDataModule):
+    """Any labelled folder of faces, ``root/<class>/<image>`` (CK+, KDEF, your own photos...).
+
+    Class folder names map to the 7 expressions case-insensitively with common aliases (angry, happy, sad, ...);
+    any subset of the classes may be present, and ``class_names`` (so the models' output size) follows the
+    classes present. The subject of each image comes from ``subject_regex`` on the file name (default: the file
+    stem), so ``split=subject_kfold`` and ``split=loso`` keep each subject's images together. Everything else
+    (caching, validation, face cropping, outputs) is the JAFFE data module's.
+    """
+
+    def __init__(self, root: str | None = None, subject_regex: str | None = None, **kwargs: Any) -> None:
+        if root is None:
+            raise FERError("data=folder needs data.root=/path/to/faces (a folder of class folders)")
+        super().__init__(root=root, **kwargs)
+        self.subject_regex = subject_regex
+
+    @property
+    def dataset_name(self) -> str:
+        return Path(self.root).expanduser().resolve().name
+
+    def _records(self) -> list[FaceRecord]:
+        records = scan_folder(self.root, self.subject_regex)
+        present = {r.label for r in records}
+        self.class_names = tuple(c for c in CLASS_NAMES if c in present)
+        if len(self.class_names) < 2:
+            raise FERError(f"data.root={self.root} holds only the class {self.class_names}; at least two are needed")
+        log.info("%s: %d images of %d subjects in classes %s", self.root, len(records),
+                 len({r.subject for r in records}), ", ".join(self.class_names))
+        return records

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from fer_lightning.errors import FERError
 
@@ -103,4 +103,44 @@ def loso_split(
     rest = np.flatnonzero(s != order[fold])
     n_val = _count(val_size, len(rest), "data.val_size")
     train, val = _stratified_take(rest, y, n_val, seed, "data.val_size")
+    return Split(train=train, val=val, test=np.sort(test))
+
+
+def _grouped_val(
+    rest: np.ndarray, y: np.ndarray, s: np.ndarray, n_val: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``rest`` into (train, val) by whole subjects, about ``n_val`` validation images, stratified as far
+    as subjects allow."""
+    n_subjects = len(set(s[rest].tolist()))
+    if n_val <= 0:
+        return rest, rest[:0]
+    parts = max(2, min(n_subjects, int(round(len(rest) / n_val))))
+    if n_subjects < 2:
+        raise FERError("data.val_size: the training folds hold one subject; validation needs another subject")
+    cv = StratifiedGroupKFold(n_splits=parts, shuffle=True, random_state=seed)
+    train_pos, val_pos = next(cv.split(rest, y[rest], groups=s[rest]))
+    return np.sort(rest[train_pos]), np.sort(rest[val_pos])
+
+
+def subject_kfold_split(
+    labels: Sequence[str],
+    subjects: Sequence[str],
+    *,
+    folds: int = 5,
+    fold: int = 0,
+    val_size: int | float = 23,
+    seed: int = 0,
+) -> Split:
+    """Subject-independent k-fold: every subject's images fall in one fold (``StratifiedGroupKFold``, seeded);
+    fold ``fold`` is the test set, and validation takes whole subjects from the other folds."""
+    y, s = np.asarray(labels), np.asarray(subjects)
+    n_subjects = len(set(s.tolist()))
+    if not 2 <= folds <= n_subjects:
+        raise FERError(f"data.folds={folds} cannot be met: it must be between 2 and the {n_subjects} subjects")
+    if not 0 <= fold < folds:
+        raise FERError(f"data.fold={fold} is out of range: data.folds={folds}, so folds are 0..{folds - 1}")
+    cv = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    rest, test = list(cv.split(np.zeros(len(y)), y, groups=s))[fold]
+    n_val = _count(val_size, len(rest), "data.val_size")
+    train, val = _grouped_val(np.asarray(rest), y, s, n_val, seed)
     return Split(train=train, val=val, test=np.sort(test))

@@ -1,0 +1,47 @@
+"""Any labelled folder of faces: ``root/<class>/<image>``, class names mapped to the 7 expressions."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from fer_lightning.data.classes import CLASS_ALIASES
+from fer_lightning.data.jaffe import FaceRecord
+from fer_lightning.errors import FERError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".pgm", ".ppm", ".webp")
+
+
+def subject_of(path: Path, pattern: re.Pattern[str] | None) -> str:
+    """The subject id of a file: the regex's ``subject`` group (or its first group, or whole match) searched in
+    the file name, or the file stem when there is no regex."""
+    if pattern is None:
+        return path.stem
+    m = pattern.search(path.name)
+    if m is None:
+        raise FERError(f"{path}: data.subject_regex={pattern.pattern!r} does not match this file name")
+    if "subject" in pattern.groupindex:
+        return m["subject"]
+    return m[1] if pattern.groups else m[0]
+
+
+def scan_folder(root: str | Path, subject_regex: str | None = None) -> list[FaceRecord]:
+    """Images under ``root/<class>/`` (any depth below the class folder), sorted; labels from the folder names."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FERError(f"data.root={root} is not a folder: point it at a folder of class folders (root/happy/...)")
+    try:
+        pattern = re.compile(subject_regex) if subject_regex else None
+    except re.error as e:
+        raise FERError(f"data.subject_regex={subject_regex!r} is not a valid regular expression ({e})") from e
+    accepted = ", ".join(sorted(CLASS_ALIASES))
+    records: list[FaceRecord] = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        label = CLASS_ALIASES.get(folder.name.lower())
+        if label is None:
+            raise FERError(f"{folder}: unknown class folder '{folder.name}'; accepted names: {accepted}")
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        records += [FaceRecord(path=p, subject=subject_of(p, pattern), label=label) for p in files]
+    if not records:
+        raise FERError(f"data.root={root} holds no images in class folders (root/<class>/<image>, classes: {accepted})")
+    return records
