@@ -78,10 +78,9 @@ def test_frozen_backbone_round_trip_and_cache(make_cfg, tmp_path, backbone_file,
 def test_trainable_backbone_is_fine_tuned(make_cfg, backbone_file):
     m = train(make_cfg("model=hybrid", f"model.backbone.weights={backbone_file}", "model.backbone.trainable=true",
                        "trainer.max_epochs=1", "callbacks.model_checkpoint.monitor=null"))
-    ckpt = torch.load(m["best_checkpoint"] or "", weights_only=True) if m["best_checkpoint"] else None
-    state = ckpt["state_dict"] if ckpt else None
+    assert m["best_checkpoint"]
+    state = torch.load(m["best_checkpoint"], weights_only=True)["state_dict"]
     source = torch.load(backbone_file, weights_only=True)
-    assert state is not None
     changed = [k for k, v in state.items() if k.startswith("backbone.features.")
                and not torch.equal(v, source[k[len("backbone."):]])]
     assert changed  # gradients reached the backbone through the fixed PCA

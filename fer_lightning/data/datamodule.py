@@ -1,4 +1,8 @@
-"""The JAFFE LightningDataModule: files -> cached uint8 tensors -> splits -> batches -> device augmentation."""
+"""LightningDataModules for JAFFE and for any folder of class folders.
+
+Data flows once: files -> (face crop) -> cached uint8 tensors -> splits -> batches -> device -> augmentation;
+handcrafted features, when a model uses them, are computed once from the cached tensors and cached too.
+"""
 
 from __future__ import annotations
 
