@@ -49,14 +49,15 @@ def versions() -> dict[str, str]:
 def prediction_rows(
     outputs: Mapping[str, torch.Tensor], files: Sequence[str], subjects: Sequence[str], class_names: Sequence[str]
 ) -> list[dict[str, Any]]:
-    """Rows ``file, subject, true, predicted, p_<class>...`` ordered by dataset index."""
+    """Rows ``file, subject, true, predicted, p_<class>...`` ordered by dataset index (``files``: the names to
+    write, as :meth:`JAFFEDataModule.file_names` gives them)."""
     order = torch.argsort(outputs["index"])
     rows = []
     for k in order.tolist():
         i = int(outputs["index"][k])
         probs = outputs["probs"][k]
         row = {
-            "file": Path(files[i]).name,
+            "file": files[i],
             "subject": subjects[i],
             "true": class_names[int(outputs["target"][k])],
             "predicted": class_names[int(probs.argmax())],

@@ -136,7 +136,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "fit_seconds": round(fit_seconds, 2),
         }
     )
-    rows = prediction_rows(model.outputs["test"], d.files, d.subjects, dm.class_names)
+    rows = prediction_rows(model.outputs["test"], dm.file_names(), d.subjects, dm.class_names)
     write_csv(out / "predictions.csv", rows, prediction_fields(dm.class_names))
     write_json(out / "metrics.json", metrics)
 

@@ -140,8 +140,8 @@ def test_no_test_image_reaches_a_fitted_statistic_or_backbone(make_cfg, tmp_path
     clean = run_pipeline(cfg(tmp_path / "clean", tmp_path / "cache_clean"))
     real_decode = datamodule_mod.load_or_decode
 
-    def corrupted(records, image_size, cache_dir, name="faces"):
-        d = real_decode(records, image_size, cache_dir, name)
+    def corrupted(records, image_size, cache_dir, name="faces", crop=None):
+        d = real_decode(records, image_size, cache_dir, name, crop)
         test = paper_split(d.labels, test_size=57, val_size=23, seed=0).test
         g = torch.Generator().manual_seed(0)
         d.images = d.images.clone()

@@ -36,6 +36,12 @@ class FaceCropper:
         self.min_face, self.fallback = float(min_face), float(fallback)
         self.missed: list[str] = []
 
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any]) -> FaceCropper:
+        """The cropper that :meth:`settings` describes."""
+        s = dict(settings)
+        return cls(s.pop("mode", "none"), **s)
+
     def settings(self) -> dict[str, Any]:
         """What changes the cropped pixels (part of the decoded-image cache key)."""
         if self.mode == "none":

@@ -190,14 +190,27 @@ class JAFFEDataModule(pl.LightningDataModule):
         if extractor is None:
             raise RuntimeError("no precomputed features and no extractor to compute them with")
         return extractor.compute(self._decoded().images[idx], device=resolve_device(self.feature_device))
+    def preprocessing(self) -> dict[str, Any]:
+        """How a raw image file becomes a model input here: grey, face crop, resize (stored in checkpoints)."""
+        return {"image_size": self.image_size, "face_crop": self.cropper.settings()}
+
+    def file_names(self) -> list[str]:
+        """Each image's path relative to the dataset folder (``KA.AN1.39.tiff``, ``happy/001.jpg``)."""
+        root = self._image_folder().resolve()
+        out = []
+        for f in self._decoded().files:
+            p = Path(f).resolve()
+            out.append(p.relative_to(root).as_posix() if p.is_relative_to(root) else p.name)
+        return out
+
     def split_rows(self) -> list[dict[str, str]]:
-        """One row per image: file, subject, label and the split it went to."""
+        """One row per image: file (relative to the dataset folder), subject, label and its split."""
         self.setup()
         d = self._decoded()
         assigned = self.split.assignment(len(d.files))
         return [
-            {"file": Path(f).name, "subject": s, "label": lbl, "split": a}
-            for f, s, lbl, a in zip(d.files, d.subjects, d.labels, assigned, strict=True)
+            {"file": f, "subject": s, "label": lbl, "split": a}
+            for f, s, lbl, a in zip(self.file_names(), d.subjects, d.labels, assigned, strict=True)
         ]
 
     # ---------------------------------------------------------------- loaders

@@ -128,7 +128,11 @@ class FERClassifier(pl.LightningModule):
         return cls.load_from_checkpoint(path, map_location=map_location, **overrides)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[FORMAT_KEY] = {"model": self.model_name, "class_names": list(self.class_names), "format": 1}
+        record = {"model": self.model_name, "class_names": list(self.class_names), "format": 1}
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if dm is not None and hasattr(dm, "preprocessing"):
+            record["preprocessing"] = dm.preprocessing()  # how raw images become inputs (used by predict)
+        checkpoint[FORMAT_KEY] = record
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]
