@@ -33,14 +33,10 @@ class HybridFER(HandcraftedFER):
         class_names: Sequence[str],
         features: HandcraftedFeatures | dict[str, Any],
         backbone: dict[str, Any] | None = None,
-        pca: dict[str, Any] | None = None,
-        head: dict[str, Any] | None = None,
-        lr: float = 1e-4,
-        weight_decay: float = 0.0,
-        fitted_components: int | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(class_names, features, pca=pca, head=head, lr=lr, weight_decay=weight_decay,
-                         fitted_components=fitted_components)
+        """``kwargs``: the handcrafted model's ``pca``, ``head``, ``lr``, ``weight_decay``, ``fitted_components``."""
+        super().__init__(class_names, features, **kwargs)
         backbone = {"weights": "imagenet", "checkpoint": None, "trainable": False, **(backbone or {})}
         self.backbone = MobileNetV2Backbone(**backbone)
         self.register_buffer("gap_table", None, persistent=False)  # frozen backbone: GAP of every image
