@@ -1,0 +1,258 @@
+"""Summarise many runs (a multirun, or several run dirs) into paper-ready tables, tests and figures.
+
+    python -m fer_lightning.report outputs/paper/multiruns/2026-11-24_10-00-00 [more dirs] [report.output=DIR]
+
+Reads every ``metrics.json`` (with its ``predictions.csv``) below the given directories and writes into the
+first one (or ``report.output``):
+
+* ``report.md``; ``table2.csv``: per model, accuracy, macro precision / recall / F1 and AUROC as mean +/- SD
+  over runs with a 95% confidence interval (Student's t) and the number of runs; ``table3.csv``: per-class
+  accuracy per model;
+* ``paired_tests.csv``: each pair of models compared on the same test images (pooled over runs that share
+  dataset, split, fold and seed) with McNemar's exact test;
+* figures (PNG, also logged to ``tensorboard/``): per-class accuracy heatmap, one-vs-rest ROC curves per model
+  with AUC, a confusion matrix per model (pooled over runs).
+
+Jobs that failed (``error.txt``) are counted and listed; the report covers the runs that exist.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import math
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from fer_lightning.errors import FERError
+from fer_lightning.plots import confusion_matrix_figure, plt
+from fer_lightning.results import write_csv
+from fer_lightning.storage import atomic_write_text
+
+METRICS = [("acc", "Accuracy"), ("precision_macro", "Precision"), ("recall_macro", "Recall"),
+           ("f1_macro", "F1"), ("auroc", "AUROC")]
+ORDER = ("deep", "handcrafted", "hybrid")
+
+
+@dataclass
+class Run:
+    path: Path
+    metrics: dict[str, Any]
+    predictions: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def model(self) -> str:
+        return self.metrics["model"]
+
+    @property
+    def key(self) -> tuple:
+        """What identifies the test set: runs with the same key saw the same test images, prepared the same way
+        (the dataset fingerprint covers the files, image size and face crop)."""
+        m = self.metrics
+        return m.get("dataset_fingerprint"), m.get("split"), m.get("fold"), m.get("seed")
+
+
+def find_runs(dirs: list[Path]) -> tuple[list[Run], list[Path]]:
+    """Every finished run (``metrics.json``) and every failed job (``error.txt``) below ``dirs``."""
+    runs, failed = [], []
+    for d in dirs:
+        if not d.is_dir():
+            raise FERError(f"{d} is not a folder: give a multirun folder or run folders")
+        for mpath in sorted(d.rglob("metrics.json")):
+            metrics = json.loads(mpath.read_text())
+            if "model" not in metrics:
+                continue
+            pred = mpath.parent / "predictions.csv"
+            rows = list(csv.DictReader(pred.open())) if pred.is_file() else []
+            runs.append(Run(mpath.parent, metrics, rows))
+        failed += sorted(p.parent for p in d.rglob("error.txt"))
+    if not runs:
+        raise FERError(f"no results (metrics.json) under {', '.join(map(str, dirs))}: nothing to report")
+    return runs, failed
+
+
+def mean_ci(values: list[float], level: float = 0.95) -> tuple[float, float, float, float]:
+    """Mean, sample SD, and the ``level`` confidence interval of the mean (Student's t; a point for one run)."""
+    n = len(values)
+    mean = statistics.fmean(values)
+    if n < 2:
+        return mean, 0.0, mean, mean
+    sd = statistics.stdev(values)
+    half = stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
+    return mean, sd, mean - half, mean + half
+
+
+def mcnemar(a_correct: np.ndarray, b_correct: np.ndarray) -> tuple[int, int, float]:
+    """McNemar's exact (binomial) test: (a right & b wrong, a wrong & b right, two-sided p-value)."""
+    b = int(np.sum(a_correct & ~b_correct))
+    c = int(np.sum(~a_correct & b_correct))
+    p = 1.0 if b + c == 0 else float(stats.binomtest(b, b + c, 0.5).pvalue)
+    return b, c, p
+
+
+def _models(runs: list[Run]) -> list[str]:
+    present = {r.model for r in runs}
+    return [m for m in ORDER if m in present] + sorted(present - set(ORDER))
+
+
+def table2(runs: list[Run]) -> list[dict[str, Any]]:
+    rows = []
+    for model in _models(runs):
+        mine = [r for r in runs if r.model == model]
+        row: dict[str, Any] = {"model": model, "n_runs": len(mine)}
+        for key, _ in METRICS:
+            mean, sd, lo, hi = mean_ci([100 * r.metrics[f"test/{key}"] for r in mine])
+            lo, hi = max(lo, 0.0), min(hi, 100.0)  # percentages: the interval is clipped to 0..100
+            row.update({f"{key}_mean": round(mean, 2), f"{key}_sd": round(sd, 2), f"{key}_ci_low": round(lo, 2),
+                        f"{key}_ci_high": round(hi, 2)})
+        rows.append(row)
+    return rows
+
+
+def table3(runs: list[Run], classes: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for model in _models(runs):
+        mine = [r for r in runs if r.model == model]
+        row: dict[str, Any] = {"model": model}
+        for c in classes:
+            values = [100 * r.metrics[f"test/acc_{c}"] for r in mine if f"test/acc_{c}" in r.metrics]
+            row[c] = round(statistics.fmean(values), 2) if values else None
+        row["average"] = round(statistics.fmean(v for v in (row[c] for c in classes) if v is not None), 2)
+        rows.append(row)
+    return rows
+
+
+def _correct_by_image(runs: list[Run], model: str) -> dict[tuple, bool]:
+    return {(r.key, p["file"]): p["true"] == p["predicted"] for r in runs if r.model == model for p in r.predictions}
+
+
+def paired_tests(runs: list[Run]) -> list[dict[str, Any]]:
+    rows = []
+    for a, b in itertools.combinations(_models(runs), 2):
+        ca, cb = _correct_by_image(runs, a), _correct_by_image(runs, b)
+        shared = sorted(set(ca) & set(cb), key=str)
+        if not shared:
+            continue
+        ya, yb = np.array([ca[k] for k in shared]), np.array([cb[k] for k in shared])
+        only_a, only_b, p = mcnemar(ya, yb)
+        rows.append({"model_a": a, "model_b": b, "n_images": len(shared), "acc_a": round(100 * ya.mean(), 2),
+                     "acc_b": round(100 * yb.mean(), 2), "a_right_b_wrong": only_a, "a_wrong_b_right": only_b,
+                     "mcnemar_p": round(p, 4)})
+    return rows
+
+
+def figures(runs: list[Run], classes: list[str], t3: list[dict[str, Any]]) -> dict[str, Any]:
+    from sklearn.metrics import auc, roc_curve
+
+    out = {}
+    fig, ax = plt.subplots(figsize=(1.2 + 1.0 * len(classes), 0.9 + 0.6 * len(t3)), dpi=120)
+    grid = np.array([[r[c] if r[c] is not None else np.nan for c in classes] for r in t3])
+    im = ax.imshow(grid, cmap="Blues", vmin=0, vmax=100)
+    ax.set_xticks(range(len(classes)), labels=classes, rotation=30, ha="right")
+    ax.set_yticks(range(len(t3)), labels=[r["model"] for r in t3])
+    for i, j in itertools.product(range(grid.shape[0]), range(grid.shape[1])):
+        ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", color="white" if grid[i, j] > 60 else "black")
+    ax.set_title("Per-class test accuracy (%), mean over runs")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    out["per_class_accuracy_heatmap"] = fig
+
+    fig, axes = plt.subplots(1, len(t3), figsize=(4.2 * len(t3), 4.0), dpi=120, squeeze=False)
+    for ax, model in zip(axes[0], [r["model"] for r in t3], strict=True):
+        preds = [p for r in runs if r.model == model for p in r.predictions]
+        if preds:
+            y = np.array([classes.index(p["true"]) for p in preds])
+            scores = np.array([[float(p[f"p_{c}"]) for c in classes] for p in preds])
+            for k, c in enumerate(classes):
+                if 0 < (y == k).sum() < len(y):
+                    fpr, tpr, _ = roc_curve(y == k, scores[:, k])
+                    ax.plot(fpr, tpr, label=f"{c} (AUC {auc(fpr, tpr):.3f})")
+        ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+        ax.set(title=f"{model}: one-vs-rest ROC", xlabel="false positive rate", ylabel="true positive rate")
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    out["roc_curves"] = fig
+
+    for model in [r["model"] for r in t3]:
+        mats = [np.array(r.metrics["confusion_matrix"]) for r in runs if r.model == model]
+        out[f"confusion_{model}"] = confusion_matrix_figure(sum(mats), classes,
+                                                            f"{model}: confusion matrix ({len(mats)} runs pooled)")
+    return out
+
+
+def _fmt(row: dict[str, Any], key: str) -> str:
+    mean, sd, lo, hi = (row[f"{key}_{part}"] for part in ("mean", "sd", "ci_low", "ci_high"))
+    return f"{mean:.2f} ± {sd:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def report(dirs: list[Path], output: Path | None = None) -> Path:
+    """Write the report for the runs under ``dirs`` into ``output`` (default: the first dir); returns it."""
+    runs, failed = find_runs(dirs)
+    out = output or dirs[0]
+    out.mkdir(parents=True, exist_ok=True)
+    classes = runs[0].metrics["class_names"]
+    t2, t3, pairs = table2(runs), table3(runs, classes), paired_tests(runs)
+    write_csv(out / "table2.csv", t2, list(t2[0]))
+    write_csv(out / "table3.csv", t3, list(t3[0]))
+    if pairs:
+        write_csv(out / "paired_tests.csv", pairs, list(pairs[0]))
+    figs = figures(runs, classes, t3)
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(out / "tensorboard"))
+    for name, fig in figs.items():
+        fig.savefig(out / f"{name}.png", bbox_inches="tight")
+        writer.add_figure(f"report/{name}", fig)
+        plt.close(fig)
+    writer.close()
+
+    datasets = sorted({str(r.metrics.get("dataset")) for r in runs})
+    splits = sorted({str(r.metrics.get("split")) for r in runs})
+    lines = [f"# Report: {len(runs)} runs ({', '.join(datasets)}; split {', '.join(splits)})", ""]
+    if failed:
+        lines += [f"{len(failed)} job(s) failed and are left out: " + ", ".join(str(p) for p in failed), ""]
+    lines += ["## Table 2: test performance (%, mean ± SD over runs [95% CI of the mean, Student's t, clipped "
+              "to 0-100])", "",
+              "| Model | runs | " + " | ".join(t for _, t in METRICS) + " |", "|" + " --- |" * (len(METRICS) + 2)]
+    lines += [f"| {r['model']} | {r['n_runs']} | " + " | ".join(_fmt(r, k) for k, _ in METRICS) + " |" for r in t2]
+    lines += ["", "## Table 3: per-class test accuracy (%, mean over runs)", "",
+              "| Model | " + " | ".join(classes) + " | average |", "|" + " --- |" * (len(classes) + 2)]
+    lines += ["| " + " | ".join([r["model"], *[f"{r[c]:.2f}" if r[c] is not None else "" for c in classes],
+                                 f"{r['average']:.2f}"]) + " |" for r in t3]
+    if pairs:
+        lines += ["", "## Paired comparisons on the same test images (McNemar's exact test, pooled over runs)", "",
+                  "| A | B | images | acc A | acc B | A right, B wrong | A wrong, B right | p |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {p['model_a']} | {p['model_b']} | {p['n_images']} | {p['acc_a']:.2f} | {p['acc_b']:.2f} | "
+                  f"{p['a_right_b_wrong']} | {p['a_wrong_b_right']} | {p['mcnemar_p']:.4f} |" for p in pairs]
+    lines += ["", "## Figures", ""] + [f"![{n}]({n}.png)" for n in figs]
+    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    options = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in args if a.startswith("report.") and "=" in a}
+    dirs = [Path(a) for a in args if not (a.startswith("report.") and "=" in a)]
+    unknown = set(options) - {"report.output"}
+    try:
+        if unknown:
+            raise FERError(f"unknown option(s) {', '.join(sorted(unknown))}; the only option is report.output=DIR")
+        if not dirs:
+            raise FERError("give a multirun folder or run folders: python -m fer_lightning.report DIR [DIR ...]")
+        out = report(dirs, Path(options["report.output"]) if "report.output" in options else None)
+    except FERError as e:
+        print(f"fer-lightning: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(f"report written to {out / 'report.md'}")
+
+
+if __name__ == "__main__":
+    main()

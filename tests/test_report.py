@@ -1,0 +1,105 @@
+"""python -m fer_lightning.report on a small fake multirun with known numbers."""
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from fer_lightning.errors import FERError
+from fer_lightning.report import main, mcnemar, mean_ci, report
+
+CLASSES = ["happiness", "neutral"]
+FILES = [f"{c}/{i:03d}.jpg" for c in CLASSES for i in range(5)]  # 10 test images, 5 per class
+
+
+def fake_run(root: Path, model: str, seed: int, correct: list[bool]) -> None:
+    """A run dir whose test predictions are right exactly where ``correct`` says."""
+    d = root / f"{seed}_job" / model
+    d.mkdir(parents=True)
+    rows, cm = [], np.zeros((2, 2), int)
+    for f, ok in zip(FILES, correct, strict=True):
+        true = f.split("/")[0]
+        pred = true if ok else CLASSES[1 - CLASSES.index(true)]
+        cm[CLASSES.index(true), CLASSES.index(pred)] += 1
+        p = 0.8 if pred == "happiness" else 0.2
+        rows.append({"file": f, "subject": f[-7:-4], "true": true, "predicted": pred,
+                     "p_happiness": p, "p_neutral": 1 - p})
+    with open(d / "predictions.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    acc = float(np.mean(correct))
+    per_class = [cm[k, k] / cm[k].sum() for k in range(2)]
+    metrics = {"test/acc": acc, "test/precision_macro": acc, "test/recall_macro": float(np.mean(per_class)),
+               "test/f1_macro": acc, "test/auroc": 0.9, "test/acc_happiness": per_class[0],
+               "test/acc_neutral": per_class[1], "confusion_matrix": cm.tolist(), "class_names": CLASSES,
+               "n_test": 10, "dataset": "fake", "dataset_fingerprint": "f", "split": "paper", "fold": None,
+               "seed": seed, "model": model}
+    (d / "metrics.json").write_text(json.dumps(metrics))
+
+
+@pytest.fixture
+def multirun(tmp_path) -> Path:
+    root = tmp_path / "multirun"
+    # deep: 10/10, 9/10, 8/10 right; hybrid: 7/10 on every seed, wrong where deep is right
+    for seed, n_right in enumerate([10, 9, 8]):
+        fake_run(root, "deep", seed, [i < n_right for i in range(10)])
+        fake_run(root, "hybrid", seed, [i >= 3 for i in range(10)])
+    (root / "9_job").mkdir()
+    (root / "9_job" / "error.txt").write_text("out of memory\n")
+    return root
+
+
+def test_statistics_helpers():
+    mean, sd, lo, hi = mean_ci([100.0, 90.0, 80.0])
+    half = stats.t.ppf(0.975, 2) * 10 / math.sqrt(3)
+    assert (mean, sd) == (90.0, 10.0) and math.isclose(lo, 90 - half) and math.isclose(hi, 90 + half)
+    assert mean_ci([70.0]) == (70.0, 0.0, 70.0, 70.0)
+    a = np.array([True] * 8 + [False] * 2)
+    b = np.array([False] * 5 + [True] * 5)
+    only_a, only_b, p = mcnemar(a, b)
+    assert (only_a, only_b) == (5, 2)
+    assert math.isclose(p, stats.binomtest(5, 7, 0.5).pvalue)
+
+
+def test_report_tables_tests_and_figures(multirun):
+    out = report([multirun])
+    t2 = {r["model"]: r for r in csv.DictReader(open(out / "table2.csv"))}
+    assert t2["deep"]["n_runs"] == "3" and float(t2["deep"]["acc_mean"]) == 90.0
+    assert float(t2["deep"]["acc_sd"]) == 10.0
+    half = stats.t.ppf(0.975, 2) * 10 / math.sqrt(3)
+    assert math.isclose(float(t2["deep"]["acc_ci_low"]), round(90 - half, 2))
+    assert float(t2["deep"]["acc_ci_high"]) == 100.0  # 90 + 24.8, clipped
+    assert float(t2["hybrid"]["acc_mean"]) == 70.0 and float(t2["hybrid"]["acc_sd"]) == 0.0
+    t3 = {r["model"]: r for r in csv.DictReader(open(out / "table3.csv"))}
+    assert float(t3["deep"]["happiness"]) == 100.0 and float(t3["deep"]["neutral"]) == 80.0
+    assert math.isclose(float(t3["hybrid"]["happiness"]), 40.0)
+    (pair,) = list(csv.DictReader(open(out / "paired_tests.csv")))
+    # pooled over 30 images: deep right & hybrid wrong on images 0-2 of each seed (9);
+    # deep wrong & hybrid right on seed 1 image 9 and seed 2 images 8-9 (3)
+    assert (pair["n_images"], pair["a_right_b_wrong"], pair["a_wrong_b_right"]) == ("30", "9", "3")
+    assert math.isclose(float(pair["mcnemar_p"]), round(stats.binomtest(9, 12, 0.5).pvalue, 4))
+    for name in ("per_class_accuracy_heatmap", "roc_curves", "confusion_deep", "confusion_hybrid"):
+        assert (out / f"{name}.png").stat().st_size > 5000
+    md = (out / "report.md").read_text()
+    assert "1 job(s) failed" in md and "90.00 ± 10.00" in md and "![roc_curves](roc_curves.png)" in md
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_cli_and_errors(multirun, tmp_path, capsys):
+    main([str(multirun), f"report.output={tmp_path / 'rep'}"])
+    assert (tmp_path / "rep" / "report.md").is_file()
+    (tmp_path / "empty").mkdir()
+    for args, message in (([str(tmp_path / "empty")], "no results (metrics.json)"),
+                          ([str(tmp_path / "nope")], "is not a folder"),
+                          ([], "give a multirun folder"),
+                          ([str(multirun), "report.colour=red"], "unknown option")):
+        with pytest.raises(SystemExit) as e:
+            main(args)
+        assert e.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(FERError):
+        report([tmp_path / "empty"])
