@@ -103,3 +103,38 @@ def test_cli_and_errors(multirun, tmp_path, capsys):
         assert e.value.code == 2 and message in capsys.readouterr().err
     with pytest.raises(FERError):
         report([tmp_path / "empty"])
+
+
+def test_sweep_configs_compose():
+    from hydra import compose, initialize_config_dir
+
+    from fer_lightning.config import config_dir
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        seeds = compose("train", overrides=["experiment=paper_seeds"], return_hydra_config=True)
+        loso = compose("train", overrides=["experiment=loso"], return_hydra_config=True)
+    assert seeds.hydra.sweeper.params["data.seed"] == "range(10)" and list(seeds.pipeline.models) == [
+        "deep", "hybrid", "handcrafted"]
+    assert loso.hydra.sweeper.params["data.fold"] == "range(10)" and loso.data.split == "loso"
+    assert loso.pipeline.models.hybrid._target_.endswith("HybridFER")
+
+
+@pytest.mark.slow
+def test_loso_sweep_with_a_failing_job_then_report(tmp_path, cache_dir):
+    from .conftest import run_cli
+
+    sweep = tmp_path / "sweep"
+    res = run_cli("fer_lightning.train", "-m", "experiment=loso", "data.fold=0,99", "data.image_size=64",
+                  "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
+                  "pipeline.models.deep.backbone.weights=none", f"data.cache_dir={cache_dir}",
+                  f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ok, bad = sweep / "0_loso_fold0_seed0", sweep / "1_loso_fold99_seed0"
+    assert (ok / "summary.md").is_file() and not (bad / "summary.md").exists()
+    assert "data.fold=99 is out of range" in (bad / "error.txt").read_text()
+    out = report([sweep])
+    t2 = {r["model"]: r for r in csv.DictReader(open(out / "table2.csv"))}
+    assert set(t2) == {"deep", "hybrid", "handcrafted"} and all(r["n_runs"] == "1" for r in t2.values())
+    pairs = list(csv.DictReader(open(out / "paired_tests.csv")))
+    assert len(pairs) == 3 and all(p["n_images"] == "21" for p in pairs)  # one test subject's 21 images
+    assert "1 job(s) failed" in (out / "report.md").read_text()
