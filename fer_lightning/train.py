@@ -74,6 +74,14 @@ def build(node: Any, **kwargs: Any) -> Any:
         raise
 
 
+def _readable_name(logger_cfg: Any, model: Any, dm: Any, cfg: DictConfig) -> dict[str, str]:
+    """TensorBoard runs named ``<model>/<split>[/fold<k>]/seed<s>`` (what a run is, at a glance)."""
+    if not str(logger_cfg.get("_target_", "")).endswith("TensorBoardLogger") or logger_cfg.get("name"):
+        return {}
+    fold = f"/fold{dm.fold}" if dm.split_name != "paper" else ""
+    return {"name": f"{model.model_name}/{dm.split_name}{fold}/seed{cfg.seed}"}
+
+
 def _best_checkpoint(trainer: pl.Trainer) -> str | None:
     cb = trainer.checkpoint_callback
     if isinstance(cb, ModelCheckpoint) and cb.best_model_path and Path(cb.best_model_path).is_file():
@@ -101,7 +109,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("ckpt_path"):
         check_checkpoint(cfg.ckpt_path, model, option="ckpt_path")
     callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    loggers = [build(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    loggers = [
+        build(c, **_readable_name(c, model, dm, cfg)) for c in (cfg.get("logger") or {}).values() if c is not None
+    ]
     trainer: pl.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     _write_run_description(cfg, dm, out)
 

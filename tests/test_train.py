@@ -95,7 +95,9 @@ def test_run_dir_describes_the_run(finished_run):
 def test_tensorboard_logs(finished_run):
     out, _ = finished_run
     scalars, images = set(), set()
-    for f in (out / "tensorboard").glob("events.out.tfevents.*"):
+    events = list((out / "tensorboard").rglob("events.out.tfevents.*"))
+    assert {f.parent.relative_to(out / "tensorboard").as_posix() for f in events} == {"deep/paper/seed0"}
+    for f in events:
         ea = EventAccumulator(str(f), size_guidance={"images": 0})
         ea.Reload()
         scalars |= set(ea.Tags()["scalars"])
@@ -103,7 +105,7 @@ def test_tensorboard_logs(finished_run):
     for tag in ["train/loss", "val/loss", "val/acc", "val/acc_anger", "test/acc", "test/auroc", "test/acc_surprise"]:
         assert tag in scalars, tag
     assert {"val/confusion_matrix", "test/confusion_matrix"} <= images
-    assert (out / "tensorboard" / "hparams.yaml").is_file()
+    assert (out / "tensorboard" / "deep" / "paper" / "seed0" / "hparams.yaml").is_file()
 
 
 def test_same_seed_same_metrics(make_cfg, tmp_path):
