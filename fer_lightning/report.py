@@ -144,7 +144,7 @@ def paired_tests(runs: list[Run]) -> list[dict[str, Any]]:
         only_a, only_b, p = mcnemar(ya, yb)
         rows.append({"model_a": a, "model_b": b, "n_images": len(shared), "acc_a": round(100 * ya.mean(), 2),
                      "acc_b": round(100 * yb.mean(), 2), "a_right_b_wrong": only_a, "a_wrong_b_right": only_b,
-                     "mcnemar_p": round(p, 4)})
+                     "mcnemar_p": p})
     return rows
 
 
@@ -185,6 +185,10 @@ def figures(runs: list[Run], classes: list[str], t3: list[dict[str, Any]]) -> di
         out[f"confusion_{model}"] = confusion_matrix_figure(sum(mats), classes,
                                                             f"{model}: confusion matrix ({len(mats)} runs pooled)")
     return out
+
+
+def _p(value: float) -> str:
+    return f"{value:.2e}" if value < 1e-3 else f"{value:.4f}"
 
 
 def _fmt(row: dict[str, Any], key: str) -> str:
@@ -231,7 +235,7 @@ def report(dirs: list[Path], output: Path | None = None) -> Path:
                   "| A | B | images | acc A | acc B | A right, B wrong | A wrong, B right | p |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         lines += [f"| {p['model_a']} | {p['model_b']} | {p['n_images']} | {p['acc_a']:.2f} | {p['acc_b']:.2f} | "
-                  f"{p['a_right_b_wrong']} | {p['a_wrong_b_right']} | {p['mcnemar_p']:.4f} |" for p in pairs]
+                  f"{p['a_right_b_wrong']} | {p['a_wrong_b_right']} | {_p(p['mcnemar_p'])} |" for p in pairs]
     lines += ["", "## Figures", ""] + [f"![{n}]({n}.png)" for n in figs]
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
     return out
