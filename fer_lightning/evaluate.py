@@ -25,7 +25,7 @@ from fer_lightning.checkpoints import FORMAT_KEY, read_checkpoint
 from fer_lightning.config import config_dir
 from fer_lightning.errors import FERError
 from fer_lightning.models import load_model
-from fer_lightning.results import prediction_fields, prediction_rows, write_csv, write_json
+from fer_lightning.results import metrics_of_test, write_csv, write_test_outputs
 from fer_lightning.train import build
 
 log = logging.getLogger("fer_lightning.evaluate")
@@ -73,26 +73,12 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, A
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          deterministic=cfg.trainer.deterministic, default_root_dir=str(out))
     trainer.test(model, datamodule=dm, verbose=False)
-    d = dm.decoded
-    metrics: dict[str, Any] = {f"test/{k}": v for k, v in model.results["test"].items()}
-    metrics.update({
-        "confusion_matrix": model.confusion["test"].tolist(),
-        "class_names": list(dm.class_names),
-        "n_test": len(model.outputs["test"]["index"]),
-        "dataset": dm.dataset_name,
-        "dataset_fingerprint": d.fingerprint,
-        "split": dm.split_name,
-        "fold": dm.fold if dm.split_name != "paper" else None,
-        "seed": dm.seed,
-        "model": model.model_name,
-        "checkpoint": str(Path(cfg.ckpt_path).expanduser().resolve()),
-    })
+    metrics = metrics_of_test(model, dm, dm.seed)
+    metrics["checkpoint"] = str(Path(cfg.ckpt_path).expanduser().resolve())
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(data, resolve=True))
     write_csv(out / "splits.csv", dm.split_rows(), ["file", "subject", "label", "split"])
-    rows = prediction_rows(model.outputs["test"], dm.file_names(), d.subjects, dm.class_names)
-    write_csv(out / "predictions.csv", rows, prediction_fields(dm.class_names))
-    write_json(out / "metrics.json", metrics)
+    write_test_outputs(out, model, dm, metrics)
     log.info("%s checkpoint on %s (%s split): test acc %.4f on %d images; outputs in %s", model.model_name,
              dm.dataset_name, dm.split_name, metrics["test/acc"], metrics["n_test"], out)
     return metrics

@@ -69,3 +69,30 @@ def prediction_rows(
 
 def prediction_fields(class_names: Sequence[str]) -> list[str]:
     return ["file", "subject", "true", "predicted", *[f"p_{c}" for c in class_names]]
+
+
+def metrics_of_test(model: Any, dm: Any, seed: int) -> dict[str, Any]:
+    """The ``metrics.json`` fields every test of a model on a data module has: ``test/*`` scalars, the
+    confusion matrix, and what was tested (classes, data, split, fold, seed, model)."""
+    metrics: dict[str, Any] = {f"test/{k}": v for k, v in model.results["test"].items()}
+    metrics.update(
+        {
+            "confusion_matrix": model.confusion["test"].tolist(),
+            "class_names": list(dm.class_names),
+            "n_test": len(model.outputs["test"]["index"]),
+            "dataset": dm.dataset_name,
+            "dataset_fingerprint": dm.decoded.fingerprint,
+            "split": dm.split_name,
+            "fold": dm.fold if dm.split_name != "paper" else None,
+            "seed": int(seed),
+            "model": model.model_name,
+        }
+    )
+    return metrics
+
+
+def write_test_outputs(out: Path, model: Any, dm: Any, metrics: dict[str, Any]) -> None:
+    """``predictions.csv`` (one row per test image) and ``metrics.json`` in ``out``."""
+    rows = prediction_rows(model.outputs["test"], dm.file_names(), dm.decoded.subjects, dm.class_names)
+    write_csv(out / "predictions.csv", rows, prediction_fields(dm.class_names))
+    write_json(out / "metrics.json", metrics)

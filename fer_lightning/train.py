@@ -32,7 +32,7 @@ from fer_lightning.checkpoints import check_checkpoint
 from fer_lightning.config import config_dir
 from fer_lightning.errors import FERError
 from fer_lightning.pipeline import run_pipeline
-from fer_lightning.results import prediction_fields, prediction_rows, versions, write_csv, write_json
+from fer_lightning.results import metrics_of_test, versions, write_csv, write_json, write_test_outputs
 
 log = logging.getLogger("fer_lightning.train")
 
@@ -125,30 +125,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer.validate(model, datamodule=dm, ckpt_path=best, verbose=False)
     trainer.test(model, datamodule=dm, ckpt_path=best, verbose=False)
 
-    d = dm.decoded
-    metrics: dict[str, Any] = {f"test/{k}": v for k, v in model.results["test"].items()}
+    metrics = metrics_of_test(model, dm, cfg.seed)
     metrics.update({f"val/{k}": v for k, v in model.results["val"].items()})
     metrics.update(
         {
-            "confusion_matrix": model.confusion["test"].tolist(),
-            "class_names": list(dm.class_names),
             "n_train": len(dm.split.train),
             "n_val": len(dm.split.val),
-            "n_test": len(model.outputs["test"]["index"]),
-            "dataset": dm.dataset_name,
-            "dataset_fingerprint": d.fingerprint,
-            "split": dm.split_name,
-            "fold": dm.fold if dm.split_name != "paper" else None,
-            "seed": int(cfg.seed),
-            "model": model.model_name,
             "epochs": int(trainer.current_epoch),
             "best_checkpoint": best,
             "fit_seconds": round(fit_seconds, 2),
         }
     )
-    rows = prediction_rows(model.outputs["test"], dm.file_names(), d.subjects, dm.class_names)
-    write_csv(out / "predictions.csv", rows, prediction_fields(dm.class_names))
-    write_json(out / "metrics.json", metrics)
+    write_test_outputs(out, model, dm, metrics)
 
     scalars = {k: v for k, v in metrics.items() if k.startswith("test/") and isinstance(v, float)}
     for lg in trainer.loggers:
