@@ -11,22 +11,21 @@ By default the data settings are those of the run that wrote the checkpoint (its
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
 import hydra
 import pytorch_lightning as pl
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from fer_lightning.checkpoints import FORMAT_KEY, read_checkpoint
+from fer_lightning.cli import fail, start_command
 from fer_lightning.config import config_dir
 from fer_lightning.errors import FERError
 from fer_lightning.models import load_model
 from fer_lightning.results import metrics_of_test, write_csv, write_test_outputs
-from fer_lightning.train import build
+from fer_lightning.training import build
 
 log = logging.getLogger("fer_lightning.evaluate")
 
@@ -86,12 +85,11 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, A
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")
 def main(cfg: DictConfig) -> float | None:
-    torch.set_float32_matmul_precision("high")
+    start_command(cfg)
     try:
         metrics = evaluate(cfg, list(HydraConfig.get().overrides.task))
     except FERError as e:
-        print(f"fer-lightning: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        fail(e)
     return float(metrics["test/acc"])
 
 

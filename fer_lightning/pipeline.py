@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from fer_lightning.errors import FERError
 from fer_lightning.results import write_csv, write_json
 from fer_lightning.storage import atomic_write_text
+from fer_lightning.training import train
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +76,6 @@ def summary_markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     """Train the stages of ``cfg.pipeline.models`` in order, each in ``<output_dir>/<stage>``; returns
     ``{"<stage>/<metric>": value}`` and writes ``summary.md``, ``summary.csv`` and ``summary.json``."""
-    from fer_lightning.train import train  # the entry point's training function; no import cycle at load time
-
     out = Path(cfg.paths.output_dir)
     if (out / "summary.json").exists():
         raise FERError(f"{out} already holds a finished pipeline; give hydra.run.dir a new folder")

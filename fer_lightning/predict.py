@@ -20,6 +20,7 @@ import torch
 from omegaconf import DictConfig
 
 from fer_lightning.checkpoints import FORMAT_KEY, read_checkpoint
+from fer_lightning.cli import fail, start_command
 from fer_lightning.config import config_dir
 from fer_lightning.data.crop import FaceCropper
 from fer_lightning.data.folder import IMAGE_SUFFIXES
@@ -79,13 +80,13 @@ def predict(
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="predict")
 def main(cfg: DictConfig) -> None:
+    start_command(cfg)
     try:
         if not cfg.ckpt_path or not cfg.input:
             raise FERError("give ckpt_path=<a fer-lightning checkpoint> and input=<an image or a folder>")
         rows, skipped = predict(cfg.ckpt_path, cfg.input, int(cfg.batch_size), cfg.device)
     except FERError as e:
-        print(f"fer-lightning: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        fail(e)
     if rows and cfg.output:
         write_csv(Path(cfg.output), rows, list(rows[0]))
         print(f"wrote {len(rows)} predictions to {cfg.output}")

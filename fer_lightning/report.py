@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from fer_lightning.cli import fail, start_command
 from fer_lightning.errors import FERError
 from fer_lightning.plots import confusion_matrix_figure, plt
 from fer_lightning.results import write_csv
@@ -246,6 +247,7 @@ def main(argv: list[str] | None = None) -> None:
     options = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in args if a.startswith("report.") and "=" in a}
     dirs = [Path(a) for a in args if not (a.startswith("report.") and "=" in a)]
     unknown = set(options) - {"report.output"}
+    start_command()
     try:
         if unknown:
             raise FERError(f"unknown option(s) {', '.join(sorted(unknown))}; the only option is report.output=DIR")
@@ -253,8 +255,7 @@ def main(argv: list[str] | None = None) -> None:
             raise FERError("give a multirun folder or run folders: python -m fer_lightning.report DIR [DIR ...]")
         out = report(dirs, Path(options["report.output"]) if "report.output" in options else None)
     except FERError as e:
-        print(f"fer-lightning: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        fail(e)
     print(f"report written to {out / 'report.md'}")
 
 

@@ -8,7 +8,7 @@ from hydra import compose, initialize_config_dir
 from fer_lightning.config import config_dir
 from fer_lightning.errors import FERError
 from fer_lightning.evaluate import evaluate
-from fer_lightning.train import train
+from fer_lightning.training import train
 
 from .conftest import run_cli
 

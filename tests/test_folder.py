@@ -16,7 +16,7 @@ from fer_lightning.data.folder import scan_folder
 from fer_lightning.data.images import read_grey
 from fer_lightning.data.splits import subject_kfold_split
 from fer_lightning.errors import FERError
-from fer_lightning.train import train
+from fer_lightning.training import train
 
 from .conftest import LONDON
 

@@ -9,7 +9,7 @@ import fer_lightning.features.cache as feature_cache
 from fer_lightning.data import JAFFEDataModule
 from fer_lightning.features import HandcraftedFeatures
 from fer_lightning.models.handcrafted import HandcraftedFER
-from fer_lightning.train import train
+from fer_lightning.training import train
 
 pytestmark = pytest.mark.slow
 FEATURES = {"hog": {"scales": [64]}, "lbp": {"scales": [64], "grid": [4, 4]}}

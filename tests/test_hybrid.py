@@ -13,7 +13,7 @@ from fer_lightning.data.splits import paper_split
 from fer_lightning.models.backbone import MobileNetV2Backbone, load_mobilenet_v2
 from fer_lightning.models.hybrid import HybridFER
 from fer_lightning.pipeline import run_pipeline
-from fer_lightning.train import train
+from fer_lightning.training import train
 
 from .conftest import run_cli
 

@@ -9,7 +9,7 @@ import torch
 
 from fer_lightning.errors import FERError
 from fer_lightning.predict import predict
-from fer_lightning.train import train
+from fer_lightning.training import train
 
 from .conftest import run_cli
 

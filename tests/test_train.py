@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from fer_lightning.data.classes import CLASS_NAMES
 from fer_lightning.errors import FERError
-from fer_lightning.train import train
+from fer_lightning.training import train
 
 from .conftest import run_cli
 

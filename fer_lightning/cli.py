@@ -1,0 +1,47 @@
+"""What every command's entry point shares: quieting known warnings, one-line errors, multirun awareness.
+
+Nothing here runs at import time; entry points call these functions from their ``main``.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from typing import Any, NoReturn
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+
+from fer_lightning.errors import FERError
+
+# Messages that say nothing actionable in this project (each with its reason).
+KNOWN_WARNINGS = (
+    r".*does not have many workers.*",  # the data are in-memory tensors: workers would only add overhead
+    r".*No positive samples in targets.*",  # AUROC on tiny validation batches
+    r".*module\(s\) in eval mode at the start of training.*",  # the frozen backbone stays in eval mode on purpose
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",  # Lightning internals
+)
+
+
+def start_command(cfg: Any = None) -> None:
+    """Process-wide settings for a command, applied when it starts (never at import): TF32-class matmuls on
+    GPUs that have them, and known warnings silenced unless ``extras.ignore_warnings=false``."""
+    torch.set_float32_matmul_precision("high")
+    extras = (cfg.get("extras") if cfg is not None else None) or {}
+    if extras.get("ignore_warnings", True):
+        for message in KNOWN_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
+
+
+def fail(error: FERError | str, code: int = 2) -> NoReturn:
+    """Print the one-line error and exit (code 2 for a problem the user can fix)."""
+    print(f"fer-lightning: error: {error}", file=sys.stderr)
+    sys.exit(code)
+
+
+def is_multirun() -> bool:
+    try:
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:
+        return False

@@ -1,0 +1,151 @@
+"""Train, validate and test one model on one split: :func:`train` (the command is ``fer_lightning.train``).
+
+Each run dir holds config.yaml (resolved), run_info.json, splits.csv, checkpoints/, tensorboard/,
+metrics.json and predictions.csv.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.errors import InstantiationException
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from fer_lightning.checkpoints import check_checkpoint
+from fer_lightning.errors import FERError
+from fer_lightning.results import metrics_of_test, versions, write_csv, write_json, write_test_outputs
+
+log = logging.getLogger("fer_lightning.training")
+
+
+
+def _write_run_description(cfg: DictConfig, dm: Any, out: Path) -> None:
+    """Resolved config, versions, dataset fingerprint and the split assignment, before training starts."""
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    write_json(
+        out / "run_info.json",
+        {
+            "command": " ".join(sys.argv),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "dataset": dm.dataset_name,
+            "dataset_root": str(dm.root) if dm.root is not None else None,
+            "dataset_fingerprint": dm.fingerprint,
+            "n_images": len(dm.decoded.labels),
+            "versions": versions(),
+        },
+    )
+    write_csv(out / "splits.csv", dm.split_rows(), ["file", "subject", "label", "split"])
+
+
+def build(node: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate``, letting a user-facing :class:`FERError` raised inside a constructor through
+    (Hydra wraps every constructor error in an ``InstantiationException``)."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        while cause is not None and not isinstance(cause, FERError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise
+
+
+def _readable_name(logger_cfg: Any, model: Any, dm: Any, cfg: DictConfig) -> dict[str, str]:
+    """TensorBoard runs named ``<model>/<split>[/fold<k>]/seed<s>`` (what a run is, at a glance)."""
+    if not str(logger_cfg.get("_target_", "")).endswith("TensorBoardLogger") or logger_cfg.get("name"):
+        return {}
+    fold = f"/fold{dm.fold}" if dm.split_name != "paper" else ""
+    return {"name": f"{model.model_name}/{dm.split_name}{fold}/seed{cfg.seed}"}
+
+
+def _best_checkpoint(trainer: pl.Trainer) -> str | None:
+    cb = trainer.checkpoint_callback
+    if isinstance(cb, ModelCheckpoint) and cb.best_model_path and Path(cb.best_model_path).is_file():
+        return cb.best_model_path
+    return None
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit on train, pick the best checkpoint on ``val/loss``, test it, and write the run outputs.
+
+    Returns the metrics written to ``metrics.json``.
+    """
+    out = Path(cfg.paths.output_dir)
+    if (out / "metrics.json").exists():
+        raise FERError(f"{out} already holds a finished run; give hydra.run.dir a new folder instead of overwriting it")
+    out.mkdir(parents=True, exist_ok=True)
+    pl.seed_everything(cfg.seed, workers=True)
+
+    model_cls = get_class(cfg.model._target_)
+    precompute = getattr(model_cls, "uses_features", False) and cfg.features.source == "precomputed"
+    dm = build(cfg.data, features=cfg.features if precompute else None)
+    dm.prepare_data()
+    dm.setup()
+    model = build(cfg.model, class_names=list(dm.class_names))
+    if cfg.get("ckpt_path"):
+        check_checkpoint(cfg.ckpt_path, model, option="ckpt_path")
+    callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    loggers = [
+        build(c, **_readable_name(c, model, dm, cfg)) for c in (cfg.get("logger") or {}).values() if c is not None
+    ]
+    trainer: pl.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    _write_run_description(cfg, dm, out)
+
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+    fit_seconds = time.perf_counter() - start
+    if trainer.interrupted:
+        raise FERError(f"training was interrupted; resume it with ckpt_path={out / 'checkpoints' / 'last.ckpt'}")
+
+    best = _best_checkpoint(trainer)
+    trainer.validate(model, datamodule=dm, ckpt_path=best, verbose=False)
+    trainer.test(model, datamodule=dm, ckpt_path=best, verbose=False)
+
+    metrics = metrics_of_test(model, dm, cfg.seed)
+    metrics.update({f"val/{k}": v for k, v in model.results["val"].items()})
+    metrics.update(
+        {
+            "n_train": len(dm.split.train),
+            "n_val": len(dm.split.val),
+            "epochs": int(trainer.current_epoch),
+            "best_checkpoint": best,
+            "fit_seconds": round(fit_seconds, 2),
+        }
+    )
+    write_test_outputs(out, model, dm, metrics)
+
+    scalars = {k: v for k, v in metrics.items() if k.startswith("test/") and isinstance(v, float)}
+    for lg in trainer.loggers:
+        lg.log_hyperparams(_flat_params(cfg), metrics=scalars)
+        lg.save()
+    log.info(
+        "%s on %s (%s split%s): test acc %.4f, macro F1 %.4f on %d images; outputs in %s",
+        model.model_name, dm.dataset_name, dm.split_name,
+        f", fold {dm.fold}" if dm.split_name != "paper" else "",
+        metrics["test/acc"], metrics["test/f1_macro"], metrics["n_test"], out,
+    )
+    return metrics
+
+
+def _flat_params(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as flat ``a/b/c: value`` pairs for TensorBoard's HPARAMS tab."""
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if not str(k).startswith("_"):
+                    walk(v, f"{prefix}/{k}" if prefix else str(k))
+        else:
+            flat[prefix] = node if isinstance(node, int | float | str | bool) else str(node)
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return {k: v for k, v in flat.items() if not k.startswith(("paths/", "hydra/"))}
