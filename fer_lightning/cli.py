@@ -26,8 +26,12 @@ KNOWN_WARNINGS = (
 
 def start_command(cfg: Any = None) -> None:
     """Process-wide settings for a command, applied when it starts (never at import): TF32-class matmuls on
-    GPUs that have them, and known warnings silenced unless ``extras.ignore_warnings=false``."""
+    GPUs that have them, known warnings silenced unless ``extras.ignore_warnings=false``, and file names that are
+    not UTF-8 printed escaped instead of failing the command."""
     torch.set_float32_matmul_precision("high")
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     extras = (cfg.get("extras") if cfg is not None else None) or {}
     if extras.get("ignore_warnings", True):
         for message in KNOWN_WARNINGS:

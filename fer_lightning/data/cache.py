@@ -44,7 +44,7 @@ def fingerprint(records: Sequence[FaceRecord], settings: dict[str, Any]) -> str:
     h.update(json.dumps({"version": CACHE_VERSION, "settings": settings}, sort_keys=True).encode())
     for r in records:
         st = r.path.stat()
-        h.update(f"{r.path.name}\0{st.st_size}\0{st.st_mtime_ns}\0{r.subject}\0{r.label}\n".encode())
+        h.update(f"{r.path.name}\0{st.st_size}\0{st.st_mtime_ns}\0{r.subject}\0{r.label}\n".encode(errors="surrogateescape"))
     return h.hexdigest()[:16]
 
 

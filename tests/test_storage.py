@@ -1,0 +1,45 @@
+"""Atomic writes: the umask's permissions, and file names that are not UTF-8 written escaped."""
+
+import json
+import os
+import stat
+
+import pytest
+import torch
+
+from fer_lightning.results import write_csv, write_json
+from fer_lightning.storage import atomic_torch_save, atomic_write_text, escape_surrogates
+
+
+@pytest.fixture
+def umask():
+    old = os.umask(0o022)
+    yield lambda mask: os.umask(mask)
+    os.umask(old)
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_atomic_writes_honour_the_umask(tmp_path, umask):
+    for mask, expected in ((0o022, 0o644), (0o027, 0o640), (0o002, 0o664)):
+        umask(mask)
+        atomic_write_text(tmp_path / f"a{mask}.txt", "x")
+        write_json(tmp_path / f"m{mask}.json", {"a": 1})
+        write_csv(tmp_path / f"p{mask}.csv", [{"f": "x"}], ["f"])
+        atomic_torch_save({"t": torch.zeros(2)}, tmp_path / f"c{mask}.pt")
+        with open(tmp_path / f"plain{mask}", "w"):  # what open() gives, the reference
+            pass
+        for name in (f"a{mask}.txt", f"m{mask}.json", f"p{mask}.csv", f"c{mask}.pt", f"plain{mask}"):
+            assert mode(tmp_path / name) == expected, (name, oct(mode(tmp_path / name)))
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_non_utf8_file_names_are_written_escaped(tmp_path):
+    name = os.fsdecode(b"happy/caf\xe9.jpg")  # a Latin-1 name as Python carries it: a lone surrogate
+    assert escape_surrogates(name) == "happy/caf\\xe9.jpg" and escape_surrogates("été") == "été"
+    write_csv(tmp_path / "p.csv", [{"file": name}], ["file"])
+    write_json(tmp_path / "m.json", {"file": name})
+    assert (tmp_path / "p.csv").read_bytes().decode("utf-8") == "file\nhappy/caf\\xe9.jpg\n"
+    assert json.loads((tmp_path / "m.json").read_text(encoding="utf-8"))["file"] == name
