@@ -60,23 +60,93 @@ class Run:
         return m.get("dataset_fingerprint"), m.get("split"), m.get("fold"), m.get("seed")
 
 
-def find_runs(dirs: list[Path]) -> tuple[list[Run], list[Path]]:
-    """Every finished run (``metrics.json``) and every failed job (``error.txt``) below ``dirs``."""
-    runs, failed = [], []
+REQUIRED = ("model", "class_names", "confusion_matrix", *[f"test/{k}" for k, _ in METRICS])
+
+
+@dataclass
+class Survey:
+    """What lies below the report's folders: finished runs (duplicates removed), failed jobs (``error.txt``),
+    incomplete runs (started, no ``metrics.json``: killed or still running), unreadable results, duplicates."""
+
+    runs: list[Run] = field(default_factory=list)
+    failed: list[Path] = field(default_factory=list)
+    incomplete: list[Path] = field(default_factory=list)
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)
+    duplicates: list[tuple[Path, Path]] = field(default_factory=list)  # (left out, the run it repeats)
+
+
+def _read_run(mpath: Path) -> Run:
+    """The run whose ``metrics.json`` is ``mpath``; ValueError saying why it cannot be used."""
+    try:
+        metrics = json.loads(mpath.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"not valid JSON ({e})") from e
+    if not isinstance(metrics, dict):
+        raise ValueError("not a JSON object")
+    missing = [k for k in REQUIRED if k not in metrics]
+    if missing:
+        raise ValueError(f"no {', '.join(missing)}")
+    pred = mpath.parent / "predictions.csv"
+    rows: list[dict[str, str]] = []
+    if pred.is_file():
+        try:
+            with open(pred, newline="", encoding="utf-8") as f:
+                rows = list(csv.DictReader(f))
+        except (ValueError, UnicodeDecodeError, csv.Error) as e:
+            raise ValueError(f"{pred.name} is unreadable ({e})") from e
+    return Run(mpath.parent, metrics, rows)
+
+
+def _identity(run: Run) -> tuple | None:
+    """The same checkpoint tested on the same data and split is one run, whether by training or by a later
+    ``evaluate`` (None: no checkpoint recorded, never a duplicate)."""
+    m = run.metrics
+    ckpt = m.get("checkpoint") or m.get("best_checkpoint")
+    if not ckpt:
+        return None
+    return str(ckpt), m.get("dataset_fingerprint"), m.get("split"), m.get("fold")
+
+
+def survey(dirs: list[Path]) -> Survey:
+    """Everything below ``dirs`` that a report says something about (see :class:`Survey`)."""
+    found = Survey()
     for d in dirs:
         if not d.is_dir():
             raise FERError(f"{d} is not a folder: give a multirun folder or run folders")
         for mpath in sorted(d.rglob("metrics.json")):
-            metrics = json.loads(mpath.read_text())
-            if "model" not in metrics:
-                continue
-            pred = mpath.parent / "predictions.csv"
-            rows = list(csv.DictReader(pred.open())) if pred.is_file() else []
-            runs.append(Run(mpath.parent, metrics, rows))
-        failed += sorted(p.parent for p in d.rglob("error.txt"))
-    if not runs:
+            try:
+                found.runs.append(_read_run(mpath))
+            except ValueError as e:
+                found.unreadable.append((mpath, str(e)))
+        found.failed += sorted(p.parent for p in d.rglob("error.txt"))
+        found.incomplete += sorted(p.parent for p in d.rglob("run_info.json")
+                                   if not any((p.parent / n).exists() for n in ("metrics.json", "error.txt")))
+    kept: dict[tuple, Run] = {}
+    runs: list[Run] = []
+    # a training run is kept over the evaluations of its checkpoint that repeat it
+    for run in sorted(found.runs, key=lambda r: "best_checkpoint" not in r.metrics):
+        key = _identity(run)
+        if key is not None and key in kept:
+            found.duplicates.append((run.path, kept[key].path))
+            continue
+        if key is not None:
+            kept[key] = run
+        runs.append(run)
+    found.runs = sorted(runs, key=lambda r: r.path)
+    return found
+
+
+def find_runs(dirs: list[Path]) -> tuple[list[Run], list[Path]]:
+    """Every finished run (``metrics.json``, duplicates removed) and every failed job (``error.txt``) below
+    ``dirs``."""
+    found = survey(dirs)
+    _require_runs(found, dirs)
+    return found.runs, found.failed
+
+
+def _require_runs(found: Survey, dirs: list[Path]) -> None:
+    if not found.runs:
         raise FERError(f"no results (metrics.json) under {', '.join(map(str, dirs))}: nothing to report")
-    return runs, failed
 
 
 def mean_ci(values: list[float], level: float = 0.95) -> tuple[float, float, float, float]:
@@ -188,6 +258,21 @@ def figures(runs: list[Run], classes: list[str], t3: list[dict[str, Any]]) -> di
     return out
 
 
+def _survey_notes(found: Survey) -> list[str]:
+    """report.md lines on what is left out besides failed jobs."""
+    lines = []
+    if found.incomplete:
+        lines += [f"{len(found.incomplete)} run(s) are incomplete (started, no metrics.json: killed or still "
+                  "running) and are left out: " + ", ".join(str(p) for p in found.incomplete), ""]
+    if found.unreadable:
+        lines += [f"{len(found.unreadable)} result file(s) are unreadable and are left out: "
+                  + ", ".join(f"{p} ({why})" for p, why in found.unreadable), ""]
+    if found.duplicates:
+        lines += [f"{len(found.duplicates)} result(s) repeat a run (the same checkpoint on the same data and split) "
+                  "and are counted once: " + ", ".join(f"{a} (= {b})" for a, b in found.duplicates), ""]
+    return lines
+
+
 def _p(value: float) -> str:
     return f"{value:.2e}" if value < 1e-3 else f"{value:.4f}"
 
@@ -199,7 +284,11 @@ def _fmt(row: dict[str, Any], key: str) -> str:
 
 def report(dirs: list[Path], output: Path | None = None) -> Path:
     """Write the report for the runs under ``dirs`` into ``output`` (default: the first dir); returns it."""
-    runs, failed = find_runs(dirs)
+    found = survey(dirs)
+    for path, why in found.unreadable:
+        print(f"fer-lightning: skipped {path}: {why}", file=sys.stderr)
+    _require_runs(found, dirs)
+    runs, failed = found.runs, found.failed
     out = output or dirs[0]
     out.mkdir(parents=True, exist_ok=True)
     classes = runs[0].metrics["class_names"]
@@ -223,6 +312,7 @@ def report(dirs: list[Path], output: Path | None = None) -> Path:
     lines = [f"# Report: {len(runs)} runs ({', '.join(datasets)}; split {', '.join(splits)})", ""]
     if failed:
         lines += [f"{len(failed)} job(s) failed and are left out: " + ", ".join(str(p) for p in failed), ""]
+    lines += _survey_notes(found)
     lines += ["## Table 2: test performance (%, mean ± SD over runs [95% CI of the mean, Student's t, clipped "
               "to 0-100])", "",
               "| Model | runs | " + " | ".join(t for _, t in METRICS) + " |", "|" + " --- |" * (len(METRICS) + 2)]

@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -138,3 +139,34 @@ def test_loso_sweep_with_a_failing_job_then_report(tmp_path, cache_dir):
     pairs = list(csv.DictReader(open(out / "paired_tests.csv")))
     assert len(pairs) == 3 and all(p["n_images"] == "21" for p in pairs)  # one test subject's 21 images
     assert "1 job(s) failed" in (out / "report.md").read_text()
+
+
+def test_duplicates_incomplete_and_corrupt_runs(multirun, capsys):
+    """An evaluate output of a run's own checkpoint (same data and split) is not a second run; a killed run (no
+    metrics.json) and a corrupt metrics.json are listed, not counted, and do not stop the report."""
+    for seed in range(3):
+        run = multirun / f"{seed}_job" / "deep"
+        m = json.loads((run / "metrics.json").read_text())
+        m["best_checkpoint"] = str(run / "checkpoints" / "epoch_003.ckpt")
+        (run / "metrics.json").write_text(json.dumps(m))
+        evaluated = run / "eval"  # `evaluate` of that checkpoint, written inside the run's folder
+        evaluated.mkdir()
+        shutil.copy(run / "predictions.csv", evaluated / "predictions.csv")
+        e = {k: v for k, v in m.items() if k != "best_checkpoint"} | {"checkpoint": m["best_checkpoint"]}
+        (evaluated / "metrics.json").write_text(json.dumps(e))
+    killed = multirun / "5_job" / "deep"
+    killed.mkdir(parents=True)
+    (killed / "run_info.json").write_text("{}")
+    broken = multirun / "6_job" / "hybrid"
+    broken.mkdir(parents=True)
+    (broken / "metrics.json").write_text('{"test/acc": 0.5, "mod')
+    out = report([multirun])
+    t2 = {r["model"]: r for r in csv.DictReader(open(out / "table2.csv"))}
+    assert t2["deep"]["n_runs"] == "3" and float(t2["deep"]["acc_mean"]) == 90.0
+    assert t2["hybrid"]["n_runs"] == "3"
+    md = (out / "report.md").read_text()
+    assert f"1 run(s) are incomplete (started, no metrics.json: killed or still running) and are left out: {killed}" \
+        in md
+    assert f"1 result file(s) are unreadable and are left out: {broken / 'metrics.json'} (not valid JSON" in md
+    assert "3 result(s) repeat a run (the same checkpoint on the same data and split) and are counted once" in md
+    assert f"fer-lightning: skipped {broken / 'metrics.json'}: not valid JSON" in capsys.readouterr().err
