@@ -1,81 +1,309 @@
 """Re-evaluate a checkpoint: the same metrics.json and predictions.csv as training writes.
 
     python -m fer_lightning.evaluate ckpt_path=outputs/train/runs/<run>/checkpoints/epoch_033.ckpt
-    python -m fer_lightning.evaluate ckpt_path=... data.root=/data/jaffe data.split=loso data.fold=2
+    python -m fer_lightning.evaluate ckpt_path=... data=folder data.root=/data/kdef
 
-By default the data settings are those of the run that wrote the checkpoint (its ``config.yaml`` beside
-``checkpoints/``), so the run's own test split is evaluated again; ``data.*`` overrides change them, and a
-``data=<option>`` override starts from that option instead. The handcrafted features are the checkpoint's.
+What is evaluated, and how it is kept honest:
+
+* **Data settings.** By default those of the run that wrote the checkpoint (its ``config.yaml`` beside
+  ``checkpoints/``), read as data only: the project's own data module (the run's ``_target_`` must be one of
+  those of ``conf/data/``) takes the options its constructor accepts, and a run folder whose settings hold a
+  ``_target_``, another Hydra key or an interpolation is refused. Every ``data.*`` override (``data.x=``,
+  ``+data.x=``, ``++data.x=``, ``~data.x``) applies on top; ``data=<option>`` starts from that option instead.
+* **Preprocessing.** The checkpoint's image size and face crop, unless set explicitly (then a warning).
+* **Test images.** On the run's own data (same dataset fingerprint, or the same folder), the test images are the
+  run's, read by file from its ``splits.csv``: no other split can be chosen there, so no image the run trained on
+  is ever tested. If the files changed since the run, it is refused unless ``allow_changed_data=true`` (then the
+  run's test images that are still there are evaluated). On other data, that data's own split is used.
+* **Trainer.** ``cfg.trainer`` is instantiated (``trainer=gpu``, ``trainer.precision=...`` apply).
 """
 
 from __future__ import annotations
 
+import csv
+import json
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import hydra
+import numpy as np
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.utils import get_class
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from fer_lightning.checkpoints import FORMAT_KEY, read_checkpoint
+from fer_lightning.checks import accepted_keys, check_target_node, check_values
 from fer_lightning.cli import fail, start_command
 from fer_lightning.config import config_dir
+from fer_lightning.data.splits import Split
 from fer_lightning.errors import FERError
 from fer_lightning.models import load_model
 from fer_lightning.results import metrics_of_test, write_csv, write_test_outputs
+from fer_lightning.run_dirs import check_output_dir
+from fer_lightning.storage import escape_surrogates
 from fer_lightning.training import build
 
 log = logging.getLogger("fer_lightning.evaluate")
 
+NOT_FROM_THE_RUN = ("features", "cache_dir")  # this machine's cache; the checkpoint's own features
+SPLIT_OPTIONS = ("split", "test_size", "val_size", "train_size", "fold", "folds", "seed")
+PREPROCESSING_OPTIONS = ("image_size", "face_crop", "crop_margin", "crop_box")
 
-def data_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
-    """The run's data settings with the user's ``data.*`` overrides on top (or the composed ``cfg.data`` when
-    the run config is absent, not wanted, or another data option was chosen)."""
-    run_config = Path(cfg.ckpt_path).expanduser().resolve().parent.parent / "config.yaml"
-    if not cfg.use_run_config or not run_config.is_file() or any(o.startswith("data=") for o in overrides):
-        return cfg.data
-    data = OmegaConf.load(run_config).data
-    data.features = None
-    data.cache_dir = cfg.data.cache_dir  # this machine's cache, not the one the run used
-    mine = [o for o in overrides if o.startswith("data.")]
-    if mine:
-        data = OmegaConf.merge(data, OmegaConf.from_dotlist([o[len("data."):] for o in mine]))
-    return data
+
+def known_data_targets() -> dict[str, str]:
+    """``_target_ -> option`` of the project's own data options (``conf/data/*.yaml``)."""
+    targets: dict[str, str] = {}
+    for f in sorted(Path(config_dir(), "data").glob("*.yaml")):
+        target = OmegaConf.load(f).get("_target_")
+        if target:
+            targets.setdefault(str(target), f.stem)
+    return targets
+
+
+def _plain(value: Any, where: str, source: Path) -> None:
+    """Refuse anything in a run's settings that Hydra would act on (a ``_target_`` and other ``_keys_``, an
+    interpolation): they are read as data, never executed."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if str(k).startswith("_"):
+                raise FERError(f"{source}: {where}.{k} is not a data setting; this run folder's settings are refused "
+                               "(evaluate with data=<option> and data.* settings instead)")
+            _plain(v, f"{where}.{k}", source)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _plain(v, f"{where}[{i}]", source)
+    elif isinstance(value, str) and "${" in value:
+        raise FERError(f"{source}: {where}={value!r} is an interpolation, not a setting; this run folder's settings "
+                       "are refused (evaluate with data=<option> and data.* settings instead)")
+
+
+@dataclass
+class RunFolder:
+    """What a checkpoint's run folder says about the run, read as plain data."""
+
+    folder: Path
+    dataset: str | None = None
+    fingerprint: str | None = None
+    root: str | None = None
+    splits: dict[str, str] = field(default_factory=dict)  # file -> train | val | test | unused
+
+    @classmethod
+    def of(cls, ckpt_path: str) -> RunFolder:
+        run = cls(Path(ckpt_path).expanduser().resolve().parent.parent)
+        info = run.folder / "run_info.json"
+        if info.is_file():
+            try:
+                record = json.loads(info.read_text(encoding="utf-8"))
+                run.fingerprint, run.root = record.get("dataset_fingerprint"), record.get("dataset_root")
+                run.dataset = record.get("dataset")
+            except (ValueError, UnicodeDecodeError) as e:
+                log.warning("ignoring %s: not readable JSON (%s)", info, e)
+        splits = run.folder / "splits.csv"
+        if splits.is_file():
+            with open(splits, newline="", encoding="utf-8", errors="replace") as f:
+                run.splits = {r["file"]: r["split"] for r in csv.DictReader(f) if r.get("file")}
+        return run
+
+    def read_data_settings(self) -> dict[str, Any] | None:
+        """The run's data settings from its ``config.yaml`` (see the module docstring), or None without one."""
+        path = self.folder / "config.yaml"
+        if not path.is_file():
+            return None
+        try:
+            node = OmegaConf.to_container(OmegaConf.load(path), resolve=False).get("data")
+        except Exception as e:
+            raise FERError(f"{path}: not a readable run configuration ({e.__class__.__name__}: {e})") from e
+        if not isinstance(node, dict):
+            raise FERError(f"{path}: holds no data settings; evaluate with data=<option> and data.* settings")
+        target = node.get("_target_")
+        known = known_data_targets()
+        if target not in known:
+            raise FERError(f"{path}: data._target_={target!r} is not one of fer-lightning's data modules "
+                           f"({', '.join(known)}); it is not used (evaluate with data=<option> instead)")
+        allowed = (accepted_keys(get_class(target)) or set()) - set(NOT_FROM_THE_RUN)
+        settings: dict[str, Any] = {"_target_": target}
+        for k, v in node.items():
+            if k == "_target_" or k in NOT_FROM_THE_RUN:
+                continue
+            if str(k).startswith("_"):
+                _plain({k: v}, "data", path)
+            _plain(v, f"data.{k}", path)
+            if k in allowed:
+                settings[k] = v
+            else:
+                log.warning("%s: ignoring data.%s (not an option of %s)", path, k, known[target])
+        return settings
+
+
+def _data_overrides(overrides: list[str]) -> tuple[bool, list[Any]]:
+    """(whether ``data=<option>`` was given, the parsed ``data.*`` overrides of any kind)."""
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    group = any(o.key_or_group == "data" for o in parsed)
+    return group, [o for o in parsed if o.key_or_group.startswith("data.")]
+
+
+def _set_path(node: dict[str, Any], path: str, value: Any, delete: bool = False) -> None:
+    *parents, last = path.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+    if delete:
+        node.pop(last, None)
+    else:
+        node[last] = value
+
+
+def _checkpoint_preprocessing(record: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's preprocessing as data options (``image_size``, ``face_crop``, ``crop_margin``, ...)."""
+    prep = record.get("preprocessing") or {}
+    out: dict[str, Any] = {}
+    if "image_size" in prep:
+        out["image_size"] = int(prep["image_size"])
+    crop = prep.get("face_crop")
+    if isinstance(crop, dict):
+        out["face_crop"] = crop.get("mode", "none")
+        if "margin" in crop:
+            out["crop_margin"] = crop["margin"]
+        if "box" in crop:
+            out["crop_box"] = crop["box"]
+    return out
+
+
+def data_config(cfg: DictConfig, overrides: list[str], record: dict[str, Any], run: RunFolder) -> dict[str, Any]:
+    """The data node to build (a plain dict with one of the project's ``_target_``s): the run's settings (or the
+    chosen ``data=<option>``), the user's ``data.*`` overrides, the checkpoint's preprocessing."""
+    group, mine = _data_overrides(overrides)
+    settings = None if group or not cfg.use_run_config else run.read_data_settings()
+    composed = OmegaConf.to_container(cfg.data, resolve=True)
+    if settings is None:
+        node = dict(composed)
+    else:
+        node = settings
+        for o in mine:  # Hydra applied them to cfg.data already: take its result for each key the user touched
+            path = o.key_or_group[len("data."):]
+            value = OmegaConf.select(cfg.data, path)
+            if isinstance(value, DictConfig | ListConfig):
+                value = OmegaConf.to_container(value, resolve=True)
+            _set_path(node, path, value, delete=o.is_delete())
+    touched = {o.key_or_group[len("data."):].split(".")[0] for o in mine}
+    for k, v in _checkpoint_preprocessing(record).items():
+        if k not in touched:
+            node[k] = v
+        elif node.get(k) != v:
+            log.warning("data.%s=%s overrides the checkpoint's %s (it was trained with %s): the model sees images "
+                        "prepared otherwise than in training", k, node.get(k), k, v)
+    node["cache_dir"] = composed.get("cache_dir")
+    node["features"] = None
+    check_values(node, "data")
+    check_target_node(node, "data")
+    return node
+
+
+def _same_data(dm: Any, run: RunFolder, prep_changed: bool) -> bool:
+    """Whether ``dm`` holds the run's data: the same dataset fingerprint, or (same dataset name) the same folder or
+    files named as the run's (a copy, perhaps edited). Another synthetic set (other generator settings) is other
+    data; the run's own synthetic set at another image size is not."""
+    if run.fingerprint is not None and dm.fingerprint == run.fingerprint:
+        return True
+    if not run.splits or dm.dataset_name != run.dataset:
+        return False
+    if dm.root is None and run.root is None and not prep_changed:
+        return False
+    if dm.root is not None and run.root is not None:
+        if Path(dm.root).expanduser().resolve() == Path(run.root).expanduser().resolve():
+            return True
+    return any(escape_surrogates(n) in run.splits for n in dm.file_names())
+
+
+def _warn_on_shared_names(dm: Any, run: RunFolder) -> None:
+    """Other data (not the run's): say so when its files carry the names of images the run trained on."""
+    seen = {f for f, s in run.splits.items() if s in ("train", "val")}
+    shared = [n for n in (escape_surrogates(n) for n in dm.file_names()) if n in seen]
+    if shared:
+        log.warning("%d images of %s have the names of images the run trained on (e.g. %s): if they are the same "
+                    "images, the results are not a test", len(shared), dm.dataset_name, shared[0])
+
+
+def _runs_test_split(cfg: DictConfig, dm: Any, run: RunFolder, mine: list[Any], prep_changed: bool) -> None:
+    """Restrict ``dm`` to the run's own split (from its splits.csv, by file), refusing what would leak."""
+    moved = [o.key_or_group for o in mine if o.key_or_group[len("data."):].split(".")[0] in SPLIT_OPTIONS]
+    if moved:
+        raise FERError(f"{moved[0]}: this is the run's own data, whose test images are fixed by {run.folder}/"
+                       "splits.csv; another split would test images the run trained on")
+    if not run.splits:
+        log.warning("no splits.csv in %s: the test split cannot be checked against the run's training images",
+                    run.folder)
+        return
+    names = [escape_surrogates(n) for n in dm.file_names()]
+    index = {n: i for i, n in enumerate(names)}
+    parts = {p: sorted(index[f] for f, s in run.splits.items() if s == p and f in index)
+             for p in ("train", "val", "test")}
+    missing = sorted(f for f, s in run.splits.items() if s == "test" and f not in index)
+    changed = missing or len(index) != len(run.splits) or not all(f in run.splits for f in index)
+    if not prep_changed and run.fingerprint is not None and dm.fingerprint != run.fingerprint:
+        changed = True
+    if changed and not cfg.get("allow_changed_data", False):
+        detail = f"{len(missing)} of its test images are missing" if missing else "the files differ"
+        raise FERError(f"the data changed since the run ({detail}; fingerprint {dm.fingerprint}, the run's "
+                       f"{run.fingerprint}): restore it, or give allow_changed_data=true to evaluate the run's "
+                       "test images that are still there")
+    if changed:
+        log.warning("the data changed since the run: evaluating the %d of its test images that are still there "
+                    "(%d missing)", len(parts["test"]), len(missing))
+    if prep_changed:
+        log.warning("preprocessing overridden: the dataset fingerprint cannot be compared with the run's; the test "
+                    "images are the run's, by file name")
+    if not parts["test"]:
+        raise FERError(f"none of the run's test images ({run.folder}/splits.csv) is in the data")
+    dm.split = Split(*(np.asarray(parts[p], dtype=np.int64) for p in ("train", "val", "test")))
 
 
 def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
     """Test the checkpoint ``cfg.ckpt_path`` and write ``metrics.json`` / ``predictions.csv`` into
-    ``cfg.paths.output_dir``; returns the metrics."""
+    ``cfg.paths.output_dir``; returns the metrics. ``overrides``: the command line's (Hydra's task overrides)."""
     if not cfg.ckpt_path:
         raise FERError("give ckpt_path=<a fer-lightning checkpoint>")
     out = Path(cfg.paths.output_dir)
-    if (out / "metrics.json").exists():
-        raise FERError(f"{out} already holds results; give hydra.run.dir a new folder instead of overwriting it")
+    check_output_dir(out, training=False)
+    overrides = list(overrides or [])
     record = read_checkpoint(cfg.ckpt_path)[FORMAT_KEY]
-    pl.seed_everything(int(cfg.seed), workers=True)
+    run = RunFolder.of(cfg.ckpt_path)
+    node = data_config(cfg, overrides, record, run)
+    trainer_node = OmegaConf.to_container(cfg.trainer, resolve=True)
+    check_values(trainer_node, "trainer")
+    check_target_node(trainer_node, "trainer")
+    pl.seed_everything(int(node.get("seed", 0)), workers=True)
     model = load_model(cfg.ckpt_path)
-    data = data_config(cfg, overrides or [])
     features = None
     if getattr(model, "uses_features", False) and model.extractor.source == "precomputed":
         features = model.extractor  # exactly the checkpoint's descriptor settings
-    dm = build(data, features=features)
+    dm = build(OmegaConf.create({k: v for k, v in node.items() if k != "features"}), features=features)
     dm.prepare_data()
+    _, mine = _data_overrides(overrides)
+    prep = _checkpoint_preprocessing(record)
+    prep_changed = any(node.get(k) != v for k, v in prep.items())
+    same = _same_data(dm, run, prep_changed)
+    if not same and run.splits:
+        _warn_on_shared_names(dm, run)
     dm.setup()
+    if same:
+        _runs_test_split(cfg, dm, run, mine, prep_changed)
     if list(dm.class_names) != list(record["class_names"]):
         raise FERError(
             f"the data's classes {list(dm.class_names)} are not the checkpoint's {record['class_names']}; "
             "evaluate on data with the same classes"
         )
-    trainer = pl.Trainer(accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         deterministic=cfg.trainer.deterministic, default_root_dir=str(out))
+    trainer: pl.Trainer = build(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False,
+                                default_root_dir=str(out))
     trainer.test(model, datamodule=dm, verbose=False)
     metrics = metrics_of_test(model, dm, dm.seed)
     metrics["checkpoint"] = str(Path(cfg.ckpt_path).expanduser().resolve())
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(data, resolve=True))
+    written = {"ckpt_path": metrics["checkpoint"], "data": node, "trainer": OmegaConf.to_container(cfg.trainer)}
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(written)))
     write_csv(out / "splits.csv", dm.split_rows(), ["file", "subject", "label", "split"])
     write_test_outputs(out, model, dm, metrics)
     log.info("%s checkpoint on %s (%s split): test acc %.4f on %d images; outputs in %s", model.model_name,

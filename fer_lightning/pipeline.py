@@ -14,6 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from fer_lightning.checks import check_config
 from fer_lightning.errors import FERError
 from fer_lightning.results import write_csv, write_json
 from fer_lightning.storage import atomic_write_text
@@ -83,6 +84,8 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     if "hybrid" in stages and cfg.pipeline.get("hybrid_from_deep", True):
         if "deep" not in stages or stages.index("deep") > stages.index("hybrid"):
             raise FERError("pipeline: hybrid_from_deep needs the deep stage to run before the hybrid stage")
+    for stage in stages:  # every stage's options, before the first stage trains
+        check_config(_stage_config(cfg, stage, out))
     results: dict[str, dict[str, Any]] = {}
     for stage in stages:
         stage_cfg = _stage_config(cfg, stage, out)

@@ -29,6 +29,7 @@ from fer_lightning.errors import FERError
 from fer_lightning.features.extractor import resolve_device
 from fer_lightning.models import load_model
 from fer_lightning.results import write_csv
+from fer_lightning.storage import escape_surrogates
 
 log = logging.getLogger("fer_lightning.predict")
 DEFAULT_PREPROCESSING = {"image_size": 224, "face_crop": {"mode": "none"}}
@@ -47,11 +48,26 @@ def image_files(target: str | Path) -> list[Path]:
     raise FERError(f"input={path}: no such file or folder")
 
 
+def check_output(output: str | Path, inputs: list[Path]) -> None:
+    """Refuse an output that would destroy something: a folder, one of the input images, an existing file that is
+    not a CSV file (an existing CSV file is replaced)."""
+    path = Path(output).expanduser()
+    if path.is_dir():
+        raise FERError(f"output={output} is a folder; give a CSV file name such as output={path / 'predictions.csv'}")
+    if not path.exists():
+        return
+    if any(path.samefile(f) for f in inputs):
+        raise FERError(f"output={output} is one of the input images; give another file name")
+    if path.suffix.lower() != ".csv":
+        raise FERError(f"output={output} exists and is not a .csv file; it is not overwritten: give a new file name")
+
+
 def predict(
-    ckpt_path: str, target: str | Path, batch_size: int = 32, device: str = "auto"
+    ckpt_path: str, target: str | Path | list[Path], batch_size: int = 32, device: str = "auto"
 ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
-    """Rows ``{file, predicted, p_<class>...}`` for the readable images, and ``(file, reason)`` for the others."""
-    files = image_files(target)
+    """Rows ``{file, predicted, p_<class>...}`` for the readable images, and ``(file, reason)`` for the others.
+    ``target``: an image, a folder, or the list of image files (:func:`image_files`)."""
+    files = list(target) if isinstance(target, list) else image_files(target)
     record = read_checkpoint(ckpt_path)[FORMAT_KEY]
     prep = {**DEFAULT_PREPROCESSING, **record.get("preprocessing", {})}
     model = load_model(ckpt_path).eval().to(resolve_device(device))
@@ -84,18 +100,27 @@ def main(cfg: DictConfig) -> None:
     try:
         if not cfg.ckpt_path or not cfg.input:
             raise FERError("give ckpt_path=<a fer-lightning checkpoint> and input=<an image or a folder>")
-        rows, skipped = predict(cfg.ckpt_path, cfg.input, int(cfg.batch_size), cfg.device)
+        files = image_files(cfg.input)
+        if cfg.output:
+            check_output(cfg.output, files)
+        rows, skipped = predict(cfg.ckpt_path, files, int(cfg.batch_size), cfg.device)
     except FERError as e:
         fail(e)
+    unwritten = None
     if rows and cfg.output:
-        write_csv(Path(cfg.output), rows, list(rows[0]))
-        print(f"wrote {len(rows)} predictions to {cfg.output}")
-    for r in rows if not cfg.output else []:
+        try:
+            write_csv(Path(cfg.output), rows, list(rows[0]))
+            print(f"wrote {len(rows)} predictions to {cfg.output}")
+        except OSError as e:  # read-only place, full disk, ...: the predictions are printed instead
+            unwritten = f"output={cfg.output} cannot be written ({e.strerror or e}); the predictions are printed above"
+    for r in rows if not cfg.output or unwritten else []:
         probs = " ".join(f"{k[2:]}={v}" for k, v in r.items() if k.startswith("p_"))
-        print(f"{r['file']}\t{r['predicted']}\t{probs}")
+        print(f"{escape_surrogates(r['file'])}\t{r['predicted']}\t{probs}")
     if skipped:
-        print(f"fer-lightning: skipped {len(skipped)} unreadable file(s): {', '.join(f for f, _ in skipped)}",
-              file=sys.stderr)
+        print(f"fer-lightning: skipped {len(skipped)} unreadable file(s): "
+              f"{', '.join(escape_surrogates(f) for f, _ in skipped)}", file=sys.stderr)
+    if unwritten:
+        fail(unwritten)
     if not rows:
         sys.exit(1)
 

@@ -6,6 +6,8 @@ metrics.json and predictions.csv.
 
 from __future__ import annotations
 
+import csv
+import json
 import logging
 import sys
 import time
@@ -19,15 +21,63 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from fer_lightning.checkpoints import check_checkpoint
+from fer_lightning.checks import check_config
 from fer_lightning.errors import FERError
 from fer_lightning.results import metrics_of_test, versions, write_csv, write_json, write_test_outputs
+from fer_lightning.resume import ExactResume, resume_hint
+from fer_lightning.run_dirs import check_output_dir
+from fer_lightning.storage import escape_surrogates
 
 log = logging.getLogger("fer_lightning.training")
 
 
+def _resumed_in_place(cfg: DictConfig, out: Path) -> bool:
+    ckpt = cfg.get("ckpt_path")
+    return bool(ckpt) and Path(ckpt).expanduser().resolve().parent == (out / "checkpoints").resolve()
+
+
+def _check_same_split(cfg: DictConfig, dm: Any) -> None:
+    """A resumed checkpoint must go on with the split it was trained on (else it has seen test images)."""
+    run_splits = Path(cfg.ckpt_path).expanduser().resolve().parent.parent / "splits.csv"
+    if not run_splits.is_file():
+        return
+    with open(run_splits, newline="", encoding="utf-8") as f:
+        before = {r["file"]: r["split"] for r in csv.DictReader(f)}
+    now = {escape_surrogates(r["file"]): r["split"] for r in dm.split_rows()}
+    changed = sorted(f for f in before.keys() | now.keys() if before.get(f) != now.get(f))
+    if changed:
+        raise FERError(
+            f"ckpt_path={cfg.ckpt_path}: its run used another split ({len(changed)} images change part, e.g. "
+            f"{changed[0]}; see {run_splits}); resume with the run's own data and split settings"
+        )
+
+
+def _record_resume(cfg: DictConfig, out: Path) -> None:
+    """Resuming in the run's own folder: its config.yaml and splits.csv stay; run_info.json records the resume and
+    any setting that differs from the run's start."""
+    info_path = out / "run_info.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    before = _flat_params(OmegaConf.load(out / "config.yaml")) if (out / "config.yaml").is_file() else {}
+    after = _flat_params(cfg)
+    changed = {k: after.get(k) for k in sorted(before.keys() | after.keys())
+               if k != "ckpt_path" and before.get(k) != after.get(k)}
+    if changed:
+        log.warning("resuming with settings that differ from the run's start (the result will not repeat an "
+                    "uninterrupted run): %s", ", ".join(f"{k}={v}" for k, v in changed.items()))
+    info.setdefault("resumed", []).append({
+        "command": " ".join(sys.argv),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "ckpt_path": str(cfg.ckpt_path),
+        "changed": changed,
+    })
+    write_json(info_path, info)
+
 
 def _write_run_description(cfg: DictConfig, dm: Any, out: Path) -> None:
     """Resolved config, versions, dataset fingerprint and the split assignment, before training starts."""
+    if _resumed_in_place(cfg, out):
+        _record_resume(cfg, out)
+        return
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     write_json(
         out / "run_info.json",
@@ -79,8 +129,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     Returns the metrics written to ``metrics.json``.
     """
     out = Path(cfg.paths.output_dir)
-    if (out / "metrics.json").exists():
-        raise FERError(f"{out} already holds a finished run; give hydra.run.dir a new folder instead of overwriting it")
+    check_output_dir(out, cfg.get("ckpt_path"))
+    check_config(cfg)
     out.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True)
 
@@ -89,10 +139,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     dm = build(cfg.data, features=cfg.features if precompute else None)
     dm.prepare_data()
     dm.setup()
+    if len(dm.split.val) == 0:
+        raise FERError(
+            f"data.val_size={cfg.data.get('val_size')} leaves no validation images, but early stopping and the "
+            "choice of the best checkpoint monitor val/loss; give data.val_size of at least 1 (the paper: 23)"
+        )
     model = build(cfg.model, class_names=list(dm.class_names))
     if cfg.get("ckpt_path"):
         check_checkpoint(cfg.ckpt_path, model, option="ckpt_path")
+        _check_same_split(cfg, dm)
     callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    callbacks.append(ExactResume(cfg.seed, out))  # every run: exact resume and the resume hint on Ctrl+C
     loggers = [
         build(c, **_readable_name(c, model, dm, cfg)) for c in (cfg.get("logger") or {}).values() if c is not None
     ]
@@ -103,7 +160,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
     fit_seconds = time.perf_counter() - start
     if trainer.interrupted:
-        raise FERError(f"training was interrupted; resume it with ckpt_path={out / 'checkpoints' / 'last.ckpt'}")
+        raise FERError(resume_hint(out))
 
     best = _best_checkpoint(trainer)
     trainer.validate(model, datamodule=dm, ckpt_path=best, verbose=False)

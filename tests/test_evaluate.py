@@ -1,9 +1,13 @@
 """python -m fer_lightning.evaluate: reproduces a run's test metrics; other data by overrides."""
 
+import csv
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from fer_lightning.config import config_dir
 from fer_lightning.errors import FERError
@@ -36,10 +40,10 @@ def test_reproduces_the_runs_test_metrics(make_cfg, tmp_path, cache_dir, model):
 
 def test_other_data_by_override_and_errors(make_cfg, tmp_path, cache_dir):
     m = train(make_cfg("trainer.max_epochs=1"))
-    e = evaluate(eval_cfg(tmp_path, cache_dir, m["best_checkpoint"], "data.split=loso", "data.fold=4"),
-                 overrides=["data.split=loso", "data.fold=4"])
-    assert (e["split"], e["fold"], e["n_test"]) == ("loso", 4, 21)
-    with pytest.raises(FERError, match="already holds results"):
+    other = ["data.synthetic.n_subjects=3", "data.split=loso", "data.fold=1"]  # another synthetic set: other data
+    e = evaluate(eval_cfg(tmp_path, cache_dir, m["best_checkpoint"], *other), overrides=other)
+    assert (e["split"], e["fold"], e["n_test"]) == ("loso", 1, 21)
+    with pytest.raises(FERError, match="already holds a finished run"):
         evaluate(eval_cfg(tmp_path, cache_dir, m["best_checkpoint"]))
     with pytest.raises(FERError, match="give ckpt_path"):
         evaluate(eval_cfg(tmp_path / "x", cache_dir, ""))
@@ -52,3 +56,107 @@ def test_cli(make_cfg, tmp_path, cache_dir):
     assert res.returncode == 0, res.stderr[-2000:]
     e = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert abs(e["test/acc"] - m["test/acc"]) <= 1e-6
+
+
+# ---------------------------------------------------------------- safety (issue 10) and overrides (issue 13)
+@pytest.fixture(scope="module")
+def hc_run(tmp_path_factory, cache_dir, synthetic_dir):
+    """A 1-epoch handcrafted run on a private copy of the synthetic set (a test may take files away and put them
+    back): (run folder, data folder, metrics)."""
+    from .conftest import TINY
+
+    base = tmp_path_factory.mktemp("hc")
+    data = base / "jaffe"
+    shutil.copytree(synthetic_dir, data)
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=[*TINY, "model=handcrafted", "trainer.max_epochs=1", f"data.root={data}",
+                                          f"data.cache_dir={cache_dir}", f"paths.output_dir={base / 'run'}"])
+    return base / "run", data, train(cfg)
+
+
+def rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def copy_run(run: Path, dest: Path, ckpt: str) -> Path:
+    """The run's folder (config, splits, info, the checkpoint) somewhere a test may edit it."""
+    (dest / "checkpoints").mkdir(parents=True)
+    for name in ("config.yaml", "splits.csv", "run_info.json"):
+        shutil.copy(run / name, dest / name)
+    shutil.copy(ckpt, dest / "checkpoints" / "best.ckpt")
+    return dest / "checkpoints" / "best.ckpt"
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"augment": {"_target_": "os.makedirs", "name": "PWNED"}}, r"data.augment._target_ is not a data setting"),
+        ({"_target_": "torch.load", "f": "PWNED", "weights_only": False},
+         r"data._target_='torch.load' is not one of fer-lightning's data modules"),
+        ({"_recursive_": True}, r"data._recursive_ is not a data setting"),
+        ({"root": "${oc.env:HOME}"}, r"data.root='\$\{oc.env:HOME\}' is an interpolation"),
+    ],
+)
+def test_run_folder_settings_are_read_as_data_never_run(hc_run, tmp_path, cache_dir, edit, message):
+    run, _, m = hc_run
+    ckpt = copy_run(run, tmp_path / "received", m["best_checkpoint"])
+    config = OmegaConf.load(tmp_path / "received" / "config.yaml")
+    pwned = tmp_path / "pwned"
+    edit = {k: str(pwned) if v == "PWNED" else {**v, "name": str(pwned)} if isinstance(v, dict) else v
+            for k, v in edit.items()}
+    config.data = OmegaConf.merge(config.data, edit)
+    (tmp_path / "received" / "config.yaml").write_text(OmegaConf.to_yaml(config))
+    with pytest.raises(FERError, match=message):
+        evaluate(eval_cfg(tmp_path, cache_dir, ckpt))
+    assert not pwned.exists()
+
+
+def test_only_the_runs_own_test_images_are_ever_tested(hc_run, tmp_path, cache_dir):
+    run, data, m = hc_run
+    split = {r["file"]: r["split"] for r in rows(run / "splits.csv")}
+    test_files = sorted(f for f, s in split.items() if s == "test")
+    with pytest.raises(FERError, match=r"data.split: this is the run's own data, whose test images are fixed"):
+        evaluate(eval_cfg(tmp_path / "a", cache_dir, m["best_checkpoint"], "data.split=loso"),
+                 overrides=["data.split=loso"])
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    removed = sorted(f for f, s in split.items() if s == "train")[::4]  # a quarter of the training images
+    for f in removed:
+        shutil.move(data / f, aside / f)
+    try:
+        with pytest.raises(FERError, match=r"the data changed since the run .*allow_changed_data=true"):
+            evaluate(eval_cfg(tmp_path / "b", cache_dir, m["best_checkpoint"]))
+        e = evaluate(eval_cfg(tmp_path / "c", cache_dir, m["best_checkpoint"], "allow_changed_data=true"))
+    finally:
+        for f in removed:
+            shutil.move(aside / f, data / f)
+    tested = sorted(r["file"] for r in rows(tmp_path / "c" / "eval" / "predictions.csv"))
+    assert tested == test_files and e["n_test"] == len(test_files)
+    for k in ("test/acc", "test/f1_macro", "test/auroc"):
+        assert abs(e[k] - m[k]) <= 1e-6, k
+
+
+def test_checkpoint_preprocessing_unless_overridden(hc_run, tmp_path, cache_dir, caplog):
+    run, _, m = hc_run
+    e = evaluate(eval_cfg(tmp_path / "a", cache_dir, m["best_checkpoint"], "use_run_config=false",
+                          f"data.root={run.parent / 'jaffe'}"), overrides=[f"data.root={run.parent / 'jaffe'}"])
+    assert OmegaConf.load(tmp_path / "a" / "eval" / "config.yaml").data.image_size == 64  # not eval's 224
+    assert abs(e["test/acc"] - m["test/acc"]) <= 1e-6
+    assert "overrides the checkpoint" not in caplog.text
+    evaluate(eval_cfg(tmp_path / "b", cache_dir, m["best_checkpoint"], "data.image_size=80"),
+             overrides=["data.image_size=80"])
+    assert OmegaConf.load(tmp_path / "b" / "eval" / "config.yaml").data.image_size == 80
+    assert "data.image_size=80 overrides the checkpoint's image_size (it was trained with 64)" in caplog.text
+
+
+def test_trainer_config_and_every_kind_of_override_apply(hc_run, tmp_path, cache_dir):
+    _, _, m = hc_run
+    overrides = ["+trainer.limit_test_batches=1", "++data.batch_size=8", "~data.crop_margin"]
+    e = evaluate(eval_cfg(tmp_path, cache_dir, m["best_checkpoint"], *overrides), overrides=overrides)
+    assert e["n_test"] == 8  # one test batch (the trainer's setting) of 8 images (the ++ override)
+    written = OmegaConf.load(tmp_path / "eval" / "config.yaml")
+    assert written.data.batch_size == 8 and "crop_margin" not in written.data and written.trainer.limit_test_batches == 1
+    with pytest.raises(FERError, match=r"data.unknown_key is not an option of .*JAFFEDataModule; valid keys"):
+        evaluate(eval_cfg(tmp_path / "u", cache_dir, m["best_checkpoint"], "+data.unknown_key=1"),
+                 overrides=["+data.unknown_key=1"])

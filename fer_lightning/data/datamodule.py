@@ -26,6 +26,7 @@ from fer_lightning.data.synthetic import ensure_synthetic
 from fer_lightning.errors import FERError
 from fer_lightning.features.cache import load_or_compute
 from fer_lightning.features.extractor import HandcraftedFeatures, resolve_device
+from fer_lightning.seeding import EpochShuffle, run_seed
 
 log = logging.getLogger(__name__)
 SPLITS = ("paper", "loso", "subject_kfold")
@@ -217,13 +218,18 @@ class JAFFEDataModule(pl.LightningDataModule):
     def _loader(self, part: str, shuffle: bool) -> DataLoader:
         self.setup()
         ds = IndexedImages(self._decoded().images, self.targets, getattr(self.split, part), self.features)
+        order = {}
+        if shuffle:  # an order that depends on (seed, epoch) only, and no draw from the global generator: a
+            # resumed run repeats the uninterrupted one (fer_lightning.seeding)
+            epoch = self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0
+            order = {"sampler": EpochShuffle(len(ds), run_seed(self.seed), epoch), "generator": torch.Generator()}
         return DataLoader(
             ds,
             batch_size=self.batch_size,
-            shuffle=shuffle,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
+            **order,
         )
 
     def train_dataloader(self) -> DataLoader:

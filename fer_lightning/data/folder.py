@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -25,6 +26,27 @@ def subject_of(path: Path, pattern: re.Pattern[str] | None) -> str:
     return m[1] if pattern.groups else m[0]
 
 
+def _unreadable(folder: Path | str, e: OSError) -> FERError:
+    return FERError(f"{e.filename or folder} cannot be read ({e.strerror or e}); check the folder's permissions")
+
+
+def _listing(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except OSError as e:
+        raise _unreadable(folder, e) from e
+
+
+def _files_below(folder: Path) -> list[Path]:
+    """Every file below ``folder``; an unreadable sub-folder is an error, never silently skipped."""
+
+    def refuse(e: OSError) -> None:
+        raise _unreadable(folder, e) from e
+
+    return [Path(d, name) for d, _, names in os.walk(folder, onerror=refuse) for name in names
+            if Path(d, name).is_file()]
+
+
 def scan_folder(root: str | Path, subject_regex: str | None = None) -> list[FaceRecord]:
     """Images under ``root/<class>/`` (any depth below the class folder), sorted; labels from the folder names."""
     root = Path(root).expanduser()
@@ -36,11 +58,11 @@ def scan_folder(root: str | Path, subject_regex: str | None = None) -> list[Face
         raise FERError(f"data.subject_regex={subject_regex!r} is not a valid regular expression ({e})") from e
     accepted = ", ".join(sorted(CLASS_ALIASES))
     records: list[FaceRecord] = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    for folder in sorted(p for p in _listing(root) if p.is_dir() and not p.name.startswith(".")):
         label = CLASS_ALIASES.get(folder.name.lower())
         if label is None:
             raise FERError(f"{folder}: unknown class folder '{folder.name}'; accepted names: {accepted}")
-        files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in _files_below(folder) if p.suffix.lower() in IMAGE_SUFFIXES)
         records += [FaceRecord(path=p, subject=subject_of(p, pattern), label=label) for p in files]
     if not records:
         raise FERError(f"data.root={root} holds no images in class folders (root/<class>/<image>, classes: {accepted})")

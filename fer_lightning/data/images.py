@@ -31,7 +31,7 @@ def read_grey(path: str | Path) -> np.ndarray:
             if img.mode != "L":
                 img = img.convert("L")
             return np.asarray(img, dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as e:
         raise FERError(
             f"{path}: cannot read this image ({e.__class__.__name__}: {e}); replace or remove the file"
         ) from e

@@ -42,7 +42,10 @@ def scan_jaffe(root: str | Path) -> list[FaceRecord]:
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FERError(f"data.root={root} is not a folder: point data.root at the folder holding the JAFFE .tiff files")
-    files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    try:
+        files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    except OSError as e:
+        raise FERError(f"data.root={root} cannot be read ({e.strerror or e}); check the folder's permissions") from e
     if not files:
         raise FERError(
             f"data.root={root} holds no .tiff/.tif images: point it at the JAFFE folder (files like KA.AN1.39.tiff)"

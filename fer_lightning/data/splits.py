@@ -97,6 +97,10 @@ def loso_split(
     stratified, from the other subjects' images."""
     y, s = np.asarray(labels), np.asarray(subjects)
     order = sorted(set(s.tolist()))
+    if len(order) < 2:
+        raise FERError(f"data.split=loso needs at least 2 subjects; the data hold {len(order)} ({', '.join(order)}): "
+                       "add subjects, set data.subject_regex to the subject part of the file names, or use "
+                       "data.split=paper")
     if not 0 <= fold < len(order):
         raise FERError(f"data.fold={fold} is out of range: {len(order)} subjects, so folds are 0..{len(order) - 1}")
     test = np.flatnonzero(s == order[fold])

@@ -1,0 +1,58 @@
+"""Randomness as a function of ``(seed, epoch)``: what makes a resumed run repeat the uninterrupted one.
+
+Training draws random numbers for the order of the batches, the augmentation and dropout. If each epoch's draws
+depended on everything drawn before, a run restored from a checkpoint (which holds weights and counters, not the
+history of every generator) would draw other numbers. Here the batch order of epoch ``e`` is a permutation seeded
+by ``(seed, e)`` alone (:class:`EpochShuffle`, the sampler the training loader uses), and the global generators
+(torch on every device, numpy, Python) are reseeded from ``(seed, e)`` when epoch ``e`` starts
+(:class:`fer_lightning.resume.ExactResume`).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """A 32-bit seed for one epoch of one process, a function of ``(seed, epoch, rank)`` only."""
+    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch), int(rank)]).generate_state(1)[0])
+
+
+def seed_all(seed: int) -> None:
+    """torch (CPU and every CUDA device), numpy and Python generators, from one seed."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def run_seed(default: int = 0) -> int:
+    """The run's seed: the one ``pytorch_lightning.seed_everything`` set (Lightning's ``PL_GLOBAL_SEED``, which
+    its own distributed samplers use too), else ``default``."""
+    return int(os.environ.get("PL_GLOBAL_SEED", default))
+
+
+class EpochShuffle(Sampler[int]):
+    """A random order of ``n`` items that depends only on ``(seed, epoch)``, whatever was drawn before.
+
+    Lightning calls :meth:`set_epoch` before each training epoch (as for ``DistributedSampler``); ``epoch`` is the
+    epoch the sampler is created in (a resumed run creates it in the epoch it resumes at).
+    """
+
+    def __init__(self, n: int, seed: int, epoch: int = 0) -> None:
+        self.n, self.seed, self.epoch = int(n), int(seed), int(epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        return iter(torch.randperm(self.n, generator=generator).tolist())
