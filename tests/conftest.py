@@ -87,3 +87,21 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     return subprocess.run(
         [sys.executable, "-m", *args], cwd=cwd or REPO, env=full_env, capture_output=True, text=True, timeout=timeout
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory, cache_dir) -> dict[str, Path]:
+    """One 64 px, one-epoch checkpoint of each model on the synthetic set (random-init backbone), trained once
+    per session for the tests that only need a trained model (export, video)."""
+    from fer_lightning.training import train
+
+    out = tmp_path_factory.mktemp("tiny-runs")
+    ckpts = {}
+    for model in ("deep", "handcrafted", "hybrid"):
+        overrides = [*TINY, "trainer.max_epochs=1", "logger=none", f"model={model}", f"data.cache_dir={cache_dir}",
+                     f"paths.output_dir={out / model}"]
+        if model != "handcrafted":
+            overrides.append("model.backbone.weights=none")
+        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+            ckpts[model] = Path(train(compose("train", overrides=overrides))["best_checkpoint"])
+    return ckpts
