@@ -1,11 +1,13 @@
 """Throughput of exported models: onnxruntime (CPU) vs eager PyTorch, for each model at batch 1 and 32.
 
     uv run python bench/export.py [--size 224] [--batches 1 32] [--models deep handcrafted hybrid] [--repeats 5]
+                                  [--threads N]
 
 Each model is built at its paper settings (random-init MobileNetV2: weights do not change the speed; z-score and
 PCA fitted on the synthetic faces), wrapped as the exported graph is (uint8 faces in, probabilities out) and
 exported to ONNX exactly as ``fer-export`` does. Both run the same uint8 batches of synthetic faces on the CPU
-with their default threads (torch: ``torch.get_num_threads()``, onnxruntime: one per core). Eager PyTorch uses
+with ``--threads`` threads each (default: torch's ``torch.get_num_threads()`` for both; on a busy machine
+``--threads 1`` avoids measuring thread contention). Eager PyTorch uses
 the project's fast feature paths (threaded HOG, LBP with a tie search); the graph replays LBP in float64 at every
 pixel. Prints images/s per model and batch, the largest probability difference, and the geometric mean of the
 onnxruntime / eager ratios last.
@@ -64,18 +66,20 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--models", nargs="+", default=["deep", "handcrafted", "hybrid"])
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         faces = load_or_decode(scan_jaffe(ensure_synthetic(tmp)), args.size, None).images
-        print(f"{len(faces)} synthetic faces at {args.size} px; torch {torch.__version__} with "
-              f"{torch.get_num_threads()} threads")
+        print(f"{len(faces)} synthetic faces at {args.size} px; torch {torch.__version__}; {args.threads} thread(s) "
+              "for torch and for onnxruntime")
         ratios = []
         for name in args.models:
             net = Probabilities(build(name, args.size, faces))
             path = Path(tmp) / f"{name}.onnx"
             start = time.perf_counter()
             _write_onnx(_export_program(net, faces[:2]), path, {"producer": "fer-lightning", "model": name})
-            onnx_model = ExportedModel(path)
+            onnx_model = ExportedModel(path, threads=args.threads)
             print(f"{name}: exported in {time.perf_counter() - start:.1f} s ({path.stat().st_size / 1e6:.1f} MB, "
                   f"metadata key {METADATA_KEY})")
             for b in args.batches:

@@ -134,9 +134,10 @@ class ExportedModel:
     """An exported file, loaded to run: ``probabilities = ExportedModel(path)(images)`` with ``images`` a
     ``(B, 1, S, S)`` array or tensor of the file's input dtype; ``metadata`` is the file's JSON record.
 
-    ONNX files run with onnxruntime (``providers``, default the CPU), pt2 files with ``torch.export.load``."""
+    ONNX files run with onnxruntime (``providers``, default the CPU; ``threads``: its intra-op threads, default one
+    per core), pt2 files with ``torch.export.load``."""
 
-    def __init__(self, path: str | Path, providers: list[str] | None = None) -> None:
+    def __init__(self, path: str | Path, providers: list[str] | None = None, threads: int | None = None) -> None:
         self.path = Path(path).expanduser()
         if not self.path.is_file():
             raise FERError(f"{self.path}: no such exported model file")
@@ -148,7 +149,11 @@ class ExportedModel:
                 raise FERError(f"{self.path}: cannot read this ONNX file ({e.__class__.__name__}: {e})") from e
             props = {p.key: p.value for p in proto.metadata_props}
             self.metadata = self._parse(props.get(METADATA_KEY))
-            self.session = ort.InferenceSession(str(self.path), providers=providers or ["CPUExecutionProvider"])
+            options = ort.SessionOptions()
+            if threads:
+                options.intra_op_num_threads = int(threads)
+            self.session = ort.InferenceSession(str(self.path), options,
+                                                providers=providers or ["CPUExecutionProvider"])
             self.program = None
         else:
             extra = {f"{METADATA_KEY}.json": ""}

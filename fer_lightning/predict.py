@@ -19,18 +19,14 @@ from typing import Any
 
 import hydra
 import numpy as np
-import torch
 from omegaconf import DictConfig
 
-from fer_lightning.checkpoints import FORMAT_KEY, preprocessing, read_checkpoint
 from fer_lightning.cli import fail, start_command
 from fer_lightning.config import config_dir
-from fer_lightning.data.crop import FaceCropper
 from fer_lightning.data.folder import IMAGE_SUFFIXES
-from fer_lightning.data.images import read_grey, resize_grey
+from fer_lightning.data.images import read_grey
 from fer_lightning.errors import FERError
-from fer_lightning.features.extractor import resolve_device
-from fer_lightning.models import load_model
+from fer_lightning.inference import Classifier
 from fer_lightning.results import write_csv
 from fer_lightning.video import collect_video, is_video
 
@@ -55,29 +51,21 @@ def predict(
 ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
     """Rows ``{file, predicted, p_<class>...}`` for the readable images, and ``(file, reason)`` for the others."""
     files = image_files(target)
-    record = read_checkpoint(ckpt_path)[FORMAT_KEY]
-    prep = preprocessing(record)
-    model = load_model(ckpt_path).eval().to(resolve_device(device))
-    cropper, size = FaceCropper.from_settings(prep["face_crop"]), int(prep["image_size"])
-    classes = list(model.class_names)
+    clf = Classifier(ckpt_path, device)
     ready: list[tuple[Path, np.ndarray]] = []
     skipped: list[tuple[str, str]] = []
     for f in files:
         try:
-            ready.append((f, resize_grey(cropper(read_grey(f), f), size)))
+            ready.append((f, clf.prepare(clf.cropper(read_grey(f), f))))
         except FERError as e:
             skipped.append((str(f), str(e)))
             log.warning("skipped: %s", e)
     rows = []
-    with torch.no_grad():
-        for i in range(0, len(ready), batch_size):
-            chunk = ready[i : i + batch_size]
-            x = torch.from_numpy(np.stack([a for _, a in chunk])).unsqueeze(1).float().div_(255.0)
-            probs = model(x.to(model.device)).float().softmax(-1).cpu()
-            for (f, _), p in zip(chunk, probs, strict=True):
-                row = {"file": str(f), "predicted": classes[int(p.argmax())]}
-                row.update({f"p_{c}": f"{float(v):.6f}" for c, v in zip(classes, p, strict=True)})
-                rows.append(row)
+    for i in range(0, len(ready), batch_size):
+        chunk = ready[i : i + batch_size]
+        probs = clf.probabilities([a for _, a in chunk])
+        for (f, _), p in zip(chunk, probs, strict=True):
+            rows.append({"file": str(f), "predicted": clf.label(p), **clf.columns(p)})
     return rows, skipped
 
 

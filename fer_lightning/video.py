@@ -22,15 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
 
-from fer_lightning.checkpoints import FORMAT_KEY, preprocessing, read_checkpoint
-from fer_lightning.data.crop import Face, FaceCropper
-from fer_lightning.data.images import resize_grey
+from fer_lightning.data.crop import Face
 from fer_lightning.errors import FERError
-from fer_lightning.features.extractor import resolve_device
-from fer_lightning.models import load_model
+from fer_lightning.inference import Classifier
 
 log = logging.getLogger(__name__)
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
@@ -196,11 +192,7 @@ def video_rows(
     if int(stride) < 1:
         raise FERError(f"stride={stride} must be 1 or more (every n-th frame)")
     smoother = Smoother(smoothing)
-    record = read_checkpoint(ckpt_path)[FORMAT_KEY]
-    prep = preprocessing(record)
-    model = load_model(ckpt_path).eval().to(resolve_device(device))
-    cropper, size = FaceCropper.from_settings(prep["face_crop"]), int(prep["image_size"])
-    classes = list(model.class_names)
+    clf = Classifier(ckpt_path, device)
     container = open_input(target)
     writer: _Writer | None = None
     complete = False
@@ -218,8 +210,8 @@ def video_rows(
             if index % stride == 0:
                 seconds = float(frame.time) if frame.time is not None else index / float(rate)
                 start = seconds if start is None else start
-                faces = cropper.faces(_grey(rgb), f"{target}#frame{index}")
-                rows = _classify(model, faces, size, classes, smoother, index, seconds - start)
+                faces = clf.cropper.faces(_grey(rgb), f"{target}#frame{index}")
+                rows = _classify(clf, faces, smoother, index, seconds - start)
                 labels = [((r["top"], r["left"], r["height"], r["width"]), f"{r['face']}: {r['smoothed']}")
                           for r in rows]
                 yield from rows
@@ -232,22 +224,19 @@ def video_rows(
         container.close()
 
 
-def _classify(model, faces: list[Face], size: int, classes: list[str], smoother: Smoother, index: int,
+def _classify(clf: Classifier, faces: list[Face], smoother: Smoother, index: int,
               seconds: float) -> list[dict[str, Any]]:
     if not faces:
-        smoother.update([], np.zeros((0, len(classes))))
+        smoother.update([], np.zeros((0, len(clf.classes))))
         return []
-    x = torch.from_numpy(np.stack([resize_grey(f.image, size) for f in faces])).unsqueeze(1).float().div_(255.0)
-    with torch.no_grad():
-        probs = model(x.to(model.device)).float().softmax(-1).cpu().numpy()
+    probs = clf.probabilities([clf.prepare(f.image) for f in faces])
     tracks = smoother.update([f.box for f in faces], probs)
     rows = []
     for face, p, track in zip(faces, probs, tracks, strict=True):
         top, left, h, w = face.box
-        row = {"frame": index, "time": f"{seconds:.3f}", "face": track.id, "top": top, "left": left, "height": h,
-               "width": w, "predicted": classes[int(p.argmax())], "smoothed": classes[int(track.ema.argmax())]}
-        row.update({f"p_{c}": f"{float(v):.6f}" for c, v in zip(classes, p, strict=True)})
-        rows.append(row)
+        rows.append({"frame": index, "time": f"{seconds:.3f}", "face": track.id, "top": top, "left": left,
+                     "height": h, "width": w, "predicted": clf.label(p), "smoothed": clf.label(track.ema),
+                     **clf.columns(p)})
     return rows
 
 

@@ -76,8 +76,8 @@ def test_align_settings_fallback_and_missing_extra(monkeypatch, caplog):
 @pytest.mark.slow
 def test_train_predict_video_and_export_share_the_alignment(make_cfg, tmp_path):
     faces = tmp_path / "faces"
-    shutil.copytree(FIXTURES / "happiness", faces / "happy")
-    shutil.copytree(FIXTURES / "neutral", faces / "neutral")
+    for source, label in (("happiness", "happy"), ("neutral", "neutral")):
+        shutil.copytree(FIXTURES / source, faces / label)
     m = train(make_cfg("data=folder", f"data.root={faces}", "data.folds=3", "data.val_size=2",
                        "data.face_crop=align", "model=handcrafted", "trainer.max_epochs=1"))
     ckpt = m["best_checkpoint"]

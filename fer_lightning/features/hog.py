@@ -160,14 +160,8 @@ def hog(
     return torch.cat(list(_pool().map(one_chunk, range(0, x.shape[0], chunk))))
 
 
-def hog_graph(
-    x: torch.Tensor,
-    orientations: int = 9,
-    pixels_per_cell: int = 8,
-    cells_per_block: int = 2,
-    block_norm: str = "L2-Hys",
-    eps: float = 1e-5,
-) -> torch.Tensor:
+def hog_graph(x: torch.Tensor, orientations: int = 9, pixels_per_cell: int = 8, cells_per_block: int = 2,
+              block_norm: str = "L2-Hys", eps: float = 1e-5) -> torch.Tensor:
     """:func:`hog` of 8-bit images as one static graph (for ``torch.export`` and ONNX): ``(B, 1, H, W)`` uint8
     -> ``(B, D)`` float32, equal to :func:`hog` up to float32 summation order.
 
