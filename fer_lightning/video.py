@@ -133,7 +133,7 @@ def _grey(rgb: np.ndarray) -> np.ndarray:
 def _annotate(rgb: np.ndarray, labels: list[tuple[tuple[int, int, int, int], str]]) -> np.ndarray:
     img = Image.fromarray(rgb)
     draw = ImageDraw.Draw(img)
-    width = max(1, min(rgb.shape[:2]) // 120)
+    width = max(2, min(rgb.shape[:2]) // 120)  # two pixels at least: chroma is subsampled 2x2 in the video
     for (top, left, h, w), text in labels:
         draw.rectangle([left, top, left + w - 1, top + h - 1], outline=BOX_COLOUR, width=width)
         tx, ty = left + width + 1, max(0, top - 12) if top >= 12 else top + width + 1
