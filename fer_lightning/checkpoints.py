@@ -40,3 +40,12 @@ def check_checkpoint(path: str | Path, model: Any, option: str = "ckpt_path") ->
             f"{option}={path} was trained on classes {info.get('class_names')}, not {list(model.class_names)}"
         )
     return ckpt
+
+
+DEFAULT_PREPROCESSING = {"image_size": 224, "face_crop": {"mode": "none"}}
+
+
+def preprocessing(record: dict[str, Any]) -> dict[str, Any]:
+    """How raw images become a checkpoint's inputs (``image_size``, ``face_crop`` settings), from its
+    ``fer_lightning`` record; checkpoints written before it was recorded get the defaults."""
+    return {**DEFAULT_PREPROCESSING, **record.get("preprocessing", {})}

@@ -29,6 +29,8 @@ class _Fitted(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _check_fitted(self) -> None:
+        if torch.compiler.is_exporting():  # a buffer's value cannot steer a graph; export runs the model eagerly first
+            return
         if not bool(self.fitted):
             raise RuntimeError(f"{type(self).__name__} is used before it was fitted on training features")
 

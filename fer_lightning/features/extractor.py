@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fer_lightning.errors import FERError
-from fer_lightning.features.hog import hog, hog_dim
-from fer_lightning.features.lbp import lbp_codes, lbp_histograms
+from fer_lightning.features.hog import hog, hog_dim, hog_graph
+from fer_lightning.features.lbp import lbp_codes, lbp_codes_graph, lbp_histograms, lbp_histograms_graph
 
 log = logging.getLogger(__name__)
 BACKENDS = ("torch", "skimage")
@@ -124,20 +124,30 @@ class HandcraftedFeatures(nn.Module):
     # ------------------------------------------------------------------ compute
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         x = to_uint8(x)
+        if torch.compiler.is_exporting():
+            return self.graph(x)
         if self.backend == "skimage":
             return self._skimage(x)
+        return self._blocks(x, hog, lbp_codes, lbp_histograms)
+
+    def graph(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The same blocks as one static graph (what ``torch.export`` and the ONNX export trace): no threads,
+        tie search or scatter; LBP codes still exactly scikit-image's, HOG equal up to float32 summation order."""
+        return self._blocks(to_uint8(x), hog_graph, lbp_codes_graph, lbp_histograms_graph)
+
+    def _blocks(self, x: torch.Tensor, hog_fn, codes_fn, histograms_fn) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         if self.hog_cfg is not None:
             h = self.hog_cfg
             for s in h["scales"]:
-                out[f"hog@{s}"] = hog(
+                out[f"hog@{s}"] = hog_fn(
                     resize_uint8(x, s), h["orientations"], h["pixels_per_cell"], h["cells_per_block"], h["block_norm"]
                 )
         if self.lbp_cfg is not None:
             lb = self.lbp_cfg
             for s in lb["scales"]:
-                codes = lbp_codes(resize_uint8(x, s), lb["P"], lb["R"])
-                out[f"lbp@{s}"] = lbp_histograms(codes, lb["P"] + 2, tuple(lb["grid"]))
+                codes = codes_fn(resize_uint8(x, s), lb["P"], lb["R"])
+                out[f"lbp@{s}"] = histograms_fn(codes, lb["P"] + 2, tuple(lb["grid"]))
         return out
 
     def _skimage(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
