@@ -23,8 +23,7 @@ from fer_lightning.checkpoints import FORMAT_KEY, read_checkpoint
 from fer_lightning.cli import fail, start_command
 from fer_lightning.config import config_dir
 from fer_lightning.data.crop import FaceCropper
-from fer_lightning.data.folder import IMAGE_SUFFIXES
-from fer_lightning.data.images import read_grey, resize_grey
+from fer_lightning.data.images import IMAGE_SUFFIXES, read_grey, resize_grey
 from fer_lightning.errors import FERError
 from fer_lightning.features.extractor import resolve_device
 from fer_lightning.models import load_model

@@ -2,12 +2,12 @@
 
 import os
 
+import fer_lightning.data.cache as cache_mod
 import pytest
 import torch
 
-import fer_lightning.data.cache as cache_mod
-from fer_lightning.data.cache import load_or_decode
-from fer_lightning.data.jaffe import scan_jaffe
+from fer_lightning.data.sources.jaffe import scan_jaffe
+from fer_lightning.data.store import decode_store
 
 
 def _forbid_decoding(monkeypatch):
@@ -19,33 +19,33 @@ def _forbid_decoding(monkeypatch):
 
 def test_second_load_does_not_decode(jaffe_dir, tmp_path, monkeypatch):
     cdir = tmp_path / "c"
-    first = load_or_decode(scan_jaffe(jaffe_dir), 48, cdir, name="jaffe")
+    first = decode_store(scan_jaffe(jaffe_dir), 48, cdir, name="jaffe")
     assert first.images.shape == (210, 1, 48, 48) and first.images.dtype == torch.uint8
     assert len(list(cdir.glob("*.pt"))) == 1
     _forbid_decoding(monkeypatch)
-    second = load_or_decode(scan_jaffe(jaffe_dir), 48, cdir, name="jaffe")
+    second = decode_store(scan_jaffe(jaffe_dir), 48, cdir, name="jaffe")
     assert torch.equal(first.images, second.images) and first.fingerprint == second.fingerprint
     assert second.labels == first.labels and second.files == first.files
 
 
 def test_changes_invalidate(jaffe_dir, tmp_path, monkeypatch):
     cdir = tmp_path / "c"
-    base = load_or_decode(scan_jaffe(jaffe_dir), 48, cdir)
-    assert load_or_decode(scan_jaffe(jaffe_dir), 32, cdir).fingerprint != base.fingerprint  # image size
+    base = decode_store(scan_jaffe(jaffe_dir), 48, cdir)
+    assert decode_store(scan_jaffe(jaffe_dir), 32, cdir).fingerprint != base.fingerprint  # image size
     f = next(iter(sorted(jaffe_dir.iterdir())))
     st = f.stat()
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a touched file
-    assert load_or_decode(scan_jaffe(jaffe_dir), 48, cdir).fingerprint != base.fingerprint
+    assert decode_store(scan_jaffe(jaffe_dir), 48, cdir).fingerprint != base.fingerprint
     f.unlink()  # a removed file
-    assert len(load_or_decode(scan_jaffe(jaffe_dir), 48, cdir).labels) == 209
+    assert len(decode_store(scan_jaffe(jaffe_dir), 48, cdir).labels) == 209
 
 
 def test_corrupt_cache_file_is_rebuilt(jaffe_dir, tmp_path):
     cdir = tmp_path / "c"
-    good = load_or_decode(scan_jaffe(jaffe_dir), 48, cdir)
+    good = decode_store(scan_jaffe(jaffe_dir), 48, cdir)
     (entry,) = cdir.glob("*.pt")
     entry.write_bytes(b"truncated")
-    again = load_or_decode(scan_jaffe(jaffe_dir), 48, cdir)
+    again = decode_store(scan_jaffe(jaffe_dir), 48, cdir)
     assert torch.equal(again.images, good.images)
     assert torch.load(entry, weights_only=True)["images"].shape == good.images.shape
 
@@ -63,4 +63,4 @@ def test_datamodule_reuses_cache(jaffe_dir, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("size", [48])
 def test_no_cache_dir_still_works(jaffe_dir, size):
-    assert load_or_decode(scan_jaffe(jaffe_dir), size, None).images.shape[0] == 210
+    assert decode_store(scan_jaffe(jaffe_dir), size, None).images.shape[0] == 210

@@ -2,10 +2,10 @@
 
 import json
 
+import fer_lightning.features.cache as feature_cache
 import pytest
 import torch
 
-import fer_lightning.features.cache as feature_cache
 from fer_lightning.data import JAFFEDataModule
 from fer_lightning.features import HandcraftedFeatures
 from fer_lightning.models.handcrafted import HandcraftedFER

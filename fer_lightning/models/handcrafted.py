@@ -37,12 +37,15 @@ class HandcraftedFER(FERClassifier):
         lr: float = 1e-4,
         weight_decay: float = 0.0,
         fitted_components: int | None = None,
+        class_weights: str = "none",
     ) -> None:
-        super().__init__(class_names, lr=lr, weight_decay=weight_decay)
+        super().__init__(class_names, lr=lr, weight_decay=weight_decay, class_weights=class_weights)
         self.extractor = HandcraftedFeatures.build(features)
         self.save_hyperparameters(ignore=["features"])
         self.hparams["features"] = self.extractor.full_config()
         head = {"hidden": [512, 256], "dropout": [0.5, 0.3], "input_dropout": 0.5, "batchnorm": True, **(head or {})}
+        # the z-score and PCA layers see at most this many training images (a seeded sample; all when fewer)
+        self.fit_samples = (pca or {}).get("fit_samples", 20000)
         self.fusion = FusionHead(
             {**self.extra_block_dims(), **self.extractor.block_dims()},
             self.num_classes,
@@ -56,8 +59,8 @@ class HandcraftedFER(FERClassifier):
         """Blocks besides the handcrafted ones, fused in front of them."""
         return {}
 
-    def extra_train_blocks(self, datamodule: Any) -> dict[str, torch.Tensor]:
-        """Those blocks for the training split (prepared in :meth:`setup`)."""
+    def extra_train_blocks(self, datamodule: Any, rows: Any) -> dict[str, torch.Tensor]:
+        """Those blocks for the training images ``rows`` (prepared in :meth:`setup`)."""
         return {}
 
     def extra_blocks(self, batch: dict[str, Any] | None, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -69,7 +72,8 @@ class HandcraftedFER(FERClassifier):
         if self.fusion.fitted or self._trainer is None or self.trainer.datamodule is None:
             return
         dm = self.trainer.datamodule
-        blocks = {**self.extra_train_blocks(dm), **dm.train_features(self.extractor)}
+        rows = dm.fit_rows(self.fit_samples)
+        blocks = {**self.extra_train_blocks(dm, rows), **dm.train_features(self.extractor, rows)}
         self.hparams["fitted_components"] = self.fusion.fit(blocks)
 
     def handcrafted_blocks(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
