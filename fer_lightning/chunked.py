@@ -215,34 +215,36 @@ def _build(partial: Path, progress: dict[str, Any], fill: Fill, workers: int, wh
         k, crc, notes = result
         progress["done"][str(k)] = {"crc": crc, "notes": notes}
         bar.update(min(rows, (k + 1) * chunk) - k * chunk)
-        if time.perf_counter() - last_save > 1.0 or len(progress["done"]) * chunk >= rows:
+        if time.perf_counter() - last_save > 0.5 or len(progress["done"]) * chunk >= rows:
             atomic_write_text(partial / "progress.json", json.dumps(progress))
             last_save = time.perf_counter()
 
-    with _progress_bar(rows, done_rows, what) as bar:
-        if workers <= 1 or len(todo) < 2:
-            maps = _worker_maps(partial, names)
-            for k, a, b in todo:
-                record(_run_chunk(k, a, b, fill, maps), bar)
-            del maps
-        else:
-            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-            with ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context(method),
-                                     initializer=_worker_init, initargs=(fill, partial, names)) as pool:
-                pending = {pool.submit(_run_chunk, k, a, b) for k, a, b in todo[: 2 * workers]}
-                queue = iter(todo[2 * workers :])
-                try:
-                    while pending:
-                        finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                        for fut in finished:
-                            record(fut.result(), bar)
-                            nxt = next(queue, None)
-                            if nxt is not None:
-                                pending.add(pool.submit(_run_chunk, *nxt))
-                except BaseException:
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    raise
-    atomic_write_text(partial / "progress.json", json.dumps(progress))
+    try:
+        with _progress_bar(rows, done_rows, what) as bar:
+            if workers <= 1 or len(todo) < 2:
+                maps = _worker_maps(partial, names)
+                for k, a, b in todo:
+                    record(_run_chunk(k, a, b, fill, maps), bar)
+                del maps
+            else:
+                method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+                with ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context(method),
+                                         initializer=_worker_init, initargs=(fill, partial, names)) as pool:
+                    pending = {pool.submit(_run_chunk, k, a, b) for k, a, b in todo[: 2 * workers]}
+                    queue = iter(todo[2 * workers :])
+                    try:
+                        while pending:
+                            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                            for fut in finished:
+                                record(fut.result(), bar)
+                                nxt = next(queue, None)
+                                if nxt is not None:
+                                    pending.add(pool.submit(_run_chunk, *nxt))
+                    except BaseException:
+                        pool.shutdown(wait=False, cancel_futures=True)
+                        raise
+    finally:  # what was done survives an exception or Ctrl-C (a SIGKILL loses at most the last half second)
+        atomic_write_text(partial / "progress.json", json.dumps(progress))
     seconds = time.perf_counter() - started
     built = rows - done_rows
     log.info("built %s: %d rows in %.1f s (%.0f rows/s)", what, built, seconds, built / max(seconds, 1e-9))

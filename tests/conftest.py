@@ -87,3 +87,12 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     return subprocess.run(
         [sys.executable, "-m", *args], cwd=cwd or REPO, env=full_env, capture_output=True, text=True, timeout=timeout
     )
+
+
+@pytest.fixture(scope="session")
+def fer2013_csv(tmp_path_factory) -> Path:
+    """A small FER2013-format file: 600 distinct synthetic 48x48 faces (480 Training, 60 PublicTest, 60
+    PrivateTest), generated once per test session."""
+    from fer_lightning.data.synthetic import write_fer2013
+
+    return write_fer2013(tmp_path_factory.mktemp("fer2013") / "fer2013.csv", 600, n_subjects=2)
