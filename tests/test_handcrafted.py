@@ -2,7 +2,6 @@
 
 import json
 
-import fer_lightning.features.cache as feature_cache
 import pytest
 import torch
 
@@ -30,8 +29,7 @@ def test_trains_and_checkpoint_round_trip(make_cfg, tmp_path):
     # loading needs no data and no cache; it predicts from raw images
     model = HandcraftedFER.load_from_checkpoint(m["best_checkpoint"], map_location="cpu").eval()
     assert model.fusion.pca.out_features == k
-    dm = JAFFEDataModule(root=None, image_size=64, cache_dir=None, features=model.extractor)
-    dm.cache_dir = make_cfg().data.cache_dir
+    dm = JAFFEDataModule(root=None, image_size=64, cache_dir=make_cfg().data.cache_dir, features=model.extractor)
     dm.setup()
     batch = next(iter(dm.test_dataloader()))
     batch["image"] = batch["image"].float() / 255
@@ -52,7 +50,7 @@ def test_feature_cache_is_reused(cache_dir, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("features were computed again although they are cached")
 
-    monkeypatch.setattr(HandcraftedFeatures, "compute", boom)
+    monkeypatch.setattr(HandcraftedFeatures, "forward", boom)
     again = JAFFEDataModule(root=None, image_size=64, cache_dir=str(cache_dir), features=FEATURES)
     again.setup()
     for k in first:
@@ -66,8 +64,8 @@ def test_feature_cache_is_reused(cache_dir, monkeypatch):
 def test_second_training_run_uses_the_cache(make_cfg, tmp_path, monkeypatch):
     train(make_cfg("model=handcrafted", "trainer.fast_dev_run=true", out=tmp_path / "a"))
     calls = []
-    real = feature_cache.HandcraftedFeatures.compute
-    monkeypatch.setattr(feature_cache.HandcraftedFeatures, "compute", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = HandcraftedFeatures.forward
+    monkeypatch.setattr(HandcraftedFeatures, "forward", lambda *a, **k: calls.append(1) or real(*a, **k))
     train(make_cfg("model=handcrafted", "trainer.fast_dev_run=true", out=tmp_path / "b"))
     assert calls == []
 

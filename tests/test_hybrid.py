@@ -138,18 +138,18 @@ def test_no_test_image_reaches_a_fitted_statistic_or_backbone(make_cfg, tmp_path
                                                f"data.cache_dir={cache}", f"paths.output_dir={out}"])
 
     clean = run_pipeline(cfg(tmp_path / "clean", tmp_path / "cache_clean"))
-    real_decode = datamodule_mod.load_or_decode
+    real_decode = datamodule_mod.decode_store
 
-    def corrupted(records, image_size, cache_dir, name="faces", crop=None):
-        d = real_decode(records, image_size, cache_dir, name, crop)
+    def corrupted(records, image_size, cache_dir, **kwargs):
+        d = real_decode(records, image_size, cache_dir, **kwargs)
         test = paper_split(d.labels, test_size=57, val_size=23, seed=0).test
         g = torch.Generator().manual_seed(0)
-        d.images = d.images.clone()
+        # the store is mapped copy-on-write: this process sees the noise, the file on disk stays clean
         d.images[torch.as_tensor(test)] = torch.randint(0, 256, (len(test), *d.images.shape[1:]), generator=g,
                                                         dtype=torch.uint8)
         return d
 
-    monkeypatch.setattr(datamodule_mod, "load_or_decode", corrupted)
+    monkeypatch.setattr(datamodule_mod, "decode_store", corrupted)
     dirty = run_pipeline(cfg(tmp_path / "dirty", tmp_path / "cache_dirty"))
     for stage in ("deep", "hybrid", "handcrafted"):
         a, b = _fitted_state(clean[f"{stage}/best_checkpoint"]), _fitted_state(dirty[f"{stage}/best_checkpoint"])
