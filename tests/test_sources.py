@@ -217,3 +217,45 @@ def test_affectnet_layout(photos, tmp_path, make_cfg, caplog):
     assert d.dataset_name == "affectnet" and d.class_names == ("happiness", "sadness")
     assert len(d.decoded.labels) == 19 and "dropped 5 images whose label code is mapped to null (9: 5)" in caplog.text
     assert (len(d.split.train), len(d.split.val), len(d.split.test)) == (9, 2, 8)  # validation.csv = test
+
+
+@pytest.fixture(scope="module")
+def skewed_csv(fer2013_csv, tmp_path_factory):
+    """The FER2013 fixture with 70% of its rows relabelled happiness (3)."""
+    lines = fer2013_csv.read_text().splitlines()
+    out = [lines[0]] + [("3" + line[1:]) if i % 10 < 7 else line for i, line in enumerate(lines[1:])]
+    path = tmp_path_factory.mktemp("skewed") / "fer2013.csv"
+    path.write_text("\n".join(out) + "\n")
+    return path
+
+
+def test_balanced_sampler_draws_classes_equally(skewed_csv, tmp_path):
+    torch.manual_seed(0)
+    shares = {}
+    for sampler in ("random", "balanced"):
+        d = dm(tmp_path, source="fer2013", root=str(skewed_csv), sampler=sampler, batch_size=32)
+        labels = torch.cat([b["label"] for b in d.train_dataloader()])
+        assert len(labels) == 480
+        shares[sampler] = torch.bincount(labels, minlength=7).float() / len(labels)
+    happy = d.class_names.index("happiness")
+    assert shares["random"][happy] > 0.6 and shares["balanced"][happy] < 0.25
+    assert shares["balanced"].min() > 0.07  # every class drawn about 1/7 of the time
+    counts = d.class_counts("train")
+    assert counts.sum() == 480 and counts[happy] > 300
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["deep", "handcrafted", "hybrid"])
+def test_three_models_train_on_fer2013(make_cfg, skewed_csv, tmp_path, model):
+    from fer_lightning.training import train
+
+    m = train(make_cfg("data=fer2013", f"data.root={skewed_csv}", f"model={model}", "data.image_size=48",
+                       "model.class_weights=balanced", "data.sampler=balanced", "trainer.max_epochs=1",
+                       "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1",
+                       "model.pca.fit_samples=100" if model != "deep" else "data.decode_workers=0"))
+    assert m["dataset"] == "fer2013" and m["split"] == "official" and m["model"] == model
+    rows = (tmp_path / "run" / "splits.csv").read_text().splitlines()
+    assert rows[1].startswith("fer2013.csv#0,,") and len(rows) == 601
+    if model != "deep":
+        hp = torch.load(m["best_checkpoint"], weights_only=True)
+        assert hp["hyper_parameters"]["fitted_components"] <= 99  # fitted on a sample of 100 training images
