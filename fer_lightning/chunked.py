@@ -205,7 +205,8 @@ def _progress_bar(total: int, initial: int, what: str):
 
 def _build(partial: Path, progress: dict[str, Any], fill: Fill, workers: int, what: str) -> None:
     rows, chunk = progress["rows"], progress["chunk"]
-    todo = [(k, k * chunk, min(rows, (k + 1) * chunk)) for k in range(-(-rows // chunk)) if str(k) not in progress["done"]]
+    todo = [(k, k * chunk, min(rows, (k + 1) * chunk)) for k in range(-(-rows // chunk))
+            if str(k) not in progress["done"]]
     names = list(progress["arrays"])
     done_rows = rows - sum(b - a for _, a, b in todo)
     started, last_save = time.perf_counter(), 0.0

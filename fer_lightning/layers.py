@@ -26,15 +26,15 @@ PCA_EXACT_MAX = 4096  # exact SVD while min(n_samples, n_features) <= this; rand
 
 
 def _column_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Column means and population variances in float64: at once up to ``CHUNK_ROWS`` rows, else in two passes
-    over chunks of rows."""
+    """Column means and population standard deviations in float64: at once up to ``CHUNK_ROWS`` rows, else in
+    two passes over chunks of rows."""
     if len(x) <= CHUNK_ROWS:
         x64 = x.to(torch.float64)
-        return x64.mean(0), x64.var(0, correction=0)
+        return x64.mean(0), x64.std(0, correction=0)
     n = len(x)
     mean = sum(x[i : i + CHUNK_ROWS].to(torch.float64).sum(0) for i in range(0, n, CHUNK_ROWS)) / n
     sq = sum((x[i : i + CHUNK_ROWS].to(torch.float64) - mean).square_().sum(0) for i in range(0, n, CHUNK_ROWS))
-    return mean, sq / n
+    return mean, (sq / n).sqrt()
 
 
 class _Fitted(nn.Module):
@@ -67,8 +67,7 @@ class ZScore(_Fitted):
 
     @torch.no_grad()
     def fit(self, x: torch.Tensor) -> ZScore:
-        mean, var = _column_moments(x.detach())
-        std = var.sqrt()
+        mean, std = _column_moments(x.detach())
         std = torch.where(std < 10 * torch.finfo(torch.float64).eps, torch.ones_like(std), std)
         self.mean = mean.to(self.mean.dtype).to(self.mean.device)
         self.std = std.to(self.std.dtype).to(self.std.device)
@@ -145,8 +144,8 @@ class PCAProjection(_Fitted):
         """Top components by ``torch.pca_lowrank`` (seeded; the global RNG is left alone), asking for more until
         they explain the requested variance fraction."""
         n, d = x.shape
-        mean, var = _column_moments(x)
-        total = var.sum() * n / (n - 1)
+        mean, std = _column_moments(x)
+        total = std.square().sum() * n / (n - 1)
         nc, limit = self.n_components, min(n, d) - 1
         fraction = isinstance(nc, float) and not float(nc).is_integer()
         q = min(limit, 256 if fraction else self._count(torch.ones(1), n))

@@ -111,3 +111,25 @@ def test_pca_above_sample_count_is_a_clear_error(make_cfg):
 
     with pytest.raises(FERError, match=r"pca.n_components=500 is more than the 130 training samples allow"):
         train(make_cfg("model=handcrafted", "model.pca.n_components=500", "trainer.fast_dev_run=true"))
+
+
+def test_float16_feature_store_gives_the_same_classifier(make_cfg, tmp_path, cache_dir):
+    """features.store_dtype=float16 halves the feature store; fitted on it, the classifier predicts like the
+    float32 one (the parity that allows float16 for datasets whose float32 features would not fit)."""
+    import csv
+
+    runs = {}
+    for dtype in ("float32", "float16"):
+        m = train(make_cfg("model=handcrafted", "trainer.max_epochs=3", f"features.store_dtype={dtype}",
+                           out=tmp_path / dtype))
+        with open(tmp_path / dtype / "predictions.csv") as f:
+            runs[dtype] = (m, [r["predicted"] for r in csv.DictReader(f)])
+    (m32, p32), (m16, p16) = runs["float32"], runs["float16"]
+    agree = sum(a == b for a, b in zip(p32, p16, strict=True)) / len(p32)
+    assert agree >= 0.9 and abs(m32["test/acc"] - m16["test/acc"]) <= 0.05, (agree, m32["test/acc"], m16["test/acc"])
+    sizes = {}
+    for store in (p for p in cache_dir.glob("features-*") if p.is_dir()):
+        arrays = json.loads((store / "meta.json").read_text())["arrays"]
+        if arrays.get("lbp@64", {}).get("shape") == [210, 490]:  # this test's settings (others use other grids)
+            sizes[arrays["hog@64"]["dtype"]] = sum(f.stat().st_size for f in store.glob("*.npy"))
+    assert sizes["<f2"] < 0.51 * sizes["<f4"]

@@ -251,7 +251,8 @@ def test_three_models_train_on_fer2013(make_cfg, skewed_csv, tmp_path, model):
 
     m = train(make_cfg("data=fer2013", f"data.root={skewed_csv}", f"model={model}", "data.image_size=48",
                        "model.class_weights=balanced", "data.sampler=balanced", "trainer.max_epochs=1",
-                       "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1",
+                       "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
+                       "+trainer.limit_test_batches=1",
                        "model.pca.fit_samples=100" if model != "deep" else "data.decode_workers=0"))
     assert m["dataset"] == "fer2013" and m["split"] == "official" and m["model"] == model
     rows = (tmp_path / "run" / "splits.csv").read_text().splitlines()

@@ -9,6 +9,7 @@ class (``conf/data/*.yaml``) naming its source and the source's own options.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -139,7 +140,7 @@ class FERDataModule(pl.LightningDataModule):
     def dataset_name(self) -> str:
         return self.source.name
 
-    @property
+    @functools.cached_property
     def class_names(self) -> tuple[str, ...]:
         return self.source.classes()
 
@@ -180,7 +181,8 @@ class FERDataModule(pl.LightningDataModule):
                                    seed=self.seed, option=f"data.split={name}")
         split, dropped = separate_copies(split, groups)
         if dropped:
-            log.warning("dropped %d validation/test image(s) that copy an image of an earlier part of the split", dropped)
+            log.warning("dropped %d validation/test image(s) that copy an image of an earlier part of the split",
+                        dropped)
         return split
 
     def setup(self, stage: str | None = None) -> None:

@@ -145,7 +145,9 @@ def warn_small(decoded: DecodedSet, names: Sequence[str], min_side: int | None, 
     return small.tolist()
 
 
-def duplicate_groups(decoded: DecodedSet, names: Sequence[str], labels: Sequence[str], mode: str = "warn") -> np.ndarray:
+def duplicate_groups(
+    decoded: DecodedSet, names: Sequence[str], labels: Sequence[str], mode: str = "warn"
+) -> np.ndarray:
     """For each image, the index of the first image with the same pixels (itself when it is unique). Duplicates
     are named in one warning (``mode='warn'``) or refused (``'error'``)."""
     if mode not in DUPLICATE_MODES:

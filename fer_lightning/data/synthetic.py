@@ -207,11 +207,12 @@ def write_fer2013(path: str | Path, rows: int, size: int = 48, seed: int = 0,
                   usage: tuple[float, float] = (0.8, 0.1), n_subjects: int = 10) -> Path:
     """A FER2013-format CSV (``emotion,pixels,Usage``) of ``rows`` distinct synthetic ``size`` x ``size`` faces:
     each row is one of ``n_subjects`` x 7 x 3 rendered faces with its own noise, brightness and flip, so it is
-    fast for any number of rows. The first ``usage[0]`` of the rows are Training, the next ``usage[1]`` PublicTest, the rest
-    PrivateTest (FER2013's own order). Deterministic for a seed."""
+    fast for any number of rows. The first ``usage[0]`` of the rows are Training, the next ``usage[1]``
+    PublicTest, the rest PrivateTest (FER2013's own order). Deterministic for a seed."""
     base, codes = [], []
     for _, expr, _, _, arr in faces(n_subjects, 3, seed):
-        base.append(np.asarray(Image.fromarray(arr).resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32))
+        small = Image.fromarray(arr).resize((size, size), Image.Resampling.BILINEAR)
+        base.append(np.asarray(small, dtype=np.float32))
         codes.append(FER2013_CODE[expr])
     base_arr, codes_arr = np.stack(base), np.asarray(codes)
     rng = np.random.default_rng(seed + 1)

@@ -21,9 +21,10 @@ class HybridFER(HandcraftedFER):
 
     ``backbone``: ``{"weights": "imagenet" | "none" | path, "checkpoint": a deep run's checkpoint or None,
     "trainable": bool}``. Frozen (the default), the backbone's GAP features of every image are computed once in
-    :meth:`setup` (in batches, into a memory-mapped store under a digest of the weights) and looked up by image index; trainable, they
-    are computed on each (augmented) batch and the backbone is fine-tuned through the fixed PCA. The z-score and
-    PCA layers are fitted once in :meth:`setup`, on the training split only, before training.
+    :meth:`setup` (in batches, into a memory-mapped store under a digest of the weights) and looked up by image
+    index; trainable, they are computed on each (augmented) batch and the backbone is fine-tuned through the fixed
+    PCA. The z-score and PCA layers are fitted once in :meth:`setup`, on (a sample of) the training split only,
+    before training.
     """
 
     model_name = "hybrid"

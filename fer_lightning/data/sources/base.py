@@ -65,7 +65,8 @@ class Source:
         return records
 
     def classes(self) -> tuple[str, ...]:
-        """The classes present, in canonical order (models' outputs follow them); at least two."""
+        """The classes present, in canonical order (models' outputs follow them); at least two. The data module
+        asks once and keeps the answer."""
         present = {r.label for r in self.records}
         classes = tuple(c for c in ALL_CLASS_NAMES if c in present)
         if len(classes) < 2:
