@@ -26,6 +26,7 @@ from fer_lightning.data.crop import FaceCropper
 from fer_lightning.data.sources import make_source
 from fer_lightning.data.splits import (
     Split,
+    inner_split,
     loso_split,
     official_split,
     paper_split,
@@ -102,6 +103,8 @@ class FERDataModule(pl.LightningDataModule):
         face_crop: str = "none",
         crop_margin: float = 0.2,
         crop_box: Sequence[int] | None = None,
+        inner_folds: int = 0,
+        inner_fold: int = 0,
         decode_workers: int | None = None,
         min_side: int | None = 32,
         duplicates: str = "warn",
@@ -121,6 +124,7 @@ class FERDataModule(pl.LightningDataModule):
         self.split_name = split
         self.test_size, self.val_size, self.train_size = test_size, val_size, train_size
         self.fold, self.folds, self.seed = int(fold), int(folds), int(seed)
+        self.inner_folds, self.inner_fold = int(inner_folds), int(inner_fold)
         self.cropper = FaceCropper(face_crop, crop_margin, crop_box)
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
         self.cache_dir = cache_dir
@@ -143,6 +147,11 @@ class FERDataModule(pl.LightningDataModule):
     @functools.cached_property
     def class_names(self) -> tuple[str, ...]:
         return self.source.classes()
+
+    @property
+    def subject_independent(self) -> bool:
+        """Whether the split keeps each subject's images on one side (inner folds must then do the same)."""
+        return self.split_name in ("loso", "subject_kfold")
 
     @property
     def fingerprint(self) -> str:
@@ -198,6 +207,11 @@ class FERDataModule(pl.LightningDataModule):
             self.soft = soft / soft.sum(1, keepdim=True).clamp_min(1e-12)
         groups = duplicate_groups(d, self.file_names(), d.labels, self.duplicates)
         self.split = self._split(d, groups)
+        if self.inner_folds:
+            self.split = inner_split(self.split, d.labels, d.subjects, folds=self.inner_folds, fold=self.inner_fold,
+                                     seed=self.seed, by_subject=self.subject_independent)
+            log.info("inner fold %d of %d: the held-out training images are this run's test set (outer test unused)",
+                     self.inner_fold, self.inner_folds)
         train_labels = {d.labels[i] for i in self.split.train}
         for c in sorted(set(d.labels) - train_labels):
             raise FERError(f"class '{c}' has no training images in the {self.split_name} split of {self.dataset_name};"

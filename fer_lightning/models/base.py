@@ -15,6 +15,7 @@ from torch import nn
 from fer_lightning.checkpoints import FORMAT_KEY, read_checkpoint
 from fer_lightning.errors import FERError
 from fer_lightning.metrics import ClassificationMetrics
+from fer_lightning.optim import OptimSettings
 from fer_lightning.plots import confusion_matrix_figure
 
 log = logging.getLogger(__name__)
@@ -33,15 +34,18 @@ class FERClassifier(pl.LightningModule):
 
     model_name = "classifier"
 
-    def __init__(self, class_names: Sequence[str], lr: float = 1e-4, weight_decay: float = 0.0,
+    def __init__(self, class_names: Sequence[str], optim: dict[str, Any] | None = None,
                  class_weights: str = "none") -> None:
+        """``optim``: :class:`~fer_lightning.optim.OptimSettings` keys (a recipe section; defaults: the paper's
+        Adam 1e-4); ``class_weights``: ``none`` or ``balanced`` (loss weights inverse to the training split's
+        class frequencies)."""
         super().__init__()
         self.class_names = tuple(class_names)
-        self.lr, self.weight_decay = float(lr), float(weight_decay)
+        self.optim = OptimSettings.from_config(optim)
         if class_weights not in CLASS_WEIGHTS:
             raise FERError(f"model.class_weights={class_weights} is unknown; choose one of: {', '.join(CLASS_WEIGHTS)}")
         self.class_weights = class_weights
-        self.criterion = nn.CrossEntropyLoss()
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=self.optim.label_smoothing)
         # balanced: inverse class frequencies of the training split, set when fitting starts (not saved: the
         # checkpoint classifies without it)
         self.register_buffer("class_weight", None, persistent=False)
@@ -67,7 +71,8 @@ class FERClassifier(pl.LightningModule):
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         logits = self.logits(batch)
         # FER+ soft labels train on the vote distribution; metrics stay on the label (its argmax)
-        loss = nn.functional.cross_entropy(logits, batch.get("soft", batch["label"]), weight=self.class_weight)
+        loss = nn.functional.cross_entropy(logits, batch.get("soft", batch["label"]), weight=self.class_weight,
+                                           label_smoothing=self.criterion.label_smoothing)
         probs = logits.detach().float().softmax(dim=-1)
         self.stage_metrics(stage).update(probs, batch["label"])
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(logits))
@@ -102,14 +107,15 @@ class FERClassifier(pl.LightningModule):
         self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=False)
         if stage != "train" and not self.trainer.sanity_checking:
             cm = metrics.confusion_matrix().cpu()
-            self.results[stage] = {k: float(v) for k, v in values.items()}
-            self.confusion[stage] = cm
             collected = self._collected[stage]
             self.outputs[stage] = {
                 "index": torch.cat([c[0] for c in collected]),
                 "probs": torch.cat([c[1] for c in collected]),
                 "target": torch.cat([c[2] for c in collected]),
             }
+            self.results[stage] = {k: float(v) for k, v in values.items()}
+            self.results[stage]["nll"] = mean_nll(self.outputs[stage]["probs"], self.outputs[stage]["target"])
+            self.confusion[stage] = cm
             self._log_figure(f"{stage}/confusion_matrix", cm, f"{stage} confusion matrix (epoch {self.current_epoch})")
         if stage in self._collected:
             self._collected[stage] = []
@@ -141,11 +147,18 @@ class FERClassifier(pl.LightningModule):
         kind = ckpt[FORMAT_KEY].get("model")
         if kind != cls.model_name:
             raise FERError(f"{path} holds a '{kind}' model, not '{cls.model_name}'")
-        overrides = {}
-        backbone = ckpt.get("hyper_parameters", {}).get("backbone")
-        if isinstance(backbone, dict):
-            overrides["backbone"] = {**backbone, "weights": "none", "checkpoint": None}
+        overrides = cls.offline_overrides(ckpt.get("hyper_parameters", {}))
         return cls.load_from_checkpoint(path, map_location=map_location, **overrides)
+
+    @classmethod
+    def offline_overrides(cls, hparams: dict[str, Any]) -> dict[str, Any]:
+        """Constructor arguments that replace, when a checkpoint is loaded, every reference to files outside it
+        (ImageNet weights, the deep run's and the out-of-fold checkpoints): the checkpoint holds those weights."""
+        backbone = hparams.get("backbone")
+        if isinstance(backbone, dict):
+            files = {k: None for k in ("checkpoint", "oof_checkpoints") if k in backbone}
+            return {"backbone": {**backbone, "weights": "none", **files}}
+        return {}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         record = {"model": self.model_name, "class_names": list(self.class_names), "format": 1}
@@ -155,5 +168,12 @@ class FERClassifier(pl.LightningModule):
         checkpoint[FORMAT_KEY] = record
 
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.parameters() if p.requires_grad]
-        return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+        max_epochs = self.trainer.max_epochs if self._trainer is not None else None
+        return self.optim.configure((p for p in self.parameters() if p.requires_grad), max_epochs)
+
+
+def mean_nll(probs: torch.Tensor, target: torch.Tensor) -> float:
+    """Mean negative log-likelihood of the true classes (plain, without label smoothing): what model selection
+    and late-fusion weighting compare."""
+    p = probs.double().gather(1, target.long().view(-1, 1)).clamp_min(1e-12)
+    return float(-p.log().mean())
