@@ -233,7 +233,7 @@ def test_balanced_sampler_draws_classes_equally(skewed_csv, tmp_path):
     torch.manual_seed(0)
     shares = {}
     for sampler in ("random", "balanced"):
-        d = dm(tmp_path, source="fer2013", root=str(skewed_csv), sampler=sampler, batch_size=32)
+        d = dm(tmp_path, source="fer2013", root=str(skewed_csv), split="official", sampler=sampler, batch_size=32)
         labels = torch.cat([b["label"] for b in d.train_dataloader()])
         assert len(labels) == 480
         shares[sampler] = torch.bincount(labels, minlength=7).float() / len(labels)
