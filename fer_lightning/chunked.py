@@ -127,8 +127,8 @@ def _layout(specs: Specs, rows: int, chunk: int) -> dict[str, Any]:
 
 
 def _open_complete(path: Path, layout: dict[str, Any]) -> Store | None:
-    meta = _read_json(path / "meta.json")
-    if meta is None or any(meta.get(k) != v for k, v in layout.items()):
+    meta = _read_json(path / "meta.json")  # its own chunk size defines its checksums: any chunk size will do
+    if meta is None or any(meta.get(k) != v for k, v in layout.items() if k != "chunk"):
         return None
     try:
         for name, spec in layout["arrays"].items():
@@ -136,7 +136,7 @@ def _open_complete(path: Path, layout: dict[str, Any]) -> Store | None:
             if list(a.shape) != spec["shape"] or a.dtype.str != spec["dtype"]:
                 return None
             del a
-        n_chunks = -(-layout["rows"] // layout["chunk"])
+        n_chunks = -(-layout["rows"] // int(meta["chunk"]))
         if {n: len(c) for n, c in meta["crc"].items()} != {n: n_chunks for n in layout["arrays"]}:
             return None
     except (OSError, ValueError, KeyError, TypeError):
@@ -306,6 +306,7 @@ def open_or_build(
                     store._keep = keep
                     return store
                 _reopen_as_partial(final, partial, store, bad, label)
+                layout = {**layout, "chunk": int(store.meta["chunk"])}  # rebuild those chunks as they were cut
         progress = _start_partial(partial, layout, label)
         try:
             _build(partial, progress, fill, workers, label)

@@ -116,7 +116,9 @@ def decode_store(
     fp = fingerprint(records, {"image_size": image_size, "crop": crop.settings()})
     n, row_bytes = len(records), image_size * image_size
     workers = decode_workers(workers) if n >= POOL_MIN_ROWS else 0
-    chunk = int(np.clip(-(-n // max(1, 8 * workers)), 16, max(16, (16 << 20) // row_bytes)))
+    # about 64 chunks (at most 16 MB each), whatever the number of workers: a store built by one machine or
+    # process count is resumed and reused by any other
+    chunk = int(np.clip(-(-n // 64), 16, max(16, (16 << 20) // row_bytes)))
     specs = {"images": ((1, image_size, image_size), "uint8"), "hashes": ((), "uint64"), "sizes": ((2,), "uint32")}
     store = open_or_build(cache_dir, f"{name}-{image_size}px-{fp}", specs, n,
                           Decoder(records, image_size, crop.settings()), chunk=chunk, workers=workers,
