@@ -100,13 +100,16 @@ def measure(csv: Path, cache: Path, image_size: int, steps: int) -> dict:
             "step_s": train_s / steps}
 
 
-_LIT: dict = {}
+class _LitDecode:
+    """LitData's ``fn``: one record -> the same decoded image as the store's (picklable: LitData spawns)."""
 
+    def __init__(self, records: list, size: int) -> None:
+        self.records, self.size = records, size
 
-def _lit_decode(i: int) -> dict:
-    from fer_lightning.data.images import resize_grey
+    def __call__(self, i: int) -> dict:
+        from fer_lightning.data.images import resize_grey
 
-    return {"image": resize_grey(_LIT["records"][i].read(), _LIT["size"])[None], "label": i % 7}
+        return {"image": resize_grey(self.records[i].read(), self.size)[None], "label": i % 7}
 
 
 def litdata_compare(csv: Path, cache: Path, image_size: int) -> dict:
@@ -117,12 +120,11 @@ def litdata_compare(csv: Path, cache: Path, image_size: int) -> dict:
 
     dm = datamodule(csv, cache, image_size)
     records = dm.source.records
-    _LIT.update(records=records, size=image_size)
     out = cache / f"litdata-{len(records)}-{image_size}"
     workers = len(os.sched_getaffinity(0))
     start = time.perf_counter()
     if not out.is_dir():
-        ld.optimize(fn=_lit_decode, inputs=list(range(len(records))), output_dir=str(out), chunk_bytes="64MB",
+        ld.optimize(fn=_LitDecode(records, image_size), inputs=list(range(len(records))), output_dir=str(out), chunk_bytes="64MB",
                     num_workers=workers)
     seconds = time.perf_counter() - start
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
