@@ -124,8 +124,8 @@ def litdata_compare(csv: Path, cache: Path, image_size: int) -> dict:
     workers = len(os.sched_getaffinity(0))
     start = time.perf_counter()
     if not out.is_dir():
-        ld.optimize(fn=_LitDecode(records, image_size), inputs=list(range(len(records))), output_dir=str(out), chunk_bytes="64MB",
-                    num_workers=workers)
+        ld.optimize(fn=_LitDecode(records, image_size), inputs=list(range(len(records))), output_dir=str(out),
+                    chunk_bytes="64MB", num_workers=workers)
     seconds = time.perf_counter() - start
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     loader = ld.StreamingDataLoader(ld.StreamingDataset(str(out)), batch_size=16, num_workers=0)
