@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fer_lightning.data.cache import load_or_decode
 from fer_lightning.data.classes import CLASS_NAMES
-from fer_lightning.data.jaffe import scan_jaffe
+from fer_lightning.data.sources.jaffe import scan_jaffe
+from fer_lightning.data.store import decode_store
 from fer_lightning.data.synthetic import ensure_synthetic
 from fer_lightning.export import METADATA_KEY, ExportedModel, Probabilities, _export_program, _write_onnx
 from fer_lightning.features.extractor import HOG_DEFAULTS, LBP_DEFAULTS
@@ -70,7 +70,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        faces = load_or_decode(scan_jaffe(ensure_synthetic(tmp)), args.size, None).images
+        faces = decode_store(scan_jaffe(ensure_synthetic(tmp)), args.size, None).images
         print(f"{len(faces)} synthetic faces at {args.size} px; torch {torch.__version__}; {args.threads} thread(s) "
               "for torch and for onnxruntime")
         ratios = []

@@ -23,8 +23,7 @@ from omegaconf import DictConfig
 
 from fer_lightning.cli import fail, start_command
 from fer_lightning.config import config_dir
-from fer_lightning.data.folder import IMAGE_SUFFIXES
-from fer_lightning.data.images import read_grey
+from fer_lightning.data.images import IMAGE_SUFFIXES, read_grey
 from fer_lightning.errors import FERError
 from fer_lightning.inference import Classifier
 from fer_lightning.results import write_csv

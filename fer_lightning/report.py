@@ -292,7 +292,7 @@ def report(dirs: list[Path], output: Path | None = None) -> Path:
               "to 0-100])", "",
               "| Model | runs | " + " | ".join(t for _, t in METRICS) + " |", "|" + " --- |" * (len(METRICS) + 2)]
     lines += [f"| {r['model']} | {r['n_runs']} | " + " | ".join(_fmt(r, k) for k, _ in METRICS) + " |" for r in t2]
-    lines += ["", "## Table 3: per-class test accuracy (%, mean over runs)", "",
+    lines += ["", "## Table 3: per-class test recall (accuracy within each class, %, mean over runs)", "",
               "| Model | " + " | ".join(classes) + " | average |", "|" + " --- |" * (len(classes) + 2)]
     lines += ["| " + " | ".join([r["model"], *[f"{r[c]:.2f}" if r[c] is not None else "" for c in classes],
                                  f"{r['average']:.2f}"]) + " |" for r in t3]

@@ -113,3 +113,12 @@ def tiny_checkpoints(tmp_path_factory, cache_dir) -> dict[str, Path]:
     """A 64 px, one-epoch checkpoint of a model on the synthetic set (random-init backbone), trained the first
     time a test asks for it, for the tests that only need a trained model (export, video)."""
     return _TinyCheckpoints(tmp_path_factory.mktemp("tiny-runs"), cache_dir)
+
+
+@pytest.fixture(scope="session")
+def fer2013_csv(tmp_path_factory) -> Path:
+    """A small FER2013-format file: 600 distinct synthetic 48x48 faces (480 Training, 60 PublicTest, 60
+    PrivateTest), generated once per test session."""
+    from fer_lightning.data.synthetic import write_fer2013
+
+    return write_fer2013(tmp_path_factory.mktemp("fer2013") / "fer2013.csv", 600, n_subjects=2)

@@ -45,19 +45,19 @@ def ablation(tmp_path_factory):
     """The reduced ablation twice: as it is, and with every test image replaced by noise."""
     root = tmp_path_factory.mktemp("ablation")
     clean = run_pipeline(_cfg(root / "clean", root / "cache_clean"))
-    real_decode = datamodule_mod.load_or_decode
+    real_decode = datamodule_mod.decode_store
 
-    def corrupted(records, image_size, cache_dir, name="faces", crop=None):
-        d = real_decode(records, image_size, cache_dir, name, crop)
+    def corrupted(records, image_size, cache_dir, **kwargs):
+        d = real_decode(records, image_size, cache_dir, **kwargs)
         test = paper_split(d.labels, test_size=57, val_size=23, seed=0).test
         g = torch.Generator().manual_seed(0)
-        d.images = d.images.clone()
+        # the store is mapped copy-on-write: this process sees the noise, the file on disk stays clean
         d.images[torch.as_tensor(test)] = torch.randint(0, 256, (len(test), *d.images.shape[1:]), generator=g,
                                                         dtype=torch.uint8)
         return d
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(datamodule_mod, "load_or_decode", corrupted)
+        mp.setattr(datamodule_mod, "decode_store", corrupted)
         dirty = run_pipeline(_cfg(root / "dirty", root / "cache_dirty"))
     return root, clean, dirty
 

@@ -9,8 +9,8 @@ from skimage.feature import hog as sk_hog
 from skimage.feature import local_binary_pattern
 from torch import nn
 
-from fer_lightning.data.cache import load_or_decode
-from fer_lightning.data.jaffe import scan_jaffe
+from fer_lightning.data.sources.jaffe import scan_jaffe
+from fer_lightning.data.store import decode_store
 from fer_lightning.errors import FERError
 from fer_lightning.export import OPSET, ExportedModel, export, metadata
 from fer_lightning.features.hog import hog_graph
@@ -32,7 +32,7 @@ def parity_images(synthetic_dir):
 def faces(synthetic_dir, cache_dir) -> torch.Tensor:
     """24 synthetic faces at the tiny checkpoints' 64 px, every expression."""
     records = scan_jaffe(synthetic_dir)[::9][:24]
-    return load_or_decode(records, 64, cache_dir, name="export-faces").images
+    return decode_store(records, 64, cache_dir, name="export-faces").images
 
 
 @pytest.mark.filterwarnings("ignore:Applying `local_binary_pattern` to floating-point")

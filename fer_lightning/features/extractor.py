@@ -66,6 +66,7 @@ class HandcraftedFeatures(nn.Module):
         backend: str = "torch",
         source: str = "precomputed",
         batch_size: int = 256,
+        store_dtype: str = "float32",
     ) -> None:
         super().__init__()
         if backend not in BACKENDS:
@@ -83,6 +84,7 @@ class HandcraftedFeatures(nn.Module):
         if self.hog_cfg is None and self.lbp_cfg is None:
             raise FERError("features: both hog and lbp are off; enable at least one descriptor")
         self.backend, self.source, self.batch_size = backend, source, int(batch_size)
+        self.store_dtype = store_dtype  # precomputed blocks on disk: float32, or float16 (half the size)
         for name, cfg in (("hog", self.hog_cfg), ("lbp", self.lbp_cfg)):
             if cfg is not None and (not cfg["scales"] or any(int(s) < 16 for s in cfg["scales"])):
                 raise FERError(f"features.{name}.scales={cfg['scales']}: give one or more image sizes of 16 px or more")
@@ -98,7 +100,7 @@ class HandcraftedFeatures(nn.Module):
     def full_config(self) -> dict[str, Any]:
         """Constructor arguments that rebuild this extractor (stored in checkpoints)."""
         return {"hog": self.hog_cfg, "lbp": self.lbp_cfg, "backend": self.backend, "source": self.source,
-                "batch_size": self.batch_size}
+                "batch_size": self.batch_size, "store_dtype": self.store_dtype}
 
     # ------------------------------------------------------------------ layout
     def config(self) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,7 +18,9 @@ from fer_lightning.metrics import ClassificationMetrics
 from fer_lightning.optim import OptimSettings
 from fer_lightning.plots import confusion_matrix_figure
 
+log = logging.getLogger(__name__)
 STAGES = ("train", "val", "test")
+CLASS_WEIGHTS = ("none", "balanced")
 
 
 class FERClassifier(pl.LightningModule):
@@ -31,13 +34,21 @@ class FERClassifier(pl.LightningModule):
 
     model_name = "classifier"
 
-    def __init__(self, class_names: Sequence[str], optim: dict[str, Any] | None = None) -> None:
+    def __init__(self, class_names: Sequence[str], optim: dict[str, Any] | None = None,
+                 class_weights: str = "none") -> None:
         """``optim``: :class:`~fer_lightning.optim.OptimSettings` keys (a recipe section; defaults: the paper's
-        Adam 1e-4)."""
+        Adam 1e-4); ``class_weights``: ``none`` or ``balanced`` (loss weights inverse to the training split's
+        class frequencies)."""
         super().__init__()
         self.class_names = tuple(class_names)
         self.optim = OptimSettings.from_config(optim)
+        if class_weights not in CLASS_WEIGHTS:
+            raise FERError(f"model.class_weights={class_weights} is unknown; choose one of: {', '.join(CLASS_WEIGHTS)}")
+        self.class_weights = class_weights
         self.criterion = nn.CrossEntropyLoss(label_smoothing=self.optim.label_smoothing)
+        # balanced: inverse class frequencies of the training split, set when fitting starts (not saved: the
+        # checkpoint classifies without it)
+        self.register_buffer("class_weight", None, persistent=False)
         # one metric set per stage, as attributes so they follow the module's device
         self.train_metrics = ClassificationMetrics(self.class_names)
         self.val_metrics = ClassificationMetrics(self.class_names)
@@ -59,13 +70,24 @@ class FERClassifier(pl.LightningModule):
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         logits = self.logits(batch)
-        loss = self.criterion(logits, batch["label"])
+        # FER+ soft labels train on the vote distribution; metrics stay on the label (its argmax)
+        loss = nn.functional.cross_entropy(logits, batch.get("soft", batch["label"]), weight=self.class_weight,
+                                           label_smoothing=self.criterion.label_smoothing)
         probs = logits.detach().float().softmax(dim=-1)
         self.stage_metrics(stage).update(probs, batch["label"])
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(logits))
         if stage in self._collected:
             self._collected[stage].append((batch["index"].cpu(), probs.cpu(), batch["label"].cpu()))
         return loss
+
+    def on_fit_start(self) -> None:
+        dm = self.trainer.datamodule
+        if self.class_weights == "balanced" and dm is not None and self.class_weight is None:
+            counts = dm.class_counts("train").double()
+            weight = torch.where(counts > 0, counts.sum() / (len(counts) * counts.clamp_min(1)), 0.0)
+            self.class_weight = weight.float().to(self.device)
+            log.info("model.class_weights=balanced: loss weights %s",
+                     ", ".join(f"{c} {w:.2f}" for c, w in zip(self.class_names, weight.tolist(), strict=True)))
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")

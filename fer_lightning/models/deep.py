@@ -27,8 +27,9 @@ class DeepFER(FERClassifier):
         backbone: dict[str, Any] | None = None,
         head: dict[str, Any] | None = None,
         optim: dict[str, Any] | None = None,
+        class_weights: str = "none",
     ) -> None:
-        super().__init__(class_names, optim=optim)
+        super().__init__(class_names, optim=optim, class_weights=class_weights)
         self.save_hyperparameters()
         backbone = {"weights": "imagenet", "trainable": True, **(backbone or {})}
         head = {"hidden": [256], "dropout": [0.5], **(head or {})}

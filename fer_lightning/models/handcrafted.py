@@ -38,16 +38,20 @@ class HandcraftedFER(FERClassifier):
         fusion: dict[str, Any] | None = None,
         optim: dict[str, Any] | None = None,
         fitted_components: int | None = None,
+        class_weights: str = "none",
     ) -> None:
         """``pca``: ``{"n_components": 0.95}`` (a count, a variance fraction, or None for no PCA of the fused
         blocks); ``head``: :class:`~fer_lightning.heads.MLPHead` keywords (``hidden=[]``: a linear head);
         ``fusion``: ``{"balance": "none" | "block", "per_block_pca": None | count | fraction}`` (see
-        :class:`~fer_lightning.heads.FusionHead`); ``optim``: a recipe section."""
-        super().__init__(class_names, optim=optim)
+        :class:`~fer_lightning.heads.FusionHead`); ``optim``: a recipe section; ``pca.fit_samples``: the z-score
+        and PCA layers are fitted on a seeded sample of at most this many training images (all when fewer)."""
+        super().__init__(class_names, optim=optim, class_weights=class_weights)
         self.extractor = HandcraftedFeatures.build(features)
         self.save_hyperparameters(ignore=["features"])
         self.hparams["features"] = self.extractor.full_config()
         head = {"hidden": [512, 256], "dropout": [0.5, 0.3], "input_dropout": 0.5, "batchnorm": True, **(head or {})}
+        # the z-score and PCA layers see at most this many training images (a seeded sample; all when fewer)
+        self.fit_samples = (pca or {}).get("fit_samples", 20000)
         fusion = {"balance": "none", "per_block_pca": None, **(fusion or {})}
         unknown = sorted(set(fusion) - {"balance", "per_block_pca"})
         if unknown:
@@ -66,8 +70,8 @@ class HandcraftedFER(FERClassifier):
         """Blocks besides the handcrafted ones, fused in front of them."""
         return {}
 
-    def extra_train_blocks(self, datamodule: Any) -> dict[str, torch.Tensor]:
-        """Those blocks for the training split (prepared in :meth:`setup`)."""
+    def extra_train_blocks(self, datamodule: Any, rows: Any) -> dict[str, torch.Tensor]:
+        """Those blocks for the training images ``rows`` (prepared in :meth:`setup`)."""
         return {}
 
     def extra_blocks(self, batch: dict[str, Any] | None, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -79,7 +83,8 @@ class HandcraftedFER(FERClassifier):
         if self.fusion.fitted or self._trainer is None or self.trainer.datamodule is None:
             return
         dm = self.trainer.datamodule
-        blocks = {**self.extra_train_blocks(dm), **dm.train_features(self.extractor)}
+        rows = dm.fit_rows(self.fit_samples)
+        blocks = {**self.extra_train_blocks(dm, rows), **dm.train_features(self.extractor, rows)}
         self.hparams["fitted_components"] = self.fusion.fit(blocks)
 
     def handcrafted_blocks(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:

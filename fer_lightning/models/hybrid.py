@@ -10,8 +10,8 @@ import torch
 
 from fer_lightning.data.splits import inner_split
 from fer_lightning.errors import FERError
-from fer_lightning.features.cache import cached_blocks
 from fer_lightning.features.extractor import HandcraftedFeatures
+from fer_lightning.features.store import block_store
 from fer_lightning.models.backbone import MobileNetV2Backbone
 from fer_lightning.models.handcrafted import HandcraftedFER
 
@@ -26,9 +26,10 @@ class HybridFER(HandcraftedFER):
     ``backbone``: ``{"weights": "imagenet" | "none" | path, "checkpoint": a deep run's checkpoint or None,
     "trainable": bool, "oof_folds": k, "oof_checkpoints": [k deep checkpoints]}`` (out-of-fold training
     features, see :meth:`_out_of_fold`). Frozen (the default), the backbone's GAP features of every image are
-    computed once in :meth:`setup` (cached on disk under a digest of the weights) and looked up by image index;
-    trainable, they are computed on each (augmented) batch and the backbone is fine-tuned through the fixed PCA.
-    The z-score and PCA layers are fitted once in :meth:`setup`, on the training split only, before training.
+    computed once in :meth:`setup` (in batches, into a memory-mapped store under a digest of the weights) and
+    looked up by image index; trainable, they are computed on each (augmented) batch and the backbone is
+    fine-tuned through the fixed PCA. The z-score and PCA layers are fitted once in :meth:`setup`, on (a sample
+    of) the training split only, before training.
     """
 
     model_name = "hybrid"
@@ -58,21 +59,21 @@ class HybridFER(HandcraftedFER):
     def extra_block_dims(self) -> dict[str, int]:
         return {DEEP_BLOCK: MobileNetV2Backbone.out_features}
 
-    def extra_train_blocks(self, datamodule: Any) -> dict[str, torch.Tensor]:
+    def extra_train_blocks(self, datamodule: Any, rows: Any) -> dict[str, torch.Tensor]:
         datamodule.setup()
         images = datamodule.decoded.images
         device = self.trainer.strategy.root_device
         if self.frozen and self.gap_table is None:
             spec = {"dataset": datamodule.fingerprint, "image_size": int(images.shape[-1]),
                     "backbone": self.backbone.fingerprint()}
-            blocks = cached_blocks(
+            store = block_store(
                 "gap", spec, self.extra_block_dims(), len(images), datamodule.cache_dir,
-                lambda: {DEEP_BLOCK: self.backbone.gap_features(images, device)},
+                lambda a, b: {DEEP_BLOCK: self.backbone.gap_features(images[a:b], device)}, batch_size=256,
             )
-            self.gap_table = blocks[DEEP_BLOCK]
+            self.gap_table = store.tensor(DEEP_BLOCK)
             if self.oof_folds:
                 self.gap_table = self._out_of_fold(datamodule, self.gap_table.clone(), device)
-        train_idx = torch.as_tensor(datamodule.split.train, dtype=torch.long)
+        train_idx = torch.as_tensor(rows, dtype=torch.long)
         if self.gap_table is not None:
             return {DEEP_BLOCK: self.gap_table[train_idx]}
         return {DEEP_BLOCK: self.backbone.gap_features(images[train_idx], device)}
@@ -91,7 +92,7 @@ class HybridFER(HandcraftedFER):
         covered = torch.zeros(len(table), dtype=torch.bool)
         for i, ckpt in enumerate(self.oof_checkpoints):
             held = inner_split(split, d.labels, d.subjects, folds=self.oof_folds, fold=i, seed=datamodule.seed,
-                               by_subject=datamodule.split_name != "paper").test
+                               by_subject=datamodule.subject_independent).test
             held = torch.as_tensor(held, dtype=torch.long)
             fold_backbone = MobileNetV2Backbone(weights="none", trainable=False, checkpoint=ckpt)
             table[held] = fold_backbone.gap_features(d.images[held], device)
