@@ -217,10 +217,12 @@ class JAFFEDataModule(pl.LightningDataModule):
     def _loader(self, part: str, shuffle: bool) -> DataLoader:
         self.setup()
         ds = IndexedImages(self._decoded().images, self.targets, getattr(self.split, part), self.features)
+        world = getattr(self.trainer, "world_size", 1)  # processes sharing the training split (DDP)
         return DataLoader(
             ds,
             batch_size=self.batch_size,
             shuffle=shuffle,
+            drop_last=shuffle and lone_last_batch(len(ds), self.batch_size, world),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
@@ -275,3 +277,10 @@ class FolderDataModule(JAFFEDataModule):
         log.info("%s: %d images of %d subjects in classes %s", self.root, len(records),
                  len({r.subject for r in records}), ", ".join(self.class_names))
         return records
+
+
+def lone_last_batch(n: int, batch_size: int, world_size: int = 1) -> bool:
+    """Whether each of ``world_size`` processes' share of ``n`` training images (a ``DistributedSampler`` gives
+    each ``ceil(n / world_size)``) ends with a batch of one image, which BatchNorm cannot train on: such a batch
+    is dropped (its image is drawn into another batch in other epochs)."""
+    return -(-n // world_size) % batch_size == 1

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from fer_lightning.distributed import agree_on_fitted, one_at_a_time
 from fer_lightning.features.extractor import HandcraftedFeatures
 from fer_lightning.heads import FusionHead
 from fer_lightning.models.base import FERClassifier
@@ -37,8 +38,10 @@ class HandcraftedFER(FERClassifier):
         lr: float = 1e-4,
         weight_decay: float = 0.0,
         fitted_components: int | None = None,
+        channels_last: bool = False,
+        compile: bool | str = False,
     ) -> None:
-        super().__init__(class_names, lr=lr, weight_decay=weight_decay)
+        super().__init__(class_names, lr=lr, weight_decay=weight_decay, channels_last=channels_last, compile=compile)
         self.extractor = HandcraftedFeatures.build(features)
         self.save_hyperparameters(ignore=["features"])
         self.hparams["features"] = self.extractor.full_config()
@@ -69,8 +72,10 @@ class HandcraftedFER(FERClassifier):
         if self.fusion.fitted or self._trainer is None or self.trainer.datamodule is None:
             return
         dm = self.trainer.datamodule
-        blocks = {**self.extra_train_blocks(dm), **dm.train_features(self.extractor)}
+        with one_at_a_time(getattr(dm, "cache_dir", None)):  # DDP: one process builds a feature cache
+            blocks = {**self.extra_train_blocks(dm), **dm.train_features(self.extractor)}
         self.hparams["fitted_components"] = self.fusion.fit(blocks)
+        agree_on_fitted(self.fusion, self.trainer.strategy)  # DDP: the same statistics on every process
 
     def handcrafted_blocks(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         if self.extractor.source == "precomputed" and "features" in batch:

@@ -35,7 +35,8 @@ class HybridFER(HandcraftedFER):
         backbone: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        """``kwargs``: the handcrafted model's ``pca``, ``head``, ``lr``, ``weight_decay``, ``fitted_components``."""
+        """``kwargs``: the handcrafted model's ``pca``, ``head``, ``lr``, ``weight_decay``, ``fitted_components``,
+        ``channels_last``, ``compile``."""
         super().__init__(class_names, features, **kwargs)
         backbone = {"weights": "imagenet", "checkpoint": None, "trainable": False, **(backbone or {})}
         self.backbone = MobileNetV2Backbone(**backbone)
