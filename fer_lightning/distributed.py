@@ -308,13 +308,13 @@ def gather_outputs(batches: Sequence[dict[str, torch.Tensor]], strategy: Any = N
 
 # ------------------------------------------------------------------------------------- fitted on every rank
 def _fitted_modules(model: nn.Module) -> dict[str, nn.Module]:
-    from fer_lightning.layers import PCAProjection, ZScore
+    from fer_lightning.layers import _Fitted
 
-    return {name: m for name, m in model.named_modules() if isinstance(m, ZScore | PCAProjection)}
+    return {name: m for name, m in model.named_modules() if isinstance(m, _Fitted)}
 
 
 def fitted_digest(model: nn.Module) -> str:
-    """A digest of every fitted z-score/PCA statistic in ``model``."""
+    """A digest of every fitted statistic (z-score, PCA, block scale) in ``model``."""
     h = hashlib.sha256()
     for name, module in _fitted_modules(model).items():
         for key, value in module.state_dict().items():

@@ -17,7 +17,7 @@ from fer_lightning.errors import FERError
 
 from .conftest import run_cli
 
-SEARCH_SPACE = {"model.lr", "model.head.input_dropout", "model.pca.n_components", "model.weight_decay"}
+SEARCH_SPACE = {"model.optim.lr", "model.head.input_dropout", "model.pca.n_components", "model.optim.weight_decay"}
 
 
 def hydra_cfg(*overrides):
@@ -47,7 +47,7 @@ def test_optuna_trials_through_joblib_read_only_val(tmp_path, cache_dir):
     assert set(result["best_params"]) == SEARCH_SPACE
     for t in trials:  # every trial drew its own values inside the search space
         drawn = dict(o.split("=", 1) for o in yaml.safe_load((t / ".hydra" / "overrides.yaml").read_text()))
-        assert SEARCH_SPACE <= set(drawn) and 1e-5 <= float(drawn["model.lr"]) <= 1e-2
+        assert SEARCH_SPACE <= set(drawn) and 1e-5 <= float(drawn["model.optim.lr"]) <= 1e-2
 
 
 def test_optuna_config_searches_the_fusion_head_on_val():
