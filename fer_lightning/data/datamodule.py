@@ -1,6 +1,7 @@
 """LightningDataModules for JAFFE and for any folder of class folders.
 
-Data flows once: files -> (face crop) -> cached uint8 tensors -> splits -> batches -> device -> augmentation;
+Data flows once: files -> (face crop) -> cached uint8 tensors -> splits -> batches -> device -> augmentation
+(a store that fits on the training device goes there once and batches are drawn there: ``data.on_device``);
 handcrafted features, when a model uses them, are computed once from the cached tensors and cached too.
 """
 
@@ -19,6 +20,7 @@ from fer_lightning.data.augment import FaceAugment
 from fer_lightning.data.cache import DecodedSet, load_or_decode
 from fer_lightning.data.classes import CLASS_NAMES, JAFFE_N_IMAGES, JAFFE_SUBJECTS
 from fer_lightning.data.crop import FaceCropper
+from fer_lightning.data.device import ON_DEVICE, DeviceBatches, fits_on, store_bytes
 from fer_lightning.data.folder import scan_folder
 from fer_lightning.data.jaffe import FaceRecord, scan_jaffe
 from fer_lightning.data.splits import Split, inner_split, loso_split, paper_split, subject_kfold_split
@@ -87,8 +89,14 @@ class JAFFEDataModule(pl.LightningDataModule):
         crop_box: Sequence[int] | None = None,
         inner_folds: int = 0,
         inner_fold: int = 0,
+        on_device: str | bool = "auto",
+        on_device_max_mb: float = 1024.0,
     ) -> None:
         super().__init__()
+        self.on_device, self.on_device_max_mb = str(on_device).lower(), float(on_device_max_mb)
+        if self.on_device not in ON_DEVICE:
+            raise FERError(f"data.on_device={on_device} is unknown; choose one of: {', '.join(ON_DEVICE)}")
+        self._resident: tuple | None = None  # (device, images, targets, features) on the training device
         if split not in SPLITS:
             raise FERError(f"data.split={split} is unknown; choose one of: {', '.join(SPLITS)}")
         if image_size < 32:
@@ -224,17 +232,41 @@ class JAFFEDataModule(pl.LightningDataModule):
     # ---------------------------------------------------------------- loaders
     def _loader(self, part: str, shuffle: bool) -> DataLoader:
         self.setup()
-        ds = IndexedImages(self._decoded().images, self.targets, getattr(self.split, part), self.features)
         world = getattr(self.trainer, "world_size", 1)  # processes sharing the training split (DDP)
+        indices = getattr(self.split, part)
+        drop_last = shuffle and lone_last_batch(len(indices), self.batch_size, world)
+        resident = self._device_store() if world == 1 else None
+        if resident is not None:
+            images, targets, features = resident
+            return DeviceBatches(images, targets, torch.as_tensor(indices), features, batch_size=self.batch_size,
+                                 shuffle=shuffle, drop_last=drop_last)
+        ds = IndexedImages(self._decoded().images, self.targets, indices, self.features)
         return DataLoader(
             ds,
             batch_size=self.batch_size,
             shuffle=shuffle,
-            drop_last=shuffle and lone_last_batch(len(ds), self.batch_size, world),
+            drop_last=drop_last,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
+
+    def _device_store(self) -> tuple | None:
+        """``(images, targets, features)`` of the whole store on the training device, when ``on_device`` is
+        ``true``, or ``auto`` and it fits (see :func:`~fer_lightning.data.device.fits_on`); else None."""
+        strategy = getattr(self.trainer, "strategy", None)
+        if self.on_device == "false" or strategy is None:
+            return None
+        device = strategy.root_device
+        images = self._decoded().images
+        if self.on_device == "auto" and not fits_on(device, store_bytes(images, self.targets, self.features),
+                                                    self.on_device_max_mb):
+            return None
+        if self._resident is None or self._resident[0] != device:
+            features = None if self.features is None else {k: v.to(device) for k, v in self.features.items()}
+            self._resident = (device, images.to(device), self.targets.to(device), features)
+            log.info("data on %s: %d images, batches drawn there", device, len(images))
+        return self._resident[1:]
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
