@@ -1,8 +1,9 @@
 """Fixed layers fitted from training features: z-score normalisation and PCA.
 
 Both hold their statistics as buffers (saved in checkpoints, so loading needs no data), are never trained, and
-are fitted once from (a sample of) the train split, in float64. Shapes that depend on the fit (the number of PCA
-components) are restored from the checkpoint's buffers when a state dict is loaded.
+are fitted once from (a sample of) the train split, in float64, and compute in float32 even under mixed-precision
+autocast. Shapes that depend on the fit (the number of PCA components) are restored from the checkpoint's buffers
+when a state dict is loaded.
 
 At scale: statistics are accumulated ``CHUNK_ROWS`` rows at a time (no float64 copy of a large matrix), and the
 PCA is exact (an SVD) while the smaller side of the matrix is at most ``PCA_EXACT_MAX``, randomized above
@@ -78,7 +79,8 @@ class ZScore(_Fitted):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_fitted()
-        return (x - self.mean) / self.std
+        with torch.autocast(x.device.type, enabled=False):  # fitted statistics apply in float32, always
+            return (x.float() - self.mean) / self.std
 
 
 class PCAProjection(_Fitted):
@@ -170,7 +172,8 @@ class PCAProjection(_Fitted):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_fitted()
-        return F.linear(x - self.mean, self.components)
+        with torch.autocast(x.device.type, enabled=False):  # a projection of ~27k features: float32, always
+            return F.linear(x.float() - self.mean, self.components)
 
 
 class BlockScale(_Fitted):

@@ -18,6 +18,7 @@ from typing import Any
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from fer_lightning.distributed import is_global_zero
 from fer_lightning.errors import FERError
 from fer_lightning.results import write_csv, write_json
 from fer_lightning.storage import atomic_write_text
@@ -176,9 +177,10 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     any_run = next(iter(results.values()))
     meta = {k: any_run[k] for k in ("dataset", "split", "fold", "seed")}
     rows = summary_rows(results)
-    fields = ["model", "label", *[k for k, _ in COLUMNS], "n_test"]
-    write_csv(out / "summary.csv", [{k: r[k] for k in fields} for r in rows], fields)
-    write_json(out / "summary.json", {"meta": meta, "rows": rows, "config": OmegaConf.to_container(cfg.pipeline)})
-    atomic_write_text(out / "summary.md", summary_markdown(rows, meta))
-    log.info("pipeline summary:\n%s", (out / "summary.md").read_text())
+    if is_global_zero():
+        fields = ["model", "label", *[k for k, _ in COLUMNS], "n_test"]
+        write_csv(out / "summary.csv", [{k: r[k] for k in fields} for r in rows], fields)
+        write_json(out / "summary.json", {"meta": meta, "rows": rows, "config": OmegaConf.to_container(cfg.pipeline)})
+        atomic_write_text(out / "summary.md", summary_markdown(rows, meta))
+        log.info("pipeline summary:\n%s", (out / "summary.md").read_text())
     return {f"{stage}/{k}": v for stage, m in results.items() for k, v in m.items()}

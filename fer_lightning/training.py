@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from fer_lightning.checkpoints import check_checkpoint
+from fer_lightning.distributed import is_global_zero, one_at_a_time
 from fer_lightning.errors import FERError
 from fer_lightning.results import metrics_of_test, versions, write_csv, write_json, write_test_outputs
 
@@ -76,7 +77,8 @@ def _best_checkpoint(trainer: pl.Trainer) -> str | None:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit on train, pick the best checkpoint on ``val/loss``, test it, and write the run outputs.
 
-    Returns the metrics written to ``metrics.json``.
+    Returns the metrics written to ``metrics.json``. With several processes (``trainer=ddp``) every process runs
+    this; caches are built by one and read by the others, and only rank 0 writes the run's files.
     """
     out = Path(cfg.paths.output_dir)
     if (out / "metrics.json").exists():
@@ -87,8 +89,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model_cls = get_class(cfg.model._target_)
     precompute = getattr(model_cls, "uses_features", False) and cfg.features.source == "precomputed"
     dm = build(cfg.data, features=cfg.features if precompute else None)
-    dm.prepare_data()
-    dm.setup()
+    with one_at_a_time(dm.cache_dir):  # processes sharing the cache: the first builds it, the others read it
+        dm.prepare_data()
+        dm.setup()
     model = build(cfg.model, class_names=list(dm.class_names))
     if cfg.get("ckpt_path"):
         check_checkpoint(cfg.ckpt_path, model, option="ckpt_path")
@@ -97,7 +100,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         build(c, **_readable_name(c, model, dm, cfg)) for c in (cfg.get("logger") or {}).values() if c is not None
     ]
     trainer: pl.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    _write_run_description(cfg, dm, out)
+    if is_global_zero():
+        _write_run_description(cfg, dm, out)
 
     start = time.perf_counter()
     if getattr(model, "trains", True):
@@ -126,7 +130,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "fit_seconds": round(fit_seconds, 2),
         }
     )
-    write_test_outputs(out, model, dm, metrics)
+    if is_global_zero():
+        write_test_outputs(out, model, dm, metrics)
 
     scalars = {k: v for k, v in metrics.items() if k.startswith("test/") and isinstance(v, float)}
     for lg in trainer.loggers:

@@ -2,7 +2,8 @@
 on the device.
 
 Data flows once: files -> records (``fer_lightning.data.sources``) -> (face crop) -> decoded uint8 store on disk,
-memory-mapped (``fer_lightning.data.store``) -> splits -> batches -> device -> augmentation. Handcrafted features,
+memory-mapped (``fer_lightning.data.store``) -> splits -> batches -> device -> augmentation (a store that fits on
+the training device goes there once and batches are drawn there: ``data.on_device``). Handcrafted features,
 when a model uses them, are computed once from the store into a feature store. Each dataset is a config of this
 class (``conf/data/*.yaml``) naming its source and the source's own options.
 """
@@ -23,6 +24,7 @@ from fer_lightning.chunked import Store
 from fer_lightning.data.augment import FaceAugment
 from fer_lightning.data.classes import ALL_CLASS_NAMES
 from fer_lightning.data.crop import FaceCropper
+from fer_lightning.data.device import ON_DEVICE, DeviceBatches, fits_on, store_bytes
 from fer_lightning.data.sources import make_source
 from fer_lightning.data.splits import (
     Split,
@@ -109,9 +111,15 @@ class FERDataModule(pl.LightningDataModule):
         min_side: int | None = 32,
         duplicates: str = "warn",
         sampler: str = "random",
+        on_device: str | bool = "auto",
+        on_device_max_mb: float = 1024.0,
         **options: Any,
     ) -> None:
         super().__init__()
+        self.on_device, self.on_device_max_mb = str(on_device).lower(), float(on_device_max_mb)
+        if self.on_device not in ON_DEVICE:
+            raise FERError(f"data.on_device={on_device} is unknown; choose one of: {', '.join(ON_DEVICE)}")
+        self._resident: tuple | None = None  # (device, images, targets, features) on the training device
         if split not in SPLITS:
             raise FERError(f"data.split={split} is unknown; choose one of: {', '.join(SPLITS)}")
         if sampler not in SAMPLERS:
@@ -283,7 +291,15 @@ class FERDataModule(pl.LightningDataModule):
     # ---------------------------------------------------------------- loaders
     def _loader(self, part: str, shuffle: bool) -> DataLoader:
         self.setup()
+        world = getattr(self.trainer, "world_size", 1)  # processes sharing the training split (DDP)
         indices = getattr(self.split, part)
+        drop_last = shuffle and lone_last_batch(len(indices), self.batch_size, world)
+        plain = self.sampler == "random" and self.soft is None  # what the device-resident batches cover
+        resident = self._device_store() if world == 1 and plain else None
+        if resident is not None:
+            images, targets, features = resident
+            return DeviceBatches(images, targets, torch.as_tensor(np.asarray(indices)), features,
+                                 batch_size=self.batch_size, shuffle=shuffle, drop_last=drop_last)
         ds = IndexedImages(self._decoded().store, self.targets, indices, self.feature_store, self.soft)
         sampler = None
         if shuffle and self.sampler == "balanced":
@@ -295,10 +311,28 @@ class FERDataModule(pl.LightningDataModule):
             batch_size=self.batch_size,
             shuffle=shuffle,
             sampler=sampler,
+            drop_last=drop_last,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
+
+    def _device_store(self) -> tuple | None:
+        """``(images, targets, features)`` of the whole store on the training device, when ``on_device`` is
+        ``true``, or ``auto`` and it fits (see :func:`~fer_lightning.data.device.fits_on`); else None."""
+        strategy = getattr(self.trainer, "strategy", None)
+        if self.on_device == "false" or strategy is None:
+            return None
+        device = strategy.root_device
+        images = self._decoded().images
+        if self.on_device == "auto" and not fits_on(device, store_bytes(images, self.targets, self.features),
+                                                    self.on_device_max_mb):
+            return None
+        if self._resident is None or self._resident[0] != device:
+            features = None if self.features is None else {k: v.to(device) for k, v in self.features.items()}
+            self._resident = (device, images.to(device), self.targets.to(device), features)
+            log.info("data on %s: %d images, batches drawn there", device, len(images))
+        return self._resident[1:]
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
@@ -328,3 +362,10 @@ def JAFFEDataModule(**kwargs: Any) -> FERDataModule:  # noqa: N802 (kept for cod
 def FolderDataModule(**kwargs: Any) -> FERDataModule:  # noqa: N802
     """``FERDataModule(source="folder", ...)``."""
     return FERDataModule(source="folder", **kwargs)
+
+
+def lone_last_batch(n: int, batch_size: int, world_size: int = 1) -> bool:
+    """Whether each of ``world_size`` processes' share of ``n`` training images (a ``DistributedSampler`` gives
+    each ``ceil(n / world_size)``) ends with a batch of one image, which BatchNorm cannot train on: such a batch
+    is dropped (its image is drawn into another batch in other epochs)."""
+    return -(-n // world_size) % batch_size == 1

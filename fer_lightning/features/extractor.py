@@ -54,9 +54,10 @@ class HandcraftedFeatures(nn.Module):
 
     Input ``(B, 1, H, W)``: uint8, or float in ``[0, 1]`` (quantised to 8 bits, like the stored images). Each scale
     resizes the image to ``scale x scale`` first (the paper's single 224 scale needs no resizing at 224). Output:
-    ``{name: (B, D_name)}`` float32. ``backend='skimage'`` computes the same blocks with scikit-image, one image at a
-    time, as the reference; ``source`` says whether the data module precomputes them once (``precomputed``) or a
-    model computes them on each augmented batch on its device (``online``).
+    ``{name: (B, D_name)}`` float32, computed in uint8/float32 whatever autocast is on. ``backend='skimage'``
+    computes the same blocks with scikit-image, one image at a time, as the reference; ``source`` says whether
+    the data module precomputes them once (``precomputed``) or a model computes them on each augmented batch on
+    its device (``online``).
     """
 
     def __init__(
@@ -125,12 +126,13 @@ class HandcraftedFeatures(nn.Module):
 
     # ------------------------------------------------------------------ compute
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = to_uint8(x)
-        if torch.compiler.is_exporting():
-            return self.graph(x)
-        if self.backend == "skimage":
-            return self._skimage(x)
-        return self._blocks(x, hog, lbp_codes, lbp_histograms)
+        with torch.autocast(x.device.type, enabled=False):  # exact values under mixed precision too
+            x = to_uint8(x)
+            if torch.compiler.is_exporting():
+                return self.graph(x)
+            if self.backend == "skimage":
+                return self._skimage(x)
+            return self._blocks(x, hog, lbp_codes, lbp_histograms)
 
     def graph(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The same blocks as one static graph (what ``torch.export`` and the ONNX export trace): no threads,

@@ -101,6 +101,7 @@ class MobileNetV2Backbone(nn.Module):
     """
 
     out_features = 1280
+    channels_last = False  # set by the model's configure_model: inputs then go in channels-last memory format
 
     def __init__(self, weights: str | None = "imagenet", trainable: bool = True, checkpoint: str | None = None) -> None:
         super().__init__()
@@ -119,7 +120,10 @@ class MobileNetV2Backbone(nn.Module):
         return super().train(mode and self.trainable)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.features(self.to_input(x))).flatten(1)
+        x = self.to_input(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.pool(self.features(x)).flatten(1)
 
     def fingerprint(self) -> str:
         """A digest of the weights and BatchNorm statistics: the cache key of features computed with them."""

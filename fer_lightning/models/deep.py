@@ -28,8 +28,11 @@ class DeepFER(FERClassifier):
         head: dict[str, Any] | None = None,
         optim: dict[str, Any] | None = None,
         class_weights: str = "none",
+        channels_last: bool = False,
+        compile: bool | str = False,
     ) -> None:
-        super().__init__(class_names, optim=optim, class_weights=class_weights)
+        super().__init__(class_names, optim=optim, class_weights=class_weights, channels_last=channels_last,
+                         compile=compile)
         self.save_hyperparameters()
         backbone = {"weights": "imagenet", "trainable": True, **(backbone or {})}
         head = {"hidden": [256], "dropout": [0.5], **(head or {})}

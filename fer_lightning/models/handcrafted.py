@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from fer_lightning.distributed import agree_on_fitted, one_at_a_time
 from fer_lightning.errors import FERError
 from fer_lightning.features.extractor import HandcraftedFeatures
 from fer_lightning.heads import FusionHead
@@ -39,13 +40,17 @@ class HandcraftedFER(FERClassifier):
         optim: dict[str, Any] | None = None,
         fitted_components: int | None = None,
         class_weights: str = "none",
+        channels_last: bool = False,
+        compile: bool | str = False,
     ) -> None:
         """``pca``: ``{"n_components": 0.95}`` (a count, a variance fraction, or None for no PCA of the fused
         blocks); ``head``: :class:`~fer_lightning.heads.MLPHead` keywords (``hidden=[]``: a linear head);
         ``fusion``: ``{"balance": "none" | "block", "per_block_pca": None | count | fraction}`` (see
         :class:`~fer_lightning.heads.FusionHead`); ``optim``: a recipe section; ``pca.fit_samples``: the z-score
-        and PCA layers are fitted on a seeded sample of at most this many training images (all when fewer)."""
-        super().__init__(class_names, optim=optim, class_weights=class_weights)
+        and PCA layers are fitted on a seeded sample of at most this many training images (all when fewer);
+        ``channels_last``, ``compile``: no effect (no CNN)."""
+        super().__init__(class_names, optim=optim, class_weights=class_weights, channels_last=channels_last,
+                         compile=compile)
         self.extractor = HandcraftedFeatures.build(features)
         self.save_hyperparameters(ignore=["features"])
         self.hparams["features"] = self.extractor.full_config()
@@ -83,9 +88,11 @@ class HandcraftedFER(FERClassifier):
         if self.fusion.fitted or self._trainer is None or self.trainer.datamodule is None:
             return
         dm = self.trainer.datamodule
-        rows = dm.fit_rows(self.fit_samples)
-        blocks = {**self.extra_train_blocks(dm, rows), **dm.train_features(self.extractor, rows)}
+        with one_at_a_time(getattr(dm, "cache_dir", None)):  # DDP: one process builds a feature cache
+            rows = dm.fit_rows(self.fit_samples)
+            blocks = {**self.extra_train_blocks(dm, rows), **dm.train_features(self.extractor, rows)}
         self.hparams["fitted_components"] = self.fusion.fit(blocks)
+        agree_on_fitted(self.fusion, self.trainer.strategy)  # DDP: the same statistics on every process
 
     def handcrafted_blocks(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         if self.extractor.source == "precomputed" and "features" in batch:

@@ -42,7 +42,8 @@ class HybridFER(HandcraftedFER):
         backbone: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        """``kwargs``: the handcrafted model's ``pca``, ``head``, ``fusion``, ``optim``, ``fitted_components``."""
+        """``kwargs``: the handcrafted model's ``pca``, ``head``, ``fusion``, ``optim``, ``fitted_components``,
+        ``channels_last``, ``compile``."""
         super().__init__(class_names, features, **kwargs)
         backbone = {"weights": "imagenet", "checkpoint": None, "trainable": False, **(backbone or {})}
         self.oof_folds = int(backbone.pop("oof_folds", 0) or 0)
