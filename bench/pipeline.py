@@ -23,6 +23,7 @@ import pytorch_lightning as pl
 from hydra import compose, initialize_config_dir
 
 import fer_lightning.data.datamodule as datamodule
+import fer_lightning.data.sources.jaffe as jaffe_source
 import fer_lightning.models.hybrid as hybrid
 import fer_lightning.pipeline as pipeline
 from fer_lightning.config import config_dir
@@ -73,11 +74,11 @@ def main(argv: list[str] | None = None) -> None:
 
     patches = [
         mock.patch.object(pipeline, "train", stage_train),
-        mock.patch.object(datamodule, "ensure_synthetic",
-                          clock.wrap(datamodule.ensure_synthetic, "generate the synthetic set")),
-        mock.patch.object(datamodule, "load_or_decode", clock.wrap(datamodule.load_or_decode, "decode images")),
-        mock.patch.object(datamodule, "load_or_compute", clock.wrap(datamodule.load_or_compute, "HOG+LBP features")),
-        mock.patch.object(hybrid, "cached_blocks", clock.wrap(hybrid.cached_blocks, "backbone GAP features")),
+        mock.patch.object(jaffe_source, "ensure_synthetic",
+                          clock.wrap(jaffe_source.ensure_synthetic, "generate the synthetic set")),
+        mock.patch.object(datamodule, "decode_store", clock.wrap(datamodule.decode_store, "decode images")),
+        mock.patch.object(datamodule, "feature_store", clock.wrap(datamodule.feature_store, "HOG+LBP features")),
+        mock.patch.object(hybrid, "block_store", clock.wrap(hybrid.block_store, "backbone GAP features")),
     ]
     for method, label in (("fit", "fit"), ("validate", "validate best"), ("test", "test")):
         original = getattr(pl.Trainer, method)

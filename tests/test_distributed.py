@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from fer_lightning.features.cache import cached_blocks
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 
@@ -28,6 +27,7 @@ from fer_lightning.distributed import (
     unique_by_index,
 )
 from fer_lightning.evaluate import evaluate
+from fer_lightning.features.store import block_store, blocks_of
 from fer_lightning.models.backbone import imagenet_weights_file
 
 from .conftest import run_cli
@@ -216,14 +216,14 @@ def test_cache_built_once_by_processes_sharing_it(tmp_path):
     """One process builds a cache entry, the others wait for it and read it (here: two threads, two locks)."""
     calls = []
 
-    def compute():
+    def compute(start, stop):
         calls.append(1)
         time.sleep(0.3)
-        return {"x": torch.ones(3, 2)}
+        return {"x": torch.ones(stop - start, 2)}
 
     def worker(out):
         with one_at_a_time(tmp_path):
-            out.append(cached_blocks("t", {"k": 1}, {"x": 2}, 3, tmp_path, compute))
+            out.append(blocks_of(block_store("t", {"k": 1}, {"x": 2}, 3, tmp_path, compute)))
 
     results: list = []
     threads = [threading.Thread(target=worker, args=(results,)) for _ in range(2)]
