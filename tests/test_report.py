@@ -134,9 +134,13 @@ def test_loso_sweep_with_a_failing_job_then_report(tmp_path, cache_dir):
     assert "data.fold=99 is out of range" in (bad / "error.txt").read_text()
     out = report([sweep])
     t2 = {r["model"]: r for r in csv.DictReader(open(out / "table2.csv"))}
-    assert set(t2) == {"deep", "hybrid", "handcrafted"} and all(r["n_runs"] == "1" for r in t2.values())
+    # the three variants plus the row that picks one of them on validation, one run each
+    assert set(t2) == {"deep", "hybrid", "handcrafted", "best on val"}
+    assert all(r["n_runs"] == "1" for r in t2.values())
+    assert t2["best on val"]["acc_mean"] in {t2[m]["acc_mean"] for m in ("deep", "hybrid", "handcrafted")}
     pairs = list(csv.DictReader(open(out / "paired_tests.csv")))
-    assert len(pairs) == 3 and all(p["n_images"] == "21" for p in pairs)  # one test subject's 21 images
+    # every pair of the four rows, each on the one test subject's 21 images
+    assert len(pairs) == 6 and all(p["n_images"] == "21" for p in pairs)
     assert "1 job(s) failed" in (out / "report.md").read_text()
 
 
