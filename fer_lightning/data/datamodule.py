@@ -194,6 +194,11 @@ class JAFFEDataModule(pl.LightningDataModule):
         """How a raw image file becomes a model input here: grey, face crop, resize (stored in checkpoints)."""
         return {"image_size": self.image_size, "face_crop": self.cropper.settings()}
 
+    def image_root(self) -> Path:
+        """The folder the image files are read from (the generated one for the synthetic set); :meth:`file_names`
+        are relative to it."""
+        return self._image_folder().resolve()
+
     def file_names(self) -> list[str]:
         """Each image's path relative to the dataset folder (``KA.AN1.39.tiff``, ``happy/001.jpg``)."""
         root = self._image_folder().resolve()
