@@ -11,7 +11,9 @@ first one (or ``report.output``):
 * ``paired_tests.csv``: each pair of models compared on the same test images (pooled over runs that share
   dataset, split, fold and seed) with McNemar's exact test;
 * figures (PNG, also logged to ``tensorboard/``): per-class accuracy heatmap, one-vs-rest ROC curves per model
-  with AUC, a confusion matrix per model (pooled over runs).
+  with AUC, a confusion matrix per model (pooled over runs); from the runs' images and checkpoints (left out,
+  with a log line, where those are gone): the most confidently misclassified test images per model, and
+  Grad-CAM maps of a few test images per class for the models with a CNN (see :mod:`fer_lightning.report_pictures`).
 
 Jobs that failed (``error.txt``) are counted and listed; the report covers the runs that exist.
 """
@@ -34,6 +36,7 @@ from scipy import stats
 from fer_lightning.cli import fail, start_command
 from fer_lightning.errors import FERError
 from fer_lightning.plots import confusion_matrix_figure, plt
+from fer_lightning.report_pictures import report_pictures
 from fer_lightning.results import write_csv
 from fer_lightning.storage import atomic_write_text
 
@@ -209,6 +212,7 @@ def report(dirs: list[Path], output: Path | None = None) -> Path:
     if pairs:
         write_csv(out / "paired_tests.csv", pairs, list(pairs[0]))
     figs = figures(runs, classes, t3)
+    figs.update(report_pictures(runs, [r["model"] for r in t3], classes))
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(str(out / "tensorboard"))
