@@ -38,6 +38,8 @@ class RunImages:
     resized to the run's image size. Raises :class:`FERError` when the run does not say where they are."""
 
     def __init__(self, run_dir: Path) -> None:
+        if not (run_dir / "run_info.json").is_file():
+            raise FERError(f"{run_dir} has no run_info.json to say where its images are")
         info = json.loads((run_dir / "run_info.json").read_text())
         root = info.get("image_root") or info.get("dataset_root")
         if not root:
@@ -92,9 +94,8 @@ def misclassified(runs: Sequence[Any], model: str, class_names: Sequence[str], k
     if not items:
         raise FERError(f"the test images are unavailable ({reasons[0]})")
     runs_note = f"{len(mine)} runs pooled" if len(mine) > 1 else "1 run"
-    return misclassified_figure(
-        items, list(class_names),
-        f"{model}: the {len(items)} most confident of {len(wrong)} misclassified test images ({runs_note})")
+    which = f"all {len(wrong)}" if len(items) == len(wrong) else f"the {len(items)} most confident of {len(wrong)}"
+    return misclassified_figure(items, list(class_names), f"{model}: {which} misclassified test images ({runs_note})")
 
 
 def tested_checkpoint(run: Any) -> Path:
