@@ -11,8 +11,9 @@ def model_classes() -> dict:
     from fer_lightning.models.deep import DeepFER
     from fer_lightning.models.handcrafted import HandcraftedFER
     from fer_lightning.models.hybrid import HybridFER
+    from fer_lightning.models.late_fusion import LateFusionFER
 
-    return {cls.model_name: cls for cls in (DeepFER, HandcraftedFER, HybridFER)}
+    return {cls.model_name: cls for cls in (DeepFER, HandcraftedFER, HybridFER, LateFusionFER)}
 
 
 def load_model(path: str, option: str = "ckpt_path", map_location: str = "cpu"):
