@@ -11,7 +11,9 @@ first one (or ``report.output``):
 * ``paired_tests.csv``: each pair of models compared on the same test images (pooled over runs that share
   dataset, split, fold and seed) with McNemar's exact test;
 * figures (PNG, also logged to ``tensorboard/``): per-class accuracy heatmap, one-vs-rest ROC curves per model
-  with AUC, a confusion matrix per model (pooled over runs).
+  with AUC, a confusion matrix per model (pooled over runs); from the runs' images and checkpoints (left out,
+  with a log line, where those are gone): the most confidently misclassified test images per model, and
+  Grad-CAM maps of a few test images per class for the models with a CNN (see :mod:`fer_lightning.report_pictures`).
 
 Jobs that failed (``error.txt``) are counted and listed; the report covers the runs that exist.
 """
@@ -37,6 +39,7 @@ from scipy import stats
 from fer_lightning.cli import fail, start_command
 from fer_lightning.errors import FERError
 from fer_lightning.plots import confusion_matrix_figure, plt
+from fer_lightning.report_pictures import report_pictures
 from fer_lightning.results import write_csv
 from fer_lightning.storage import atomic_write_text
 
@@ -270,7 +273,9 @@ def report(dirs: list[Path], output: Path | None = None) -> Path:
     if chosen:
         write_csv(out / "selection.csv", [_selection_row(r, runs) for r in chosen],
                   ["dataset", "split", "fold", "seed", "selected", "val_acc", "val_nll", "test_acc", "test_acc_deep"])
-    figs = figures(runs, classes, [r for r in t3 if r["model"] != BEST_ON_VAL])
+    shown = [r for r in t3 if r["model"] != BEST_ON_VAL]
+    figs = figures(runs, classes, shown)
+    figs.update(report_pictures(runs, [r["model"] for r in shown], classes))
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(str(out / "tensorboard"))

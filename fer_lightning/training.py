@@ -37,6 +37,7 @@ def _write_run_description(cfg: DictConfig, dm: Any, out: Path) -> None:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "dataset": dm.dataset_name,
             "dataset_root": str(dm.root) if dm.root is not None else None,
+            "image_root": None if dm.image_root() is None else str(dm.image_root()),  # where the files of splits.csv and predictions.csv lie
             "dataset_fingerprint": dm.fingerprint,
             "n_images": len(dm.decoded.labels),
             "versions": versions(),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -272,6 +273,15 @@ class FERDataModule(pl.LightningDataModule):
     def preprocessing(self) -> dict[str, Any]:
         """How a raw image file becomes a model input here: grey, face crop, resize (stored in checkpoints)."""
         return {"image_size": self.image_size, "face_crop": self.cropper.settings()}
+
+    def image_root(self) -> Path | None:
+        """The folder the image files are read from (the generated one for the synthetic set); :meth:`file_names`
+        are relative to it. None where images are rows of a text file (FER2013's CSV)."""
+        for r in self.source.records:
+            path = r.path.as_posix()
+            if r.pixels_at is None and r.name and path.endswith("/" + r.name):
+                return Path(path[: -len(r.name)]).resolve()
+        return None
 
     def file_names(self) -> list[str]:
         """Each image's name: its path relative to the dataset folder (``KA.AN1.39.tiff``, ``happy/001.jpg``), or
