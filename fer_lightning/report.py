@@ -29,11 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.figure import Figure
 from scipy import stats
 
 from fer_lightning.cli import fail, start_command
 from fer_lightning.errors import FERError
-from fer_lightning.plots import confusion_matrix_figure, plt
+from fer_lightning.plots import confusion_matrix_figure
 from fer_lightning.results import write_csv
 from fer_lightning.storage import atomic_write_text
 
@@ -153,7 +154,8 @@ def figures(runs: list[Run], classes: list[str], t3: list[dict[str, Any]]) -> di
     from sklearn.metrics import auc, roc_curve
 
     out = {}
-    fig, ax = plt.subplots(figsize=(1.2 + 1.0 * len(classes), 0.9 + 0.6 * len(t3)), dpi=120)
+    fig = Figure(figsize=(1.2 + 1.0 * len(classes), 0.9 + 0.6 * len(t3)), dpi=120)
+    ax = fig.subplots()
     grid = np.array([[r[c] if r[c] is not None else np.nan for c in classes] for r in t3])
     im = ax.imshow(grid, cmap="Blues", vmin=0, vmax=100)
     ax.set_xticks(range(len(classes)), labels=classes, rotation=30, ha="right")
@@ -165,7 +167,8 @@ def figures(runs: list[Run], classes: list[str], t3: list[dict[str, Any]]) -> di
     fig.tight_layout()
     out["per_class_accuracy_heatmap"] = fig
 
-    fig, axes = plt.subplots(1, len(t3), figsize=(4.2 * len(t3), 4.0), dpi=120, squeeze=False)
+    fig = Figure(figsize=(4.2 * len(t3), 4.0), dpi=120)
+    axes = fig.subplots(1, len(t3), squeeze=False)
     for ax, model in zip(axes[0], [r["model"] for r in t3], strict=True):
         preds = [p for r in runs if r.model == model for p in r.predictions]
         if preds:
@@ -214,8 +217,7 @@ def report(dirs: list[Path], output: Path | None = None) -> Path:
     writer = SummaryWriter(str(out / "tensorboard"))
     for name, fig in figs.items():
         fig.savefig(out / f"{name}.png", bbox_inches="tight")
-        writer.add_figure(f"report/{name}", fig)
-        plt.close(fig)
+        writer.add_figure(f"report/{name}", fig, close=False)
     writer.close()
 
     datasets = sorted({str(r.metrics.get("dataset")) for r in runs})

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import matplotlib.pyplot as plt
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
@@ -111,7 +110,6 @@ class FERClassifier(pl.LightningModule):
         fig = confusion_matrix_figure(cm.numpy(), self.class_names, title)
         for lg in loggers:
             lg.experiment.add_figure(tag, fig, global_step=self.global_step, close=False)
-        plt.close(fig)
 
     @classmethod
     def from_checkpoint(cls, path: str, map_location: str | torch.device = "cpu") -> FERClassifier:
