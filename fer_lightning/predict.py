@@ -52,9 +52,9 @@ def predict(
 ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
     """Rows ``{file, predicted, p_<class>...}`` for the readable images, and ``(file, reason)`` for the others."""
     files = image_files(target)
-    record = read_checkpoint(ckpt_path)[FORMAT_KEY]
-    prep = {**DEFAULT_PREPROCESSING, **record.get("preprocessing", {})}
-    model = load_model(ckpt_path).eval().to(resolve_device(device))
+    ckpt = read_checkpoint(ckpt_path)  # the one read of the file
+    prep = {**DEFAULT_PREPROCESSING, **ckpt[FORMAT_KEY].get("preprocessing", {})}
+    model = load_model(ckpt).eval().to(resolve_device(device))
     cropper, size = FaceCropper.from_settings(prep["face_crop"]), int(prep["image_size"])
     classes = list(model.class_names)
     ready: list[tuple[Path, np.ndarray]] = []

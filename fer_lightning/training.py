@@ -18,8 +18,10 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from fer_lightning.checkpoints import check_checkpoint
+from fer_lightning.checkpoints import CheckedCheckpointIO, checkpoint_file, read_checkpoint
 from fer_lightning.errors import FERError
+from fer_lightning.extras import check_config
+from fer_lightning.loggers import finish, log_run
 from fer_lightning.results import metrics_of_test, versions, write_csv, write_json, write_test_outputs
 
 log = logging.getLogger("fer_lightning.training")
@@ -81,6 +83,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.paths.output_dir)
     if (out / "metrics.json").exists():
         raise FERError(f"{out} already holds a finished run; give hydra.run.dir a new folder instead of overwriting it")
+    check_config(cfg)  # a logger or callback whose extra is not installed stops the run here, not mid-way
     out.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True)
 
@@ -90,24 +93,27 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     dm.prepare_data()
     dm.setup()
     model = build(cfg.model, class_names=list(dm.class_names))
-    if cfg.get("ckpt_path"):
-        check_checkpoint(cfg.ckpt_path, model, option="ckpt_path")
+    if cfg.get("ckpt_path"):  # read once, by Lightning in fit (safely: CheckedCheckpointIO); the model checks it
+        checkpoint_file(cfg.ckpt_path, option="ckpt_path")
     callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [
         build(c, **_readable_name(c, model, dm, cfg)) for c in (cfg.get("logger") or {}).values() if c is not None
     ]
     trainer: pl.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    CheckedCheckpointIO.guard(trainer)
     _write_run_description(cfg, dm, out)
 
     start = time.perf_counter()
-    trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     fit_seconds = time.perf_counter() - start
     if trainer.interrupted:
         raise FERError(f"training was interrupted; resume it with ckpt_path={out / 'checkpoints' / 'last.ckpt'}")
 
     best = _best_checkpoint(trainer)
-    trainer.validate(model, datamodule=dm, ckpt_path=best, verbose=False)
-    trainer.test(model, datamodule=dm, ckpt_path=best, verbose=False)
+    if best:  # read once; validated and tested in memory
+        model.load_state_dict(read_checkpoint(best, option="best checkpoint")["state_dict"])
+    trainer.validate(model, datamodule=dm, verbose=False)
+    trainer.test(model, datamodule=dm, verbose=False)
 
     metrics = metrics_of_test(model, dm, cfg.seed)
     metrics.update({f"val/{k}": v for k, v in model.results["val"].items()})
@@ -123,9 +129,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     write_test_outputs(out, model, dm, metrics)
 
     scalars = {k: v for k, v in metrics.items() if k.startswith("test/") and isinstance(v, float)}
-    for lg in trainer.loggers:
-        lg.log_hyperparams(_flat_params(cfg), metrics=scalars)
-        lg.save()
+    log_run(trainer.loggers, _flat_params(cfg), scalars)
+    finish(trainer.loggers)
     log.info(
         "%s on %s (%s split%s): test acc %.4f, macro F1 %.4f on %d images; outputs in %s",
         model.model_name, dm.dataset_name, dm.split_name,
