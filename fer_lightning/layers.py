@@ -79,6 +79,11 @@ class PCAProjection(_Fitted):
     def out_features(self) -> int:
         return self.components.shape[0]
 
+    def resize_input(self, num_features: int) -> None:
+        """Set the input width before fitting (when it is known only then, e.g. after per-block PCAs)."""
+        self.mean = torch.zeros(num_features, dtype=self.mean.dtype, device=self.mean.device)
+        self.components = torch.zeros(0, num_features, dtype=self.components.dtype, device=self.components.device)
+
     def _count(self, ratio: torch.Tensor, n: int) -> int:
         nc = self.n_components
         if isinstance(nc, float) and not float(nc).is_integer():
@@ -118,3 +123,24 @@ class PCAProjection(_Fitted):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_fitted()
         return F.linear(x - self.mean, self.components)
+
+
+class BlockScale(_Fitted):
+    """``(B, D)`` -> ``(B, D)``: multiplies a feature block by ``1 / sqrt(total variance)`` of its training
+    features, so that every block of a fusion enters it with total variance 1 (for a z-scored block of ``D``
+    non-constant features that is ``1 / sqrt(D)``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("factor", torch.tensor(1.0))
+
+    @torch.no_grad()
+    def fit(self, x: torch.Tensor) -> BlockScale:
+        total = x.detach().to(torch.float64).var(0, correction=0).sum()
+        self.factor = (1.0 / total.clamp_min(1e-12).sqrt()).to(self.factor.device, self.factor.dtype)
+        self.fitted.fill_(True)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_fitted()
+        return x * self.factor

@@ -104,15 +104,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     _write_run_description(cfg, dm, out)
 
     start = time.perf_counter()
-    trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    if getattr(model, "trains", True):
+        trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+        if trainer.interrupted:
+            raise FERError(f"training was interrupted; resume it with ckpt_path={out / 'checkpoints' / 'last.ckpt'}")
+        best = _best_checkpoint(trainer)
+        if best:  # read once; validated and tested in memory
+            model.load_state_dict(read_checkpoint(best, option="best checkpoint")["state_dict"])
+        trainer.validate(model, datamodule=dm, verbose=False)
+    else:  # nothing to fit (late fusion): validation fixes what it needs, and the result is saved as it is
+        trainer.validate(model, datamodule=dm, verbose=False)
+        best = str(out / "checkpoints" / f"{model.model_name}.ckpt")
+        trainer.save_checkpoint(best)
     fit_seconds = time.perf_counter() - start
-    if trainer.interrupted:
-        raise FERError(f"training was interrupted; resume it with ckpt_path={out / 'checkpoints' / 'last.ckpt'}")
-
-    best = _best_checkpoint(trainer)
-    if best:  # read once; validated and tested in memory
-        model.load_state_dict(read_checkpoint(best, option="best checkpoint")["state_dict"])
-    trainer.validate(model, datamodule=dm, verbose=False)
     trainer.test(model, datamodule=dm, verbose=False)
 
     metrics = metrics_of_test(model, dm, cfg.seed)
@@ -122,6 +126,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "n_train": len(dm.split.train),
             "n_val": len(dm.split.val),
             "epochs": int(trainer.current_epoch),
+            "variant": cfg.get("variant") or model.model_name,
+            "recipe": (cfg.get("recipe") or {}).get("name"),
             "best_checkpoint": best,
             "fit_seconds": round(fit_seconds, 2),
         }

@@ -21,7 +21,7 @@ from fer_lightning.data.classes import CLASS_NAMES, JAFFE_N_IMAGES, JAFFE_SUBJEC
 from fer_lightning.data.crop import FaceCropper
 from fer_lightning.data.folder import scan_folder
 from fer_lightning.data.jaffe import FaceRecord, scan_jaffe
-from fer_lightning.data.splits import Split, loso_split, paper_split, subject_kfold_split
+from fer_lightning.data.splits import Split, inner_split, loso_split, paper_split, subject_kfold_split
 from fer_lightning.data.synthetic import ensure_synthetic
 from fer_lightning.errors import FERError
 from fer_lightning.features.cache import load_or_compute
@@ -85,6 +85,8 @@ class JAFFEDataModule(pl.LightningDataModule):
         face_crop: str = "none",
         crop_margin: float = 0.2,
         crop_box: Sequence[int] | None = None,
+        inner_folds: int = 0,
+        inner_fold: int = 0,
     ) -> None:
         super().__init__()
         if split not in SPLITS:
@@ -96,6 +98,7 @@ class JAFFEDataModule(pl.LightningDataModule):
         self.split_name = split
         self.test_size, self.val_size, self.train_size = test_size, val_size, train_size
         self.fold, self.folds, self.seed = int(fold), int(folds), int(seed)
+        self.inner_folds, self.inner_fold = int(inner_folds), int(inner_fold)
         self.cropper = FaceCropper(face_crop, crop_margin, crop_box)
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
         self.cache_dir = cache_dir
@@ -170,6 +173,11 @@ class JAFFEDataModule(pl.LightningDataModule):
             self.split = subject_kfold_split(
                 d.labels, d.subjects, folds=self.folds, fold=self.fold, val_size=self.val_size, seed=self.seed
             )
+        if self.inner_folds:
+            self.split = inner_split(self.split, d.labels, d.subjects, folds=self.inner_folds, fold=self.inner_fold,
+                                     seed=self.seed, by_subject=self.split_name != "paper")
+            log.info("inner fold %d of %d: the held-out training images are this run's test set (outer test unused)",
+                     self.inner_fold, self.inner_folds)
         log.info(
             "%s split of %d images: %d train / %d val / %d test",
             self.split_name, len(d.labels), len(self.split.train), len(self.split.val), len(self.split.test),

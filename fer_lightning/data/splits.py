@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
 from fer_lightning.errors import FERError
 
@@ -144,3 +144,42 @@ def subject_kfold_split(
     n_val = _count(val_size, len(rest), "data.val_size")
     train, val = _grouped_val(np.asarray(rest), y, s, n_val, seed)
     return Split(train=train, val=val, test=np.sort(test))
+
+
+def inner_split(
+    split: Split,
+    labels: Sequence[str],
+    subjects: Sequence[str],
+    *,
+    folds: int,
+    fold: int,
+    seed: int = 0,
+    by_subject: bool = False,
+) -> Split:
+    """Inner fold ``fold`` of ``folds`` of the *training* part of ``split``: train = the training images outside
+    that fold, val = unchanged, test = the held-out training images. The outer test images are in no part, so
+    nothing computed on an inner split has seen them (used for out-of-fold features and inner cross-validation).
+
+    The folds are stratified by label and, with ``by_subject`` (for subject-independent outer splits), keep each
+    subject's images together, so held-out images relate to the rest as the outer test images do.
+    """
+    if not 2 <= folds <= len(split.train):
+        raise FERError(f"data.inner_folds={folds}: give a number of folds between 2 and the {len(split.train)} "
+                       "training images (0 turns inner folds off)")
+    if not 0 <= fold < folds:
+        raise FERError(f"data.inner_fold={fold} is out of range: data.inner_folds={folds}, so 0..{folds - 1}")
+    y, s = np.asarray(labels)[split.train], np.asarray(subjects)[split.train]
+    if by_subject:
+        if len(set(s.tolist())) < folds:
+            raise FERError(f"data.inner_folds={folds}: the training part holds only {len(set(s.tolist()))} subjects")
+        cv = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+        parts = list(cv.split(np.zeros(len(y)), y, groups=s))
+    else:
+        smallest = min(np.unique(y, return_counts=True)[1])
+        cv = StratifiedKFold(n_splits=min(folds, max(2, smallest)), shuffle=True, random_state=seed)
+        if cv.n_splits != folds:
+            raise FERError(f"data.inner_folds={folds}: a class has only {smallest} training images; use at most "
+                           f"{max(2, smallest)} inner folds")
+        parts = list(cv.split(np.zeros(len(y)), y))
+    keep, held = parts[fold]
+    return Split(train=np.sort(split.train[keep]), val=split.val, test=np.sort(split.train[held]))

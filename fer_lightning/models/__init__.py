@@ -1,7 +1,7 @@
 """LightningModules: the shared classifier base and one module per model.
 
-``DeepFER``, ``HandcraftedFER``, ``HybridFER`` (and their base ``FERClassifier``) are imported on first use,
-so ``from fer_lightning.models import load_model`` stays light.
+``DeepFER``, ``HandcraftedFER``, ``HybridFER``, ``LateFusionFER`` (and their base ``FERClassifier``) are imported
+on first use, so ``from fer_lightning.models import load_model`` stays light.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ _LAZY = {
     "DeepFER": "fer_lightning.models.deep",
     "HandcraftedFER": "fer_lightning.models.handcrafted",
     "HybridFER": "fer_lightning.models.hybrid",
+    "LateFusionFER": "fer_lightning.models.late_fusion",
 }
-__all__ = ["DeepFER", "FERClassifier", "HandcraftedFER", "HybridFER", "load_model", "model_classes"]
+__all__ = ["DeepFER", "FERClassifier", "HandcraftedFER", "HybridFER", "LateFusionFER", "load_model", "model_classes"]
 
 
 def __getattr__(name: str) -> Any:
@@ -38,8 +39,9 @@ def model_classes() -> dict:
     from fer_lightning.models.deep import DeepFER
     from fer_lightning.models.handcrafted import HandcraftedFER
     from fer_lightning.models.hybrid import HybridFER
+    from fer_lightning.models.late_fusion import LateFusionFER
 
-    return {cls.model_name: cls for cls in (DeepFER, HandcraftedFER, HybridFER)}
+    return {cls.model_name: cls for cls in (DeepFER, HandcraftedFER, HybridFER, LateFusionFER)}
 
 
 def load_model(checkpoint: str | Path | Mapping[str, Any], option: str = "ckpt_path", map_location: str = "cpu"):

@@ -15,6 +15,7 @@ from torch import nn
 from fer_lightning.checkpoints import FORMAT_KEY, check_record, read_checkpoint
 from fer_lightning.errors import FERError
 from fer_lightning.metrics import ClassificationMetrics
+from fer_lightning.optim import OptimSettings
 from fer_lightning.plots import confusion_matrix_figure
 
 
@@ -29,11 +30,13 @@ class FERClassifier(pl.LightningModule):
 
     model_name = "classifier"
 
-    def __init__(self, class_names: Sequence[str], lr: float = 1e-4, weight_decay: float = 0.0) -> None:
+    def __init__(self, class_names: Sequence[str], optim: dict[str, Any] | None = None) -> None:
+        """``optim``: :class:`~fer_lightning.optim.OptimSettings` keys (a recipe section; defaults: the paper's
+        Adam 1e-4)."""
         super().__init__()
         self.class_names = tuple(class_names)
-        self.lr, self.weight_decay = float(lr), float(weight_decay)
-        self.criterion = nn.CrossEntropyLoss()
+        self.optim = OptimSettings.from_config(optim)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=self.optim.label_smoothing)
         # one metric set per stage, as attributes so they follow the module's device
         self.train_metrics = ClassificationMetrics(self.class_names)
         self.val_metrics = ClassificationMetrics(self.class_names)
@@ -78,14 +81,15 @@ class FERClassifier(pl.LightningModule):
         self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=False)
         if stage != "train" and not self.trainer.sanity_checking:
             cm = metrics.confusion_matrix().cpu()
-            self.results[stage] = {k: float(v) for k, v in values.items()}
-            self.confusion[stage] = cm
             collected = self._collected[stage]
             self.outputs[stage] = {
                 "index": torch.cat([c[0] for c in collected]),
                 "probs": torch.cat([c[1] for c in collected]),
                 "target": torch.cat([c[2] for c in collected]),
             }
+            self.results[stage] = {k: float(v) for k, v in values.items()}
+            self.results[stage]["nll"] = mean_nll(self.outputs[stage]["probs"], self.outputs[stage]["target"])
+            self.confusion[stage] = cm
             self._log_figure(f"{stage}/confusion_matrix", cm, f"{stage} confusion matrix (epoch {self.current_epoch})")
         if stage in self._collected:
             self._collected[stage] = []
@@ -122,8 +126,7 @@ class FERClassifier(pl.LightningModule):
             raise FERError(f"{checkpoint if isinstance(checkpoint, str | Path) else 'the checkpoint'} holds a "
                            f"'{kind}' model, not '{cls.model_name}'")
         hparams = dict(ckpt.get("hyper_parameters", {}))
-        if isinstance(hparams.get("backbone"), dict):
-            hparams["backbone"] = {**hparams["backbone"], "weights": "none", "checkpoint": None}
+        hparams.update(cls.offline_overrides(hparams))
         params = inspect.signature(cls.__init__).parameters
         if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
             hparams = {k: v for k, v in hparams.items() if k in params}
@@ -143,6 +146,16 @@ class FERClassifier(pl.LightningModule):
         path = self._trainer.ckpt_path if self._trainer is not None else None
         check_record(checkpoint, self, f"ckpt_path={path}" if path else "the checkpoint")
 
+    @classmethod
+    def offline_overrides(cls, hparams: dict[str, Any]) -> dict[str, Any]:
+        """Constructor arguments that replace, when a checkpoint is loaded, every reference to files outside it
+        (ImageNet weights, the deep run's and the out-of-fold checkpoints): the checkpoint holds those weights."""
+        backbone = hparams.get("backbone")
+        if isinstance(backbone, dict):
+            files = {k: None for k in ("checkpoint", "oof_checkpoints") if k in backbone}
+            return {"backbone": {**backbone, "weights": "none", **files}}
+        return {}
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         record = {"model": self.model_name, "class_names": list(self.class_names), "format": 1}
         dm = self.trainer.datamodule if self._trainer is not None else None
@@ -151,5 +164,12 @@ class FERClassifier(pl.LightningModule):
         checkpoint[FORMAT_KEY] = record
 
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.parameters() if p.requires_grad]
-        return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+        max_epochs = self.trainer.max_epochs if self._trainer is not None else None
+        return self.optim.configure((p for p in self.parameters() if p.requires_grad), max_epochs)
+
+
+def mean_nll(probs: torch.Tensor, target: torch.Tensor) -> float:
+    """Mean negative log-likelihood of the true classes (plain, without label smoothing): what model selection
+    and late-fusion weighting compare."""
+    p = probs.double().gather(1, target.long().view(-1, 1)).clamp_min(1e-12)
+    return float(-p.log().mean())

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from fer_lightning.errors import FERError
 from fer_lightning.features.extractor import HandcraftedFeatures
 from fer_lightning.heads import FusionHead
 from fer_lightning.models.base import FERClassifier
@@ -34,20 +35,29 @@ class HandcraftedFER(FERClassifier):
         features: HandcraftedFeatures | dict[str, Any],
         pca: dict[str, Any] | None = None,
         head: dict[str, Any] | None = None,
-        lr: float = 1e-4,
-        weight_decay: float = 0.0,
+        fusion: dict[str, Any] | None = None,
+        optim: dict[str, Any] | None = None,
         fitted_components: int | None = None,
     ) -> None:
-        super().__init__(class_names, lr=lr, weight_decay=weight_decay)
+        """``pca``: ``{"n_components": 0.95}`` (a count, a variance fraction, or None for no PCA of the fused
+        blocks); ``head``: :class:`~fer_lightning.heads.MLPHead` keywords (``hidden=[]``: a linear head);
+        ``fusion``: ``{"balance": "none" | "block", "per_block_pca": None | count | fraction}`` (see
+        :class:`~fer_lightning.heads.FusionHead`); ``optim``: a recipe section."""
+        super().__init__(class_names, optim=optim)
         self.extractor = HandcraftedFeatures.build(features)
         self.save_hyperparameters(ignore=["features"])
         self.hparams["features"] = self.extractor.full_config()
         head = {"hidden": [512, 256], "dropout": [0.5, 0.3], "input_dropout": 0.5, "batchnorm": True, **(head or {})}
+        fusion = {"balance": "none", "per_block_pca": None, **(fusion or {})}
+        unknown = sorted(set(fusion) - {"balance", "per_block_pca"})
+        if unknown:
+            raise FERError(f"model.fusion: unknown key(s) {', '.join(unknown)}; valid keys: balance, per_block_pca")
         self.fusion = FusionHead(
             {**self.extra_block_dims(), **self.extractor.block_dims()},
             self.num_classes,
             n_components=(pca or {}).get("n_components", 0.95),
             fitted_components=fitted_components,
+            **fusion,
             **head,
         )
 
