@@ -53,9 +53,10 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, A
     out = Path(cfg.paths.output_dir)
     if (out / "metrics.json").exists():
         raise FERError(f"{out} already holds results; give hydra.run.dir a new folder instead of overwriting it")
-    record = read_checkpoint(cfg.ckpt_path)[FORMAT_KEY]
+    ckpt = read_checkpoint(cfg.ckpt_path)  # the one read of the file
+    record = ckpt[FORMAT_KEY]
     pl.seed_everything(int(cfg.seed), workers=True)
-    model = load_model(cfg.ckpt_path)
+    model = load_model(ckpt)
     data = data_config(cfg, overrides or [])
     features = None
     if getattr(model, "uses_features", False) and model.extractor.source == "precomputed":

@@ -24,8 +24,9 @@ class Classifier:
     classifies crops, :meth:`columns` names the result like every predictions file."""
 
     def __init__(self, ckpt_path: str | Path, device: str = "auto") -> None:
-        prep = preprocessing(read_checkpoint(ckpt_path)[FORMAT_KEY])
-        self.model = load_model(str(ckpt_path)).eval().to(resolve_device(device))
+        ckpt = read_checkpoint(ckpt_path)  # the one read of the file
+        prep = preprocessing(ckpt[FORMAT_KEY])
+        self.model = load_model(ckpt).eval().to(resolve_device(device))
         self.cropper = FaceCropper.from_settings(prep["face_crop"])
         self.image_size = int(prep["image_size"])
         self.classes = list(self.model.class_names)

@@ -33,12 +33,13 @@ from typing import Any
 
 import numpy as np
 from hydra.experimental.callback import Callback
+from matplotlib.figure import Figure
 from omegaconf import DictConfig
 from scipy import stats
 
 from fer_lightning.cli import fail, start_command
 from fer_lightning.errors import FERError
-from fer_lightning.plots import confusion_matrix_figure, plt
+from fer_lightning.plots import confusion_matrix_figure
 from fer_lightning.report_pictures import report_pictures
 from fer_lightning.results import write_csv
 from fer_lightning.storage import atomic_write_text
@@ -203,7 +204,8 @@ def figures(runs: list[Run], classes: list[str], t3: list[dict[str, Any]]) -> di
     from sklearn.metrics import auc, roc_curve
 
     out = {}
-    fig, ax = plt.subplots(figsize=(1.2 + 1.0 * len(classes), 0.9 + 0.6 * len(t3)), dpi=120)
+    fig = Figure(figsize=(1.2 + 1.0 * len(classes), 0.9 + 0.6 * len(t3)), dpi=120)
+    ax = fig.subplots()
     grid = np.array([[r[c] if r[c] is not None else np.nan for c in classes] for r in t3])
     im = ax.imshow(grid, cmap="Blues", vmin=0, vmax=100)
     ax.set_xticks(range(len(classes)), labels=classes, rotation=30, ha="right")
@@ -217,7 +219,8 @@ def figures(runs: list[Run], classes: list[str], t3: list[dict[str, Any]]) -> di
 
     ncols = min(4, len(t3))
     nrows = math.ceil(len(t3) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 4.0 * nrows), dpi=120, squeeze=False)
+    fig = Figure(figsize=(4.2 * ncols, 4.0 * nrows), dpi=120)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
     for ax in axes.flat[len(t3):]:
         ax.set_visible(False)
     for ax, model in zip(axes.flat, [r["model"] for r in t3], strict=False):
@@ -281,8 +284,7 @@ def report(dirs: list[Path], output: Path | None = None) -> Path:
     writer = SummaryWriter(str(out / "tensorboard"))
     for name, fig in figs.items():
         fig.savefig(out / f"{name}.png", bbox_inches="tight")
-        writer.add_figure(f"report/{name}", fig)
-        plt.close(fig)
+        writer.add_figure(f"report/{name}", fig, close=False)
     writer.close()
 
     datasets = sorted({str(r.metrics.get("dataset")) for r in runs})

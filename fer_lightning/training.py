@@ -18,9 +18,11 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from fer_lightning.checkpoints import check_checkpoint
+from fer_lightning.checkpoints import CheckedCheckpointIO, checkpoint_file, read_checkpoint
 from fer_lightning.distributed import is_global_zero, one_at_a_time
 from fer_lightning.errors import FERError
+from fer_lightning.extras import check_config
+from fer_lightning.loggers import finish, log_run
 from fer_lightning.results import metrics_of_test, versions, write_csv, write_json, write_test_outputs
 
 log = logging.getLogger("fer_lightning.training")
@@ -37,7 +39,8 @@ def _write_run_description(cfg: DictConfig, dm: Any, out: Path) -> None:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "dataset": dm.dataset_name,
             "dataset_root": str(dm.root) if dm.root is not None else None,
-            "image_root": None if dm.image_root() is None else str(dm.image_root()),  # where the files of splits.csv and predictions.csv lie
+            # where the files of splits.csv and predictions.csv lie (None: rows of a CSV file)
+            "image_root": None if dm.image_root() is None else str(dm.image_root()),
             "dataset_fingerprint": dm.fingerprint,
             "n_images": len(dm.decoded.labels),
             "versions": versions(),
@@ -84,6 +87,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.paths.output_dir)
     if (out / "metrics.json").exists():
         raise FERError(f"{out} already holds a finished run; give hydra.run.dir a new folder instead of overwriting it")
+    check_config(cfg)  # a logger or callback whose extra is not installed stops the run here, not mid-way
     out.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True)
 
@@ -94,29 +98,32 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         dm.prepare_data()
         dm.setup()
     model = build(cfg.model, class_names=list(dm.class_names))
-    if cfg.get("ckpt_path"):
-        check_checkpoint(cfg.ckpt_path, model, option="ckpt_path")
+    if cfg.get("ckpt_path"):  # read once, by Lightning in fit (safely: CheckedCheckpointIO); the model checks it
+        checkpoint_file(cfg.ckpt_path, option="ckpt_path")
     callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [
         build(c, **_readable_name(c, model, dm, cfg)) for c in (cfg.get("logger") or {}).values() if c is not None
     ]
     trainer: pl.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    CheckedCheckpointIO.guard(trainer)
     if is_global_zero():
         _write_run_description(cfg, dm, out)
 
     start = time.perf_counter()
     if getattr(model, "trains", True):
-        trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
         if trainer.interrupted:
             raise FERError(f"training was interrupted; resume it with ckpt_path={out / 'checkpoints' / 'last.ckpt'}")
         best = _best_checkpoint(trainer)
-        trainer.validate(model, datamodule=dm, ckpt_path=best, verbose=False)
+        if best:  # read once; validated and tested in memory
+            model.load_state_dict(read_checkpoint(best, option="best checkpoint")["state_dict"])
+        trainer.validate(model, datamodule=dm, verbose=False)
     else:  # nothing to fit (late fusion): validation fixes what it needs, and the result is saved as it is
         trainer.validate(model, datamodule=dm, verbose=False)
         best = str(out / "checkpoints" / f"{model.model_name}.ckpt")
         trainer.save_checkpoint(best)
     fit_seconds = time.perf_counter() - start
-    trainer.test(model, datamodule=dm, ckpt_path=best, verbose=False)
+    trainer.test(model, datamodule=dm, verbose=False)
 
     metrics = metrics_of_test(model, dm, cfg.seed)
     metrics.update({f"val/{k}": v for k, v in model.results["val"].items()})
@@ -135,9 +142,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         write_test_outputs(out, model, dm, metrics)
 
     scalars = {k: v for k, v in metrics.items() if k.startswith("test/") and isinstance(v, float)}
-    for lg in trainer.loggers:
-        lg.log_hyperparams(_flat_params(cfg), metrics=scalars)
-        lg.save()
+    log_run(trainer.loggers, _flat_params(cfg), scalars)
+    finish(trainer.loggers)
     log.info(
         "%s on %s (%s split%s): test acc %.4f, macro F1 %.4f on %d images; outputs in %s",
         model.model_name, dm.dataset_name, dm.split_name,

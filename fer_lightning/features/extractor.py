@@ -196,7 +196,3 @@ def resolve_device(device: str | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def concat_blocks(blocks: dict[str, torch.Tensor], names: Sequence[str]) -> torch.Tensor:
-    return torch.cat([blocks[n] for n in names], dim=1)

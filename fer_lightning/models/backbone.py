@@ -23,8 +23,10 @@ def imagenet_weights_file() -> Path:
 
 
 def _load_imagenet() -> MobileNetV2:
-    try:
-        return mobilenet_v2(weights=IMAGENET_WEIGHTS)
+    try:  # torchvision's mobilenet_v2(weights=...), but unpickling the downloaded file with weights_only=True
+        net = mobilenet_v2(weights=None)
+        net.load_state_dict(IMAGENET_WEIGHTS.get_state_dict(progress=True, check_hash=True, weights_only=True))
+        return net
     except Exception as e:  # offline, proxy, truncated download, ...
         torch_home = os.environ.get("TORCH_HOME", "unset, so ~/.cache/torch")
         raise FERError(

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 from torch import nn
 
-from fer_lightning.checkpoints import FORMAT_KEY, read_checkpoint
+from fer_lightning.checkpoints import FORMAT_KEY, check_record, read_checkpoint
 from fer_lightning.distributed import gather_outputs
 from fer_lightning.errors import FERError
 from fer_lightning.metrics import ClassificationMetrics
@@ -112,9 +113,6 @@ class FERClassifier(pl.LightningModule):
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "test")
 
-    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self.logits(batch).float().softmax(dim=-1)
-
     def _split_outputs(self, stage: str) -> dict[str, torch.Tensor]:
         """The epoch's val/test outputs of every process, each image once (see :func:`gather_outputs`), with
         ``probs``; the stage's metrics updated with them and its loss logged."""
@@ -156,7 +154,6 @@ class FERClassifier(pl.LightningModule):
         fig = confusion_matrix_figure(cm.numpy(), self.class_names, title)
         for lg in loggers:
             lg.experiment.add_figure(tag, fig, global_step=self.global_step, close=False)
-        plt.close(fig)
 
     def configure_model(self) -> None:
         """Speed options, applied when a Trainer sets the model up (every model with a ``backbone``): its weights
@@ -173,15 +170,39 @@ class FERClassifier(pl.LightningModule):
             backbone.compile(**options)
 
     @classmethod
-    def from_checkpoint(cls, path: str, map_location: str | torch.device = "cpu") -> FERClassifier:
-        """Load a checkpoint of this model safely (``weights_only``), with nothing else: no data, no cache, no
-        ImageNet file and no deep-run checkpoint (the backbone weights are in the checkpoint itself)."""
-        ckpt = read_checkpoint(path)
+    def from_checkpoint(
+        cls, checkpoint: str | Path | Mapping[str, Any], map_location: str | torch.device = "cpu"
+    ) -> FERClassifier:
+        """This model from a checkpoint file, or from a checkpoint already read with
+        :func:`~fer_lightning.checkpoints.read_checkpoint` (so a command reads the file once), with nothing
+        else: no data, no cache, no ImageNet file and no deep-run checkpoint (the backbone weights are in the
+        checkpoint itself)."""
+        ckpt = checkpoint if isinstance(checkpoint, Mapping) else read_checkpoint(checkpoint)
         kind = ckpt[FORMAT_KEY].get("model")
         if kind != cls.model_name:
-            raise FERError(f"{path} holds a '{kind}' model, not '{cls.model_name}'")
-        overrides = {**cls.offline_overrides(ckpt.get("hyper_parameters", {})), "compile": False}  # no compile wait
-        return cls.load_from_checkpoint(path, map_location=map_location, **overrides)
+            raise FERError(f"{checkpoint if isinstance(checkpoint, str | Path) else 'the checkpoint'} holds a "
+                           f"'{kind}' model, not '{cls.model_name}'")
+        hparams = dict(ckpt.get("hyper_parameters", {}))
+        hparams.update(cls.offline_overrides(hparams))
+        hparams["compile"] = False  # no compile wait when loading for inference
+        params = inspect.signature(cls.__init__).parameters
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            hparams = {k: v for k, v in hparams.items() if k in params}
+        model = cls(**hparams)
+        model.on_load_checkpoint(ckpt)
+        model.load_state_dict(ckpt["state_dict"])
+        return model.to(map_location)
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, weights_only: bool = True, **kwargs: Any) -> Any:
+        """Lightning's loader, reading with ``weights_only=True`` unless told otherwise."""
+        return super().load_from_checkpoint(checkpoint_path, *args, weights_only=weights_only, **kwargs)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Whoever loads a checkpoint into this model (resuming ``fit``, ``load_from_checkpoint``): it must be a
+        checkpoint of this kind of model with these classes."""
+        path = self._trainer.ckpt_path if self._trainer is not None else None
+        check_record(checkpoint, self, f"ckpt_path={path}" if path else "the checkpoint")
 
     @classmethod
     def offline_overrides(cls, hparams: dict[str, Any]) -> dict[str, Any]:
