@@ -1,42 +1,97 @@
-"""Reading fer-lightning checkpoints safely and checking they fit the model at hand."""
+"""Reading fer-lightning checkpoints safely, once, and checking they fit the model at hand.
+
+Every read is ``torch.load(..., weights_only=True)`` (no code in a pickle runs): our own reads through
+:func:`read_checkpoint`, and Lightning's (resuming ``fit`` from ``ckpt_path``) through :class:`CheckedCheckpointIO`,
+which a command installs on its trainer. A command reads each checkpoint file once and passes the loaded
+dict on (``load_model(ckpt)``, ``model.load_state_dict(ckpt["state_dict"])``).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning_fabric.plugins import CheckpointIO
 
 from fer_lightning.errors import FERError
 
 FORMAT_KEY = "fer_lightning"
 
 
-def read_checkpoint(path: str | Path, option: str = "ckpt_path") -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True`` (no arbitrary code from pickles) and check it is ours."""
+def checkpoint_file(path: str | Path, option: str = "ckpt_path") -> Path:
+    """``path`` as a file that exists (checked without reading it)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise FERError(f"{option}={path}: no such checkpoint file")
+    return path
+
+
+def _checked(path: Path, option: str, load: Callable[[], Any]) -> dict[str, Any]:
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = load()
     except Exception as e:
-        raise FERError(f"{option}={path}: not a loadable PyTorch checkpoint ({e.__class__.__name__}: {e})") from e
-    if not isinstance(ckpt, dict) or FORMAT_KEY not in ckpt:
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")[:200]  # one line
+        raise FERError(f"{option}={path}: not a loadable PyTorch checkpoint ({e.__class__.__name__}: {first})") from e
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get(FORMAT_KEY), dict):
         raise FERError(f"{option}={path}: not a fer-lightning checkpoint (no '{FORMAT_KEY}' record in it)")
     return ckpt
 
 
-def check_checkpoint(path: str | Path, model: Any, option: str = "ckpt_path") -> dict[str, Any]:
-    """The checkpoint, after checking it was written by the same kind of model with the same classes."""
-    ckpt = read_checkpoint(path, option)
-    info = ckpt[FORMAT_KEY]
+def read_checkpoint(path: str | Path, option: str = "ckpt_path") -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True`` (no arbitrary code from pickles) and check it is ours."""
+    path = checkpoint_file(path, option)
+    return _checked(path, option, lambda: torch.load(path, map_location="cpu", weights_only=True))
+
+
+def check_record(ckpt: Mapping[str, Any], model: Any, where: str = "the checkpoint") -> None:
+    """Raise unless ``ckpt`` was written by the same kind of model as ``model``, with the same classes."""
+    info = ckpt.get(FORMAT_KEY)
+    if not isinstance(info, Mapping):
+        raise FERError(f"{where}: not a fer-lightning checkpoint (no '{FORMAT_KEY}' record in it)")
     if info.get("model") != model.model_name:
         raise FERError(
-            f"{option}={path} holds a '{info.get('model')}' model, not '{model.model_name}'; "
+            f"{where} holds a '{info.get('model')}' model, not '{model.model_name}'; "
             f"use model={info.get('model')} or a checkpoint of a {model.model_name} run"
         )
     if list(info.get("class_names", [])) != list(model.class_names):
-        raise FERError(
-            f"{option}={path} was trained on classes {info.get('class_names')}, not {list(model.class_names)}"
-        )
-    return ckpt
+        raise FERError(f"{where} was trained on classes {info.get('class_names')}, not {list(model.class_names)}")
+
+
+DEFAULT_PREPROCESSING = {"image_size": 224, "face_crop": {"mode": "none"}}
+
+
+def preprocessing(record: dict[str, Any]) -> dict[str, Any]:
+    """How raw images become a checkpoint's inputs (``image_size``, ``face_crop`` settings), from its
+    ``fer_lightning`` record; checkpoints written before it was recorded get the defaults."""
+    return {**DEFAULT_PREPROCESSING, **record.get("preprocessing", {})}
+
+
+class CheckedCheckpointIO(CheckpointIO):
+    """The strategy's checkpoint I/O with every load made ``weights_only=True`` and checked like
+    :func:`read_checkpoint` (one-line errors); saving is the wrapped I/O's.
+
+    ``guard(trainer)`` installs it: Lightning then reads a ``ckpt_path`` given to ``fit`` once, safely.
+    """
+
+    def __init__(self, inner: CheckpointIO, option: str = "ckpt_path") -> None:
+        self.inner, self.option = inner, option
+
+    @classmethod
+    def guard(cls, trainer: Any, option: str = "ckpt_path") -> None:
+        if not isinstance(trainer.strategy.checkpoint_io, cls):
+            trainer.strategy.checkpoint_io = cls(trainer.strategy.checkpoint_io, option)
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        kwargs = {} if map_location is None else {"map_location": map_location}
+        return _checked(Path(path), self.option, lambda: self.inner.load_checkpoint(path, weights_only=True, **kwargs))
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        self.inner.save_checkpoint(checkpoint, path, storage_options=storage_options)
+
+    def remove_checkpoint(self, path: Any) -> None:
+        self.inner.remove_checkpoint(path)
+
+    def teardown(self) -> None:
+        self.inner.teardown()

@@ -4,7 +4,7 @@
   valid keys), and a value of a plainly typed argument has that type (``data.image_size=abc``);
 * every number is finite (``model.lr=nan``), and hyper-parameters have a sensible sign or range (:data:`RULES`).
 
-Nodes are checked in the order data, model, features, trainer, callbacks, so an option the user set is named
+Nodes are checked in the order recipe, data, model, features, trainer, callbacks, so an option the user set is named
 before an option derived from it by interpolation (``features.hog.scales`` follows ``data.image_size``).
 """
 
@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from fer_lightning.errors import FERError
 
 HYDRA_KEYS = frozenset({"_target_", "_convert_", "_recursive_", "_partial_", "_args_"})
-GROUPS = ("data", "model", "features", "trainer", "callbacks")
+GROUPS = ("recipe", "data", "model", "features", "trainer", "callbacks")
 
 
 def _positive(v: float) -> bool:
@@ -54,8 +54,13 @@ RULES: dict[str, tuple[Callable[[float], bool], str]] = {
 }
 
 
-def accepted_keys(cls: type) -> set[str] | None:
-    """The keyword arguments ``cls(...)`` accepts, following ``**kwargs`` up the class hierarchy (None: any)."""
+def accepted_keys(cls: type, node: Mapping[str, Any] | None = None) -> set[str] | None:
+    """The keyword arguments ``cls(...)`` accepts, following ``**kwargs`` up the class hierarchy (None: any); a
+    class whose ``**kwargs`` depend on its other arguments says which with ``option_names(node)`` (the data
+    module: its own options and those of ``node["source"]``)."""
+    option_names = getattr(cls, "option_names", None)
+    if callable(option_names):
+        return set(option_names(node or {}))
     keys: set[str] = set()
     for klass in cls.__mro__:
         init = klass.__dict__.get("__init__")
@@ -122,7 +127,7 @@ def check_target_node(node: Mapping[str, Any], option: str) -> None:
         cls = get_class(str(target))
     except Exception as e:
         raise FERError(f"{option}._target_={target} cannot be imported ({e.__class__.__name__}: {e})") from e
-    keys = accepted_keys(cls)
+    keys = accepted_keys(cls, node)
     given = [k for k in node if k not in HYDRA_KEYS]
     if keys is not None:
         unknown = [k for k in given if k not in keys]

@@ -13,6 +13,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
+from fer_lightning.distributed import job_gpu, quiet_other_ranks
 from fer_lightning.errors import FERError
 
 # Messages that say nothing actionable in this project (each with its reason).
@@ -21,17 +22,24 @@ KNOWN_WARNINGS = (
     r".*No positive samples in targets.*",  # AUROC on tiny validation batches
     r".*module\(s\) in eval mode at the start of training.*",  # the frozen backbone stays in eval mode on purpose
     r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",  # Lightning internals
+    # DDP: val/test outputs are gathered from every process and counted once per image (models/base.py)
+    r".*it is recommended to use `Trainer\(devices=1, num_nodes=1\)` to ensure each sample/batch gets evaluated.*",
 )
 
 
 def start_command(cfg: Any = None) -> None:
     """Process-wide settings for a command, applied when it starts (never at import): TF32-class matmuls on
-    GPUs that have them, known warnings silenced unless ``extras.ignore_warnings=false``, and file names that are
-    not UTF-8 printed escaped instead of failing the command."""
+    GPUs that have them, known warnings silenced unless ``extras.ignore_warnings=false``, file names that are not
+    UTF-8 printed escaped instead of failing the command, and on the other processes of a DDP job only warnings
+    and errors logged; the ``${job_gpu:N}`` resolver."""
+    from omegaconf import OmegaConf
+
     torch.set_float32_matmul_precision("high")
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
+    quiet_other_ranks()
+    OmegaConf.register_new_resolver("job_gpu", job_gpu, replace=True)
     extras = (cfg.get("extras") if cfg is not None else None) or {}
     if extras.get("ignore_warnings", True):
         for message in KNOWN_WARNINGS:
@@ -42,6 +50,22 @@ def fail(error: FERError | str, code: int = 2) -> NoReturn:
     """Print the one-line error and exit (code 2 for a problem the user can fix)."""
     print(f"fer-lightning: error: {error}", file=sys.stderr)
     sys.exit(code)
+
+
+def check_objective(name: str | None) -> None:
+    """A sweeper that chooses (an optimiser such as Optuna, any but Hydra's basic one) may only read validation
+    metrics: ``optimized_metric`` naming a test metric is refused, so the test split never picks hyperparameters."""
+    if not name or "test/" not in f"/{name}":
+        return
+    try:
+        sweeper = str(HydraConfig.get().sweeper.get("_target_", ""))
+    except ValueError:
+        return
+    if sweeper and not sweeper.endswith("BasicSweeper"):
+        raise FERError(
+            f"optimized_metric={name}: a hyperparameter search ({sweeper.rsplit('.', 1)[-1]}) may only read "
+            "validation metrics; choose a val/* metric (e.g. val/acc) so the test split never picks hyperparameters"
+        )
 
 
 def is_multirun() -> bool:

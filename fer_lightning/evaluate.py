@@ -15,7 +15,8 @@ What is evaluated, and how it is kept honest:
   run's, read by file from its ``splits.csv``: no other split can be chosen there, so no image the run trained on
   is ever tested. If the files changed since the run, it is refused unless ``allow_changed_data=true`` (then the
   run's test images that are still there are evaluated). On other data, that data's own split is used.
-* **Trainer.** ``cfg.trainer`` is instantiated (``trainer=gpu``, ``trainer.precision=...`` apply).
+* **Trainer.** One process on ``trainer.accelerator`` / ``trainer.devices`` at ``trainer.precision``.
+* **Checkpoint.** Read once with ``weights_only=True``; nothing from it or from the run folder is instantiated.
 """
 
 from __future__ import annotations
@@ -54,13 +55,24 @@ SPLIT_OPTIONS = ("split", "test_size", "val_size", "train_size", "fold", "folds"
 PREPROCESSING_OPTIONS = ("image_size", "face_crop", "crop_margin", "crop_box")
 
 
-def known_data_targets() -> dict[str, str]:
-    """``_target_ -> option`` of the project's own data options (``conf/data/*.yaml``)."""
-    targets: dict[str, str] = {}
+# data modules a run's config.yaml may name: the one module, and the factories of runs made before it
+DATA_MODULE = "fer_lightning.data.FERDataModule"
+LEGACY_DATA_MODULES = {
+    "fer_lightning.data.JAFFEDataModule": "jaffe",
+    "fer_lightning.data.datamodule.JAFFEDataModule": "jaffe",
+    "fer_lightning.data.FolderDataModule": "folder",
+    "fer_lightning.data.datamodule.FolderDataModule": "folder",
+}
+
+
+def known_data_targets() -> set[str]:
+    """The ``_target_`` s a run's data settings may name: those of the project's data options
+    (``conf/data/*.yaml``), the data module's full path, and the factories older runs recorded."""
+    targets = {DATA_MODULE, "fer_lightning.data.datamodule.FERDataModule", *LEGACY_DATA_MODULES}
     for f in sorted(Path(config_dir(), "data").glob("*.yaml")):
         target = OmegaConf.load(f).get("_target_")
         if target:
-            targets.setdefault(str(target), f.stem)
+            targets.add(str(target))
     return targets
 
 
@@ -123,19 +135,21 @@ class RunFolder:
         known = known_data_targets()
         if target not in known:
             raise FERError(f"{path}: data._target_={target!r} is not one of fer-lightning's data modules "
-                           f"({', '.join(known)}); it is not used (evaluate with data=<option> instead)")
-        allowed = (accepted_keys(get_class(target)) or set()) - set(NOT_FROM_THE_RUN)
-        settings: dict[str, Any] = {"_target_": target}
-        for k, v in node.items():
-            if k == "_target_" or k in NOT_FROM_THE_RUN:
-                continue
-            if str(k).startswith("_"):
-                _plain({k: v}, "data", path)
-            _plain(v, f"data.{k}", path)
+                           f"({', '.join(sorted(known))}); it is not used (evaluate with data=<option> instead)")
+        settings: dict[str, Any] = {"_target_": DATA_MODULE, "_convert_": "all"}
+        if target in LEGACY_DATA_MODULES:
+            settings["source"] = node.get("source", LEGACY_DATA_MODULES[target])
+        plain = {k: v for k, v in node.items() if k not in ("_target_", "_convert_") and k not in NOT_FROM_THE_RUN}
+        if node.get("_convert_", "all") not in ("all", "none", "partial", "object"):
+            raise FERError(f"{path}: data._convert_={node['_convert_']!r} is not a data setting; this run folder's "
+                           "settings are refused (evaluate with data=<option> and data.* settings instead)")
+        _plain(plain, "data", path)
+        allowed = set(accepted_keys(get_class(DATA_MODULE), {**settings, **plain}) or ()) - set(NOT_FROM_THE_RUN)
+        for k, v in plain.items():
             if k in allowed:
                 settings[k] = v
             else:
-                log.warning("%s: ignoring data.%s (not an option of %s)", path, k, known[target])
+                log.warning("%s: ignoring data.%s (not an option of the data module)", path, k)
         return settings
 
 
@@ -269,14 +283,13 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, A
     out = Path(cfg.paths.output_dir)
     check_output_dir(out, training=False)
     overrides = list(overrides or [])
-    record = read_checkpoint(cfg.ckpt_path)[FORMAT_KEY]
+    ckpt = read_checkpoint(cfg.ckpt_path)  # the one read of the file (weights_only: no code in it runs)
+    record = ckpt[FORMAT_KEY]
     run = RunFolder.of(cfg.ckpt_path)
     node = data_config(cfg, overrides, record, run)
-    trainer_node = OmegaConf.to_container(cfg.trainer, resolve=True)
-    check_values(trainer_node, "trainer")
-    check_target_node(trainer_node, "trainer")
+    check_values(OmegaConf.to_container(cfg.trainer, resolve=True), "trainer")
     pl.seed_everything(int(node.get("seed", 0)), workers=True)
-    model = load_model(cfg.ckpt_path)
+    model = load_model(ckpt)
     features = None
     if getattr(model, "uses_features", False) and model.extractor.source == "precomputed":
         features = model.extractor  # exactly the checkpoint's descriptor settings
@@ -296,8 +309,10 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, A
             f"the data's classes {list(dm.class_names)} are not the checkpoint's {record['class_names']}; "
             "evaluate on data with the same classes"
         )
-    trainer: pl.Trainer = build(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False,
-                                default_root_dir=str(out))
+    trainer = pl.Trainer(accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         deterministic=cfg.trainer.deterministic, precision=cfg.trainer.get("precision", "32-true"),
+                         default_root_dir=str(out))
     trainer.test(model, datamodule=dm, verbose=False)
     metrics = metrics_of_test(model, dm, dm.seed)
     metrics["checkpoint"] = str(Path(cfg.ckpt_path).expanduser().resolve())

@@ -25,21 +25,22 @@ class ClassificationMetrics(nn.Module):
     recall of that class); ``confusion_matrix()`` -> ``(C, C)`` counts, rows = true class.
     """
 
-    def __init__(self, class_names: Sequence[str]) -> None:
+    def __init__(self, class_names: Sequence[str], sync_on_compute: bool = True) -> None:
         super().__init__()
         self.class_names = list(class_names)
         n = len(self.class_names)
+        sync = {"sync_on_compute": sync_on_compute}  # False: the updates already hold every process's data
         self.scalars = MetricCollection(
             {
-                "acc": MulticlassAccuracy(n, average="micro"),
-                "precision_macro": MulticlassPrecision(n, average="macro"),
-                "recall_macro": MulticlassRecall(n, average="macro"),
-                "f1_macro": MulticlassF1Score(n, average="macro"),
-                "auroc": MulticlassAUROC(n, average="macro"),
+                "acc": MulticlassAccuracy(n, average="micro", **sync),
+                "precision_macro": MulticlassPrecision(n, average="macro", **sync),
+                "recall_macro": MulticlassRecall(n, average="macro", **sync),
+                "f1_macro": MulticlassF1Score(n, average="macro", **sync),
+                "auroc": MulticlassAUROC(n, average="macro", **sync),
             }
         )
-        self.per_class = MulticlassAccuracy(n, average=None)
-        self.confmat = MulticlassConfusionMatrix(n)
+        self.per_class = MulticlassAccuracy(n, average=None, **sync)
+        self.confmat = MulticlassConfusionMatrix(n, **sync)
 
     def update(self, probs: torch.Tensor, target: torch.Tensor) -> None:
         self.scalars.update(probs, target)

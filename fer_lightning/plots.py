@@ -1,15 +1,16 @@
-"""Figures: labelled matplotlib figures for TensorBoard and reports (non-interactive backend)."""
+"""Figures: labelled matplotlib figures for TensorBoard and reports.
+
+Figures are built with :class:`matplotlib.figure.Figure` directly: no pyplot state, no backend switch, so
+importing this module (or making a figure) leaves the user's matplotlib as it was. ``Figure.savefig`` renders
+with the Agg canvas by itself, and TensorBoard's ``add_figure`` accepts such a figure.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
 
 
 def confusion_matrix_figure(cm: np.ndarray, class_names: Sequence[str], title: str = "Confusion matrix") -> Figure:
@@ -18,7 +19,8 @@ def confusion_matrix_figure(cm: np.ndarray, class_names: Sequence[str], title: s
     rows = cm.sum(axis=1, keepdims=True)
     frac = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
     n = len(class_names)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * n, 0.8 + 0.7 * n), dpi=100)
+    fig = Figure(figsize=(1.0 + 0.75 * n, 0.8 + 0.7 * n), dpi=100)
+    ax = fig.subplots()
     im = ax.imshow(frac, cmap="Blues", vmin=0.0, vmax=1.0)
     ax.set_xticks(range(n), labels=class_names, rotation=45, ha="right")
     ax.set_yticks(range(n), labels=class_names)

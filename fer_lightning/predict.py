@@ -1,6 +1,9 @@
-"""Classify image files with a trained checkpoint.
+"""Classify image files, videos or a camera's frames with a trained checkpoint.
 
     python -m fer_lightning.predict ckpt_path=run/checkpoints/epoch_033.ckpt input=photos/ output=preds.csv
+    python -m fer_lightning.predict ckpt_path=... input=clip.mp4 stride=2 output=clip.csv output_video=clip_ann.mp4
+
+Videos and cameras: :mod:`fer_lightning.video`.
 
 Any of the three models; images of any size, grey or colour, prepared as in training (grey, the run's face
 crop, resized to the run's image size). An unreadable file is reported and skipped; the others are still
@@ -16,23 +19,18 @@ from typing import Any
 
 import hydra
 import numpy as np
-import torch
 from omegaconf import DictConfig
 
-from fer_lightning.checkpoints import FORMAT_KEY, read_checkpoint
 from fer_lightning.cli import fail, start_command
 from fer_lightning.config import config_dir
-from fer_lightning.data.crop import FaceCropper
-from fer_lightning.data.folder import IMAGE_SUFFIXES
-from fer_lightning.data.images import read_grey, resize_grey
+from fer_lightning.data.images import IMAGE_SUFFIXES, read_grey
 from fer_lightning.errors import FERError
-from fer_lightning.features.extractor import resolve_device
-from fer_lightning.models import load_model
+from fer_lightning.inference import Classifier
 from fer_lightning.results import write_csv
 from fer_lightning.storage import escape_surrogates
+from fer_lightning.video import collect_video, is_video
 
 log = logging.getLogger("fer_lightning.predict")
-DEFAULT_PREPROCESSING = {"image_size": 224, "face_crop": {"mode": "none"}}
 
 
 def image_files(target: str | Path) -> list[Path]:
@@ -68,30 +66,29 @@ def predict(
     """Rows ``{file, predicted, p_<class>...}`` for the readable images, and ``(file, reason)`` for the others.
     ``target``: an image, a folder, or the list of image files (:func:`image_files`)."""
     files = list(target) if isinstance(target, list) else image_files(target)
-    record = read_checkpoint(ckpt_path)[FORMAT_KEY]
-    prep = {**DEFAULT_PREPROCESSING, **record.get("preprocessing", {})}
-    model = load_model(ckpt_path).eval().to(resolve_device(device))
-    cropper, size = FaceCropper.from_settings(prep["face_crop"]), int(prep["image_size"])
-    classes = list(model.class_names)
+    clf = Classifier(ckpt_path, device)
     ready: list[tuple[Path, np.ndarray]] = []
     skipped: list[tuple[str, str]] = []
     for f in files:
         try:
-            ready.append((f, resize_grey(cropper(read_grey(f), f), size)))
+            ready.append((f, clf.prepare(clf.cropper(read_grey(f), f))))
         except FERError as e:
             skipped.append((str(f), str(e)))
             log.warning("skipped: %s", e)
     rows = []
-    with torch.no_grad():
-        for i in range(0, len(ready), batch_size):
-            chunk = ready[i : i + batch_size]
-            x = torch.from_numpy(np.stack([a for _, a in chunk])).unsqueeze(1).float().div_(255.0)
-            probs = model(x.to(model.device)).float().softmax(-1).cpu()
-            for (f, _), p in zip(chunk, probs, strict=True):
-                row = {"file": str(f), "predicted": classes[int(p.argmax())]}
-                row.update({f"p_{c}": f"{float(v):.6f}" for c, v in zip(classes, p, strict=True)})
-                rows.append(row)
+    for i in range(0, len(ready), batch_size):
+        chunk = ready[i : i + batch_size]
+        probs = clf.probabilities([a for _, a in chunk])
+        for (f, _), p in zip(chunk, probs, strict=True):
+            rows.append({"file": str(f), "predicted": clf.label(p), **clf.columns(p)})
     return rows, skipped
+
+
+def print_row(r: dict[str, Any]) -> None:
+    """One tab-separated line: what the row is about (file; or frame, time, face, box), the predicted class (and
+    the smoothed one), then the probabilities."""
+    probs = " ".join(f"{k[2:]}={v}" for k, v in r.items() if k.startswith("p_"))
+    print("\t".join(escape_surrogates(str(v)) for k, v in r.items() if not k.startswith("p_")) + f"\t{probs}")
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="predict")
@@ -99,11 +96,17 @@ def main(cfg: DictConfig) -> None:
     start_command(cfg)
     try:
         if not cfg.ckpt_path or not cfg.input:
-            raise FERError("give ckpt_path=<a fer-lightning checkpoint> and input=<an image or a folder>")
-        files = image_files(cfg.input)
-        if cfg.output:
+            raise FERError("give ckpt_path=<a fer-lightning checkpoint> and input=<an image, a folder, a video "
+                           "or camera:0>")
+        files = [] if is_video(cfg.input) else image_files(cfg.input)
+        if cfg.output:  # before any work: an output that would destroy something is refused
             check_output(cfg.output, files)
-        rows, skipped = predict(cfg.ckpt_path, files, int(cfg.batch_size), cfg.device)
+        if is_video(cfg.input):  # rows stream out as frames are decoded
+            rows, skipped = collect_video(cfg, echo=None if cfg.output else print_row), []
+        else:
+            rows, skipped = predict(cfg.ckpt_path, files, int(cfg.batch_size), cfg.device)
+            for r in rows if not cfg.output else []:
+                print_row(r)
     except FERError as e:
         fail(e)
     unwritten = None
@@ -113,9 +116,8 @@ def main(cfg: DictConfig) -> None:
             print(f"wrote {len(rows)} predictions to {cfg.output}")
         except OSError as e:  # read-only place, full disk, ...: the predictions are printed instead
             unwritten = f"output={cfg.output} cannot be written ({e.strerror or e}); the predictions are printed above"
-    for r in rows if not cfg.output or unwritten else []:
-        probs = " ".join(f"{k[2:]}={v}" for k, v in r.items() if k.startswith("p_"))
-        print(f"{escape_surrogates(r['file'])}\t{r['predicted']}\t{probs}")
+            for r in rows:
+                print_row(r)
     if skipped:
         print(f"fer-lightning: skipped {len(skipped)} unreadable file(s): "
               f"{', '.join(escape_surrogates(f) for f, _ in skipped)}", file=sys.stderr)

@@ -11,7 +11,9 @@ first one (or ``report.output``):
 * ``paired_tests.csv``: each pair of models compared on the same test images (pooled over runs that share
   dataset, split, fold and seed) with McNemar's exact test;
 * figures (PNG, also logged to ``tensorboard/``): per-class accuracy heatmap, one-vs-rest ROC curves per model
-  with AUC, a confusion matrix per model (pooled over runs).
+  with AUC, a confusion matrix per model (pooled over runs); from the runs' images and checkpoints (left out,
+  with a log line, where those are gone): the most confidently misclassified test images per model, and
+  Grad-CAM maps of a few test images per class for the models with a CNN (see :mod:`fer_lightning.report_pictures`).
 
 Jobs that failed (``error.txt``) are counted and listed; the report covers the runs that exist.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import logging
 import math
 import statistics
 import sys
@@ -29,14 +32,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from hydra.experimental.callback import Callback
+from matplotlib.figure import Figure
+from omegaconf import DictConfig
 from scipy import stats
 
 from fer_lightning.cli import fail, start_command
 from fer_lightning.errors import FERError
-from fer_lightning.plots import confusion_matrix_figure, plt
+from fer_lightning.plots import confusion_matrix_figure
+from fer_lightning.report_pictures import report_pictures
 from fer_lightning.results import write_csv
 from fer_lightning.storage import atomic_write_text
 
+log = logging.getLogger(__name__)
 METRICS = [("acc", "Accuracy"), ("precision_macro", "Precision"), ("recall_macro", "Recall"),
            ("f1_macro", "F1"), ("auroc", "AUROC")]
 ORDER = ("deep", "handcrafted", "hybrid")
@@ -50,7 +58,13 @@ class Run:
 
     @property
     def model(self) -> str:
-        return self.metrics["model"]
+        """What the tables group by: the variant (a pipeline stage's name, e.g. ``hybrid_block``), else the model."""
+        return self.metrics.get("variant") or self.metrics["model"]
+
+    @property
+    def auxiliary(self) -> bool:
+        """A run on an inner fold of a training split (out-of-fold backbones): not a result on the test split."""
+        return bool(self.metrics.get("inner_fold"))
 
     @property
     def key(self) -> tuple:
@@ -170,7 +184,8 @@ def mcnemar(a_correct: np.ndarray, b_correct: np.ndarray) -> tuple[int, int, flo
 
 def _models(runs: list[Run]) -> list[str]:
     present = {r.model for r in runs}
-    return [m for m in ORDER if m in present] + sorted(present - set(ORDER))
+    return [m for m in ORDER if m in present] + sorted(present - set(ORDER) - {BEST_ON_VAL}) + (
+        [BEST_ON_VAL] if BEST_ON_VAL in present else [])
 
 
 def table2(runs: list[Run]) -> list[dict[str, Any]]:
@@ -204,9 +219,45 @@ def _correct_by_image(runs: list[Run], model: str) -> dict[tuple, bool]:
     return {(r.key, p["file"]): p["true"] == p["predicted"] for r in runs if r.model == model for p in r.predictions}
 
 
-def paired_tests(runs: list[Run]) -> list[dict[str, Any]]:
+BEST_ON_VAL = "best on val"
+
+
+def select_on_validation(runs: list[Run]) -> tuple[list[Run], dict[str, int]]:
+    """Per test set (runs sharing :attr:`Run.key`), the variant with the highest validation accuracy (ties: the
+    lower validation NLL, then the table order), as runs of the variant ``best on val`` carrying that run's test
+    results; and how often each variant was chosen. Test results never enter the choice."""
+    order = {m: i for i, m in enumerate(_models(runs))}
+    groups: dict[tuple, list[Run]] = {}
+    for r in runs:
+        groups.setdefault(r.key, []).append(r)
+    chosen, counts = [], {}
+    for group in groups.values():
+        if len({r.model for r in group}) < 2 or any("val/acc" not in r.metrics for r in group):
+            continue  # nothing to choose from, or runs without validation results
+        best = min(group, key=lambda r: (-r.metrics["val/acc"], r.metrics.get("val/nll", float("inf")),
+                                         order[r.model]))
+        counts[best.model] = counts.get(best.model, 0) + 1
+        chosen.append(Run(best.path, {**best.metrics, "variant": BEST_ON_VAL, "selected": best.model},
+                          best.predictions))
+    return chosen, counts
+
+
+def _selection_row(chosen: Run, runs: list[Run]) -> dict[str, Any]:
+    m = chosen.metrics
+    deep = [r for r in runs if r.key == chosen.key and r.model == "deep"]
+    return {"dataset": m.get("dataset"), "split": m.get("split"), "fold": m.get("fold"), "seed": m.get("seed"),
+            "selected": m["selected"], "val_acc": round(100 * m.get("val/acc", float("nan")), 2),
+            "val_nll": round(m.get("val/nll", float("nan")), 4), "test_acc": round(100 * m["test/acc"], 2),
+            "test_acc_deep": round(100 * deep[0].metrics["test/acc"], 2) if deep else None}
+
+
+def paired_tests(runs: list[Run], reference: str | None = None) -> list[dict[str, Any]]:
+    """McNemar's test for each pair of models (or, with ``reference``, each model against it)."""
     rows = []
-    for a, b in itertools.combinations(_models(runs), 2):
+    models = _models(runs)
+    pairs = ([(reference, m) for m in models if m != reference] if reference in models
+             else itertools.combinations(models, 2))
+    for a, b in pairs:
         ca, cb = _correct_by_image(runs, a), _correct_by_image(runs, b)
         shared = sorted(set(ca) & set(cb), key=str)
         if not shared:
@@ -223,7 +274,8 @@ def figures(runs: list[Run], classes: list[str], t3: list[dict[str, Any]]) -> di
     from sklearn.metrics import auc, roc_curve
 
     out = {}
-    fig, ax = plt.subplots(figsize=(1.2 + 1.0 * len(classes), 0.9 + 0.6 * len(t3)), dpi=120)
+    fig = Figure(figsize=(1.2 + 1.0 * len(classes), 0.9 + 0.6 * len(t3)), dpi=120)
+    ax = fig.subplots()
     grid = np.array([[r[c] if r[c] is not None else np.nan for c in classes] for r in t3])
     im = ax.imshow(grid, cmap="Blues", vmin=0, vmax=100)
     ax.set_xticks(range(len(classes)), labels=classes, rotation=30, ha="right")
@@ -235,8 +287,13 @@ def figures(runs: list[Run], classes: list[str], t3: list[dict[str, Any]]) -> di
     fig.tight_layout()
     out["per_class_accuracy_heatmap"] = fig
 
-    fig, axes = plt.subplots(1, len(t3), figsize=(4.2 * len(t3), 4.0), dpi=120, squeeze=False)
-    for ax, model in zip(axes[0], [r["model"] for r in t3], strict=True):
+    ncols = min(4, len(t3))
+    nrows = math.ceil(len(t3) / ncols)
+    fig = Figure(figsize=(4.2 * ncols, 4.0 * nrows), dpi=120)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for ax in axes.flat[len(t3):]:
+        ax.set_visible(False)
+    for ax, model in zip(axes.flat, [r["model"] for r in t3], strict=False):
         preds = [p for r in runs if r.model == model for p in r.predictions]
         if preds:
             y = np.array([classes.index(p["true"]) for p in preds])
@@ -289,22 +346,34 @@ def report(dirs: list[Path], output: Path | None = None) -> Path:
         print(f"fer-lightning: skipped {path}: {why}", file=sys.stderr)
     _require_runs(found, dirs)
     runs, failed = found.runs, found.failed
+    auxiliary = [r for r in runs if r.auxiliary]
+    runs = [r for r in runs if not r.auxiliary]
+    if not runs:
+        raise FERError(f"only inner-fold runs under {', '.join(map(str, dirs))}: nothing tested on a test split")
     out = output or dirs[0]
     out.mkdir(parents=True, exist_ok=True)
     classes = runs[0].metrics["class_names"]
-    t2, t3, pairs = table2(runs), table3(runs, classes), paired_tests(runs)
+    chosen, counts = select_on_validation(runs)
+    every = runs + chosen
+    models = _models(every)
+    reference = "deep" if "deep" in models and len(models) > 4 else None
+    t2, t3, pairs = table2(every), table3(every, classes), paired_tests(every, reference)
     write_csv(out / "table2.csv", t2, list(t2[0]))
     write_csv(out / "table3.csv", t3, list(t3[0]))
     if pairs:
         write_csv(out / "paired_tests.csv", pairs, list(pairs[0]))
-    figs = figures(runs, classes, t3)
+    if chosen:
+        write_csv(out / "selection.csv", [_selection_row(r, runs) for r in chosen],
+                  ["dataset", "split", "fold", "seed", "selected", "val_acc", "val_nll", "test_acc", "test_acc_deep"])
+    shown = [r for r in t3 if r["model"] != BEST_ON_VAL]
+    figs = figures(runs, classes, shown)
+    figs.update(report_pictures(runs, [r["model"] for r in shown], classes))
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(str(out / "tensorboard"))
     for name, fig in figs.items():
         fig.savefig(out / f"{name}.png", bbox_inches="tight")
-        writer.add_figure(f"report/{name}", fig)
-        plt.close(fig)
+        writer.add_figure(f"report/{name}", fig, close=False)
     writer.close()
 
     datasets = sorted({str(r.metrics.get("dataset")) for r in runs})
@@ -313,11 +382,14 @@ def report(dirs: list[Path], output: Path | None = None) -> Path:
     if failed:
         lines += [f"{len(failed)} job(s) failed and are left out: " + ", ".join(str(p) for p in failed), ""]
     lines += _survey_notes(found)
+    if auxiliary:
+        lines += [f"{len(auxiliary)} inner-fold run(s) (out-of-fold backbones) are not test results and are left "
+                  "out of the tables.", ""]
     lines += ["## Table 2: test performance (%, mean ± SD over runs [95% CI of the mean, Student's t, clipped "
               "to 0-100])", "",
               "| Model | runs | " + " | ".join(t for _, t in METRICS) + " |", "|" + " --- |" * (len(METRICS) + 2)]
     lines += [f"| {r['model']} | {r['n_runs']} | " + " | ".join(_fmt(r, k) for k, _ in METRICS) + " |" for r in t2]
-    lines += ["", "## Table 3: per-class test accuracy (%, mean over runs)", "",
+    lines += ["", "## Table 3: per-class test recall (accuracy within each class, %, mean over runs)", "",
               "| Model | " + " | ".join(classes) + " | average |", "|" + " --- |" * (len(classes) + 2)]
     lines += ["| " + " | ".join([r["model"], *[f"{r[c]:.2f}" if r[c] is not None else "" for c in classes],
                                  f"{r['average']:.2f}"]) + " |" for r in t3]
@@ -327,9 +399,28 @@ def report(dirs: list[Path], output: Path | None = None) -> Path:
                   "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         lines += [f"| {p['model_a']} | {p['model_b']} | {p['n_images']} | {p['acc_a']:.2f} | {p['acc_b']:.2f} | "
                   f"{p['a_right_b_wrong']} | {p['a_wrong_b_right']} | {_p(p['mcnemar_p'])} |" for p in pairs]
+    if chosen:
+        picks = ", ".join(f"{m} {n}x" for m, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+        lines += ["", f"## Selection on validation ({BEST_ON_VAL})", "",
+                  f"On each of the {len(chosen)} test sets, the variant with the highest validation accuracy (ties: "
+                  "lower validation NLL) was chosen and its test result is the `best on val` row: the selection "
+                  f"never sees a test image, so that row is an honest estimate of choosing this way. Chosen: {picks} "
+                  "(per test set in selection.csv)."]
     lines += ["", "## Figures", ""] + [f"![{n}]({n}.png)" for n in figs]
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
     return out
+
+
+class ReportWhenSweepEnds(Callback):
+    """Hydra callback: write the report of a multirun into its sweep folder when the last job has ended
+    (``hydra.callbacks.report._target_=fer_lightning.report.ReportWhenSweepEnds``)."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep = Path(config.hydra.sweep.dir)
+        try:
+            log.info("report written to %s", report([sweep]) / "report.md")
+        except FERError as e:
+            log.error("no report for %s: %s", sweep, e)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -84,6 +84,7 @@ def metrics_of_test(model: Any, dm: Any, seed: int) -> dict[str, Any]:
             "dataset_fingerprint": dm.decoded.fingerprint,
             "split": dm.split_name,
             "fold": dm.fold if dm.split_name != "paper" else None,
+            "inner_fold": f"{dm.inner_fold}/{dm.inner_folds}" if getattr(dm, "inner_folds", 0) else None,
             "seed": int(seed),
             "model": model.model_name,
         }

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -40,15 +40,20 @@ def run_seed(default: int = 0) -> int:
 class EpochShuffle(Sampler[int]):
     """A random order of ``n`` items that depends only on ``(seed, epoch)``, whatever was drawn before.
 
-    Lightning calls :meth:`set_epoch` before each training epoch (as for ``DistributedSampler``); ``epoch`` is the
-    epoch the sampler is created in (a resumed run creates it in the epoch it resumes at).
+    ``epoch``: the epoch, or a function that tells it when an epoch's order is drawn (the data module passes the
+    trainer's epoch); Lightning also calls :meth:`set_epoch` before each training epoch on a DataLoader's sampler
+    (as for ``DistributedSampler``).
     """
 
-    def __init__(self, n: int, seed: int, epoch: int = 0) -> None:
-        self.n, self.seed, self.epoch = int(n), int(seed), int(epoch)
+    def __init__(self, n: int, seed: int, epoch: int | Callable[[], int] = 0) -> None:
+        self.n, self.seed, self._epoch = int(n), int(seed), epoch
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch() if callable(self._epoch) else self._epoch)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+        self._epoch = int(epoch)
 
     def __len__(self) -> int:
         return self.n
@@ -56,3 +61,26 @@ class EpochShuffle(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
         return iter(torch.randperm(self.n, generator=generator).tolist())
+
+
+class EpochWeighted(Sampler[int]):
+    """``len(weights)`` draws with replacement, each index with probability proportional to its weight (as
+    ``WeightedRandomSampler``), from a generator seeded by ``(seed, epoch)`` alone."""
+
+    def __init__(self, weights: torch.Tensor, seed: int, epoch: int | Callable[[], int] = 0) -> None:
+        self.weights = torch.as_tensor(weights, dtype=torch.double)
+        self.seed, self._epoch = int(seed), epoch
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch() if callable(self._epoch) else self._epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.weights)
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        return iter(torch.multinomial(self.weights, len(self.weights), True, generator=generator).tolist())

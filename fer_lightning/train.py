@@ -18,8 +18,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from fer_lightning.cli import fail, is_multirun, start_command
+from fer_lightning.cli import check_objective, fail, is_multirun, start_command
 from fer_lightning.config import config_dir
+from fer_lightning.distributed import job_processes
 from fer_lightning.errors import FERError
 from fer_lightning.pipeline import run_pipeline
 from fer_lightning.training import train
@@ -32,7 +33,12 @@ def main(cfg: DictConfig) -> float | None:
     """Hydra entry point: returns ``cfg.optimized_metric`` for sweepers; one-line errors, exit code 2."""
     start_command(cfg)
     try:
-        metrics = run_pipeline(cfg) if cfg.get("pipeline") else train(cfg)
+        check_objective(cfg.get("optimized_metric"))
+    except FERError as e:
+        fail(e)
+    try:
+        with job_processes():  # DDP processes this job starts end with it
+            metrics = run_pipeline(cfg) if cfg.get("pipeline") else train(cfg)
     except FERError as e:
         if is_multirun():  # record the failure and let the other jobs of the sweep go on
             Path(cfg.paths.output_dir, "error.txt").write_text(f"{e}\n")

@@ -20,11 +20,14 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from fer_lightning.checkpoints import check_checkpoint
-from fer_lightning.checks import check_config
+from fer_lightning.checkpoints import CheckedCheckpointIO, checkpoint_file, read_checkpoint
+from fer_lightning.checks import check_config as check_options
+from fer_lightning.distributed import is_global_zero, one_at_a_time
 from fer_lightning.errors import FERError
+from fer_lightning.extras import check_config
+from fer_lightning.loggers import finish, log_run
 from fer_lightning.results import metrics_of_test, versions, write_csv, write_json, write_test_outputs
-from fer_lightning.resume import ExactResume, resume_hint
+from fer_lightning.resume import resume_hint
 from fer_lightning.run_dirs import check_output_dir
 from fer_lightning.storage import escape_surrogates
 
@@ -86,6 +89,8 @@ def _write_run_description(cfg: DictConfig, dm: Any, out: Path) -> None:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "dataset": dm.dataset_name,
             "dataset_root": str(dm.root) if dm.root is not None else None,
+            # where the files of splits.csv and predictions.csv lie (None: rows of a CSV file)
+            "image_root": None if dm.image_root() is None else str(dm.image_root()),
             "dataset_fingerprint": dm.fingerprint,
             "n_images": len(dm.decoded.labels),
             "versions": versions(),
@@ -117,54 +122,67 @@ def _readable_name(logger_cfg: Any, model: Any, dm: Any, cfg: DictConfig) -> dic
 
 
 def _best_checkpoint(trainer: pl.Trainer) -> str | None:
-    cb = trainer.checkpoint_callback
-    if isinstance(cb, ModelCheckpoint) and cb.best_model_path and Path(cb.best_model_path).is_file():
-        return cb.best_model_path
+    """The best checkpoint of the first checkpoint callback that monitors a metric (else of the first one:
+    ``last.ckpt``, the final weights)."""
+    callbacks = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
+    for cb in sorted(callbacks, key=lambda cb: cb.monitor is None):
+        if cb.best_model_path and Path(cb.best_model_path).is_file():
+            return cb.best_model_path
     return None
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit on train, pick the best checkpoint on ``val/loss``, test it, and write the run outputs.
 
-    Returns the metrics written to ``metrics.json``.
+    Returns the metrics written to ``metrics.json``. With several processes (``trainer=ddp``) every process runs
+    this; caches are built by one and read by the others, and only rank 0 writes the run's files.
     """
     out = Path(cfg.paths.output_dir)
     check_output_dir(out, cfg.get("ckpt_path"))
-    check_config(cfg)
+    check_options(cfg)  # every option's name, type and range, before anything is built
+    check_config(cfg)  # a logger or callback whose extra is not installed stops the run here, not mid-way
     out.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True)
 
     model_cls = get_class(cfg.model._target_)
     precompute = getattr(model_cls, "uses_features", False) and cfg.features.source == "precomputed"
     dm = build(cfg.data, features=cfg.features if precompute else None)
-    dm.prepare_data()
-    dm.setup()
+    with one_at_a_time(dm.cache_dir):  # processes sharing the cache: the first builds it, the others read it
+        dm.prepare_data()
+        dm.setup()
     if len(dm.split.val) == 0:
         raise FERError(
             f"data.val_size={cfg.data.get('val_size')} leaves no validation images, but early stopping and the "
             "choice of the best checkpoint monitor val/loss; give data.val_size of at least 1 (the paper: 23)"
         )
     model = build(cfg.model, class_names=list(dm.class_names))
-    if cfg.get("ckpt_path"):
-        check_checkpoint(cfg.ckpt_path, model, option="ckpt_path")
+    if cfg.get("ckpt_path"):  # read once, by Lightning in fit (safely: CheckedCheckpointIO); the model checks it
+        checkpoint_file(cfg.ckpt_path, option="ckpt_path")
         _check_same_split(cfg, dm)
     callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    callbacks.append(ExactResume(cfg.seed, out))  # every run: exact resume and the resume hint on Ctrl+C
     loggers = [
         build(c, **_readable_name(c, model, dm, cfg)) for c in (cfg.get("logger") or {}).values() if c is not None
     ]
     trainer: pl.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    _write_run_description(cfg, dm, out)
+    CheckedCheckpointIO.guard(trainer)
+    if is_global_zero():
+        _write_run_description(cfg, dm, out)
 
     start = time.perf_counter()
-    trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+    if getattr(model, "trains", True):
+        trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+        if trainer.interrupted:
+            raise FERError(resume_hint(out))
+        best = _best_checkpoint(trainer)
+        if best:  # read once; validated and tested in memory
+            model.load_state_dict(read_checkpoint(best, option="best checkpoint")["state_dict"])
+        trainer.validate(model, datamodule=dm, verbose=False)
+    else:  # nothing to fit (late fusion): validation fixes what it needs, and the result is saved as it is
+        trainer.validate(model, datamodule=dm, verbose=False)
+        best = str(out / "checkpoints" / f"{model.model_name}.ckpt")
+        trainer.save_checkpoint(best)
     fit_seconds = time.perf_counter() - start
-    if trainer.interrupted:
-        raise FERError(resume_hint(out))
-
-    best = _best_checkpoint(trainer)
-    trainer.validate(model, datamodule=dm, ckpt_path=best, verbose=False)
-    trainer.test(model, datamodule=dm, ckpt_path=best, verbose=False)
+    trainer.test(model, datamodule=dm, verbose=False)
 
     metrics = metrics_of_test(model, dm, cfg.seed)
     metrics.update({f"val/{k}": v for k, v in model.results["val"].items()})
@@ -173,16 +191,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "n_train": len(dm.split.train),
             "n_val": len(dm.split.val),
             "epochs": int(trainer.current_epoch),
+            "variant": cfg.get("variant") or model.model_name,
+            "recipe": (cfg.get("recipe") or {}).get("name"),
             "best_checkpoint": best,
             "fit_seconds": round(fit_seconds, 2),
         }
     )
-    write_test_outputs(out, model, dm, metrics)
+    if is_global_zero():
+        write_test_outputs(out, model, dm, metrics)
 
     scalars = {k: v for k, v in metrics.items() if k.startswith("test/") and isinstance(v, float)}
-    for lg in trainer.loggers:
-        lg.log_hyperparams(_flat_params(cfg), metrics=scalars)
-        lg.save()
+    log_run(trainer.loggers, _flat_params(cfg), scalars)
+    finish(trainer.loggers)
     log.info(
         "%s on %s (%s split%s): test acc %.4f, macro F1 %.4f on %d images; outputs in %s",
         model.model_name, dm.dataset_name, dm.split_name,

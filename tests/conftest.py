@@ -87,3 +87,38 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     return subprocess.run(
         [sys.executable, "-m", *args], cwd=cwd or REPO, env=full_env, capture_output=True, text=True, timeout=timeout
     )
+
+
+class _TinyCheckpoints(dict):
+    """``checkpoints[model]``: trained on first use, then kept for the session."""
+
+    def __init__(self, out: Path, cache_dir: Path) -> None:
+        super().__init__()
+        self.out, self.cache_dir = out, cache_dir
+
+    def __missing__(self, model: str) -> Path:
+        from fer_lightning.training import train
+
+        overrides = [*TINY, "trainer.max_epochs=1", "logger=none", f"model={model}",
+                     f"data.cache_dir={self.cache_dir}", f"paths.output_dir={self.out / model}"]
+        if model != "handcrafted":
+            overrides.append("model.backbone.weights=none")
+        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+            self[model] = Path(train(compose("train", overrides=overrides))["best_checkpoint"])
+        return self[model]
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory, cache_dir) -> dict[str, Path]:
+    """A 64 px, one-epoch checkpoint of a model on the synthetic set (random-init backbone), trained the first
+    time a test asks for it, for the tests that only need a trained model (export, video)."""
+    return _TinyCheckpoints(tmp_path_factory.mktemp("tiny-runs"), cache_dir)
+
+
+@pytest.fixture(scope="session")
+def fer2013_csv(tmp_path_factory) -> Path:
+    """A small FER2013-format file: 600 distinct synthetic 48x48 faces (480 Training, 60 PublicTest, 60
+    PrivateTest), generated once per test session."""
+    from fer_lightning.data.synthetic import write_fer2013
+
+    return write_fer2013(tmp_path_factory.mktemp("fer2013") / "fer2013.csv", 600, n_subjects=2)

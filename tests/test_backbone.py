@@ -91,5 +91,8 @@ def test_paper_heads():
     names = [type(m).__name__ for m in fusion]
     assert names == ["Dropout", "BatchNorm1d", "Linear", "ReLU", "Dropout", "Linear", "ReLU", "Dropout", "Linear"]
     assert [m.p for m in fusion if isinstance(m, torch.nn.Dropout)] == [0.5, 0.5, 0.3]
-    with pytest.raises(ValueError, match="one rate each"):
-        MLPHead(10, 7, hidden=[5, 5], dropout=[0.5])
+    with pytest.raises(FERError, match="one rate per hidden layer"):
+        MLPHead(10, 7, hidden=[5, 5], dropout=[0.5, 0.1, 0.2])
+    assert [m.p for m in MLPHead(10, 7, hidden=[5, 5], dropout=0.2) if isinstance(m, torch.nn.Dropout)] == [0.2, 0.2]
+    linear = MLPHead(10, 7, hidden=[], dropout=[0.5, 0.3])  # model.head.hidden=[] alone gives a linear head
+    assert [type(m).__name__ for m in linear] == ["Linear"]

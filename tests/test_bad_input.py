@@ -89,15 +89,18 @@ def test_one_subject_loso():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["model.lr=nan"], "model.lr=nan is not a finite number"),
-        (["model.lr=0"], "model.lr=0 is not valid: give a positive number"),
-        (["model.weight_decay=-1e-4"], "model.weight_decay=-0.0001 is not valid: give zero or a positive number"),
+        (["model.optim.lr=nan"], "model.optim.lr=nan is not a finite number"),
+        (["model.optim.lr=0"], "model.optim.lr=0 is not valid: give a positive number"),
+        (["model.optim.weight_decay=-1e-4"],
+         "model.optim.weight_decay=-0.0001 is not valid: give zero or a positive number"),
+        # the recipe's setting, named where the user set it (not model.optim.lr that follows it)
+        (["recipe.finetune.lr=-1"], "recipe.finetune.lr=-1 is not valid: give a positive number"),
         (["model.head.dropout=[1.5]"], r"model.head.dropout=\[1.5\] is not valid: give a probability in \[0, 1\)"),
         (["trainer.max_epochs=inf"], "trainer.max_epochs=inf is not a finite number"),
         (["data.batch_size=0"], "data.batch_size=0 is not valid: give a positive whole number"),
         # the option the user set is named, not features.hog.scales that follows it
         (["model=handcrafted", "data.image_size=abc"], "data.image_size='abc' is not valid: give a whole number"),
-        (["+data.unknown_key=1"], r"data.unknown_key is not an option of fer_lightning.data.JAFFEDataModule; "
+        (["+data.unknown_key=1"], r"data.unknown_key is not an option of fer_lightning.data.FERDataModule; "
                                   r"valid keys: augment, batch_size, .*val_size"),
         (["+model.depth=3"], "model.depth is not an option of fer_lightning.models.deep.DeepFER"),
         (["+trainer.max_epoch=3"], "trainer.max_epoch is not an option of pytorch_lightning.Trainer"),

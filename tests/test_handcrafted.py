@@ -5,7 +5,6 @@ import json
 import pytest
 import torch
 
-import fer_lightning.features.cache as feature_cache
 from fer_lightning.data import JAFFEDataModule
 from fer_lightning.features import HandcraftedFeatures
 from fer_lightning.models.handcrafted import HandcraftedFER
@@ -30,8 +29,7 @@ def test_trains_and_checkpoint_round_trip(make_cfg, tmp_path):
     # loading needs no data and no cache; it predicts from raw images
     model = HandcraftedFER.load_from_checkpoint(m["best_checkpoint"], map_location="cpu").eval()
     assert model.fusion.pca.out_features == k
-    dm = JAFFEDataModule(root=None, image_size=64, cache_dir=None, features=model.extractor)
-    dm.cache_dir = make_cfg().data.cache_dir
+    dm = JAFFEDataModule(root=None, image_size=64, cache_dir=make_cfg().data.cache_dir, features=model.extractor)
     dm.setup()
     batch = next(iter(dm.test_dataloader()))
     batch["image"] = batch["image"].float() / 255
@@ -52,7 +50,7 @@ def test_feature_cache_is_reused(cache_dir, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("features were computed again although they are cached")
 
-    monkeypatch.setattr(HandcraftedFeatures, "compute", boom)
+    monkeypatch.setattr(HandcraftedFeatures, "forward", boom)
     again = JAFFEDataModule(root=None, image_size=64, cache_dir=str(cache_dir), features=FEATURES)
     again.setup()
     for k in first:
@@ -66,8 +64,8 @@ def test_feature_cache_is_reused(cache_dir, monkeypatch):
 def test_second_training_run_uses_the_cache(make_cfg, tmp_path, monkeypatch):
     train(make_cfg("model=handcrafted", "trainer.fast_dev_run=true", out=tmp_path / "a"))
     calls = []
-    real = feature_cache.HandcraftedFeatures.compute
-    monkeypatch.setattr(feature_cache.HandcraftedFeatures, "compute", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = HandcraftedFeatures.forward
+    monkeypatch.setattr(HandcraftedFeatures, "forward", lambda *a, **k: calls.append(1) or real(*a, **k))
     train(make_cfg("model=handcrafted", "trainer.fast_dev_run=true", out=tmp_path / "b"))
     assert calls == []
 
@@ -113,3 +111,26 @@ def test_pca_above_sample_count_is_a_clear_error(make_cfg):
 
     with pytest.raises(FERError, match=r"pca.n_components=500 is more than the 130 training samples allow"):
         train(make_cfg("model=handcrafted", "model.pca.n_components=500", "trainer.fast_dev_run=true"))
+
+
+def test_float16_feature_store_gives_the_same_classifier(cache_dir):
+    """features.store_dtype=float16 halves the feature store; the same fusion head (z-score, PCA, seeded MLP)
+    fitted on either store classifies the test images alike (the parity that allows float16 for datasets whose
+    float32 features would not fit)."""
+    from fer_lightning.data.classes import CLASS_NAMES
+
+    probs, sizes = {}, {}
+    for dtype in ("float32", "float16"):
+        dm = JAFFEDataModule(root=None, image_size=64, cache_dir=str(cache_dir),
+                             features={**FEATURES, "store_dtype": dtype})
+        dm.setup()
+        torch.manual_seed(0)
+        model = HandcraftedFER(list(CLASS_NAMES), FEATURES, pca={"n_components": 20}).eval()
+        model.fusion.fit(dm.train_features())
+        test = torch.as_tensor(dm.split.test)
+        with torch.no_grad():
+            probs[dtype] = model.fusion({k: v[test].float() for k, v in dm.features.items()}).softmax(-1)
+        sizes[dtype] = dm.feature_store.nbytes
+    agree = (probs["float32"].argmax(1) == probs["float16"].argmax(1)).float().mean()
+    assert agree >= 0.9 and (probs["float32"] - probs["float16"]).abs().max() < 0.05, agree
+    assert sizes["float16"] < 0.51 * sizes["float32"]

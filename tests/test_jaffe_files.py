@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from fer_lightning.data.images import read_grey, resize_grey
-from fer_lightning.data.jaffe import parse_jaffe_name, scan_jaffe
+from fer_lightning.data.sources.jaffe import parse_jaffe_name, scan_jaffe
 from fer_lightning.errors import FERError
 
 

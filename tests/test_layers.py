@@ -88,3 +88,31 @@ def test_fusion_head_fits_only_what_it_is_given(data):
     reloaded.load_state_dict(head.state_dict())
     x = {"a": torch.randn(3, 200), "b": torch.randn(3, 100)}
     torch.testing.assert_close(reloaded.eval()(x), head(x))
+
+
+def test_zscore_in_chunks_equals_standard_scaler(data, monkeypatch):
+    import fer_lightning.layers as layers
+
+    monkeypatch.setattr(layers, "CHUNK_ROWS", 16)  # 120 rows: eight chunks, two passes
+    train, other = data
+    z = ZScore(300).double().fit(torch.from_numpy(train))
+    np.testing.assert_allclose(z(torch.from_numpy(other)).numpy(), StandardScaler().fit(train).transform(other),
+                               atol=1e-9)
+
+
+@pytest.mark.parametrize("n", [8, 0.9])
+def test_randomized_pca_matches_sklearn(data, monkeypatch, n):
+    """Above PCA_EXACT_MAX the PCA is randomized (torch.pca_lowrank): same components, projections and
+    explained-variance ratios as sklearn's exact PCA where the spectrum has a gap."""
+    import fer_lightning.layers as layers
+
+    monkeypatch.setattr(layers, "PCA_EXACT_MAX", 50)
+    monkeypatch.setattr(layers, "CHUNK_ROWS", 32)
+    train, other = data
+    ref = PCA(n).fit(train)
+    state = torch.get_rng_state()
+    layer = PCAProjection(300, n).double().fit(torch.from_numpy(train))
+    assert torch.equal(state, torch.get_rng_state())  # seeded on its own: training's randomness is untouched
+    assert layer.out_features == ref.n_components_
+    np.testing.assert_allclose(layer.explained_variance_ratio.numpy(), ref.explained_variance_ratio_, rtol=1e-4)
+    np.testing.assert_allclose(layer(torch.from_numpy(other)).numpy(), ref.transform(other), rtol=1e-3, atol=1e-3)

@@ -135,9 +135,13 @@ def test_loso_sweep_with_a_failing_job_then_report(tmp_path, cache_dir):
     assert "data.fold=99 is out of range" in (bad / "error.txt").read_text()
     out = report([sweep])
     t2 = {r["model"]: r for r in csv.DictReader(open(out / "table2.csv"))}
-    assert set(t2) == {"deep", "hybrid", "handcrafted"} and all(r["n_runs"] == "1" for r in t2.values())
+    # the three variants plus the row that picks one of them on validation, one run each
+    assert set(t2) == {"deep", "hybrid", "handcrafted", "best on val"}
+    assert all(r["n_runs"] == "1" for r in t2.values())
+    assert t2["best on val"]["acc_mean"] in {t2[m]["acc_mean"] for m in ("deep", "hybrid", "handcrafted")}
     pairs = list(csv.DictReader(open(out / "paired_tests.csv")))
-    assert len(pairs) == 3 and all(p["n_images"] == "21" for p in pairs)  # one test subject's 21 images
+    # every pair of the four rows, each on the one test subject's 21 images
+    assert len(pairs) == 6 and all(p["n_images"] == "21" for p in pairs)
     assert "1 job(s) failed" in (out / "report.md").read_text()
 
 
@@ -170,3 +174,24 @@ def test_duplicates_incomplete_and_corrupt_runs(multirun, capsys):
     assert f"1 result file(s) are unreadable and are left out: {broken / 'metrics.json'} (not valid JSON" in md
     assert "3 result(s) repeat a run (the same checkpoint on the same data and split) and are counted once" in md
     assert f"fer-lightning: skipped {broken / 'metrics.json'}: not valid JSON" in capsys.readouterr().err
+
+
+def test_a_sweep_ends_with_its_report(multirun):
+    """experiment=fusion_ablation's Hydra callback writes the report when the multirun ends; the "best on val" row
+    picks, per seed, the variant with the highest validation accuracy."""
+    from omegaconf import OmegaConf
+
+    from fer_lightning.report import ReportWhenSweepEnds
+
+    for seed, (deep_val, hybrid_val) in enumerate([(0.9, 0.8), (0.5, 0.7), (0.6, 0.6)]):
+        for model, val in (("deep", deep_val), ("hybrid", hybrid_val)):
+            path = multirun / f"{seed}_job" / model / "metrics.json"
+            path.write_text(json.dumps({**json.loads(path.read_text()), "val/acc": val, "val/nll": 1.0}))
+    ReportWhenSweepEnds().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(multirun)}}}))
+    with open(multirun / "selection.csv") as f:
+        picks = [(r["seed"], r["selected"], r["test_acc"]) for r in csv.DictReader(f)]
+    assert picks == [("0", "deep", "100.0"), ("1", "hybrid", "70.0"), ("2", "deep", "80.0")]  # tie: table order
+    with open(multirun / "table2.csv") as f:
+        best = next(r for r in csv.DictReader(f) if r["model"] == "best on val")
+    assert best["n_runs"] == "3" and math.isclose(float(best["acc_mean"]), (100 + 70 + 80) / 3, abs_tol=0.01)
+    assert "## Selection on validation (best on val)" in (multirun / "report.md").read_text()

@@ -1,6 +1,7 @@
-"""Data: JAFFE file grammar, decoding cache, synthetic set, splits, augmentation and the DataModule."""
+"""Data: on-disk formats (sources), the decoded-image store, synthetic sets, splits, augmentation and the one
+DataModule."""
 
 from fer_lightning.data.classes import CLASS_NAMES, JAFFE_CODES
-from fer_lightning.data.datamodule import FolderDataModule, JAFFEDataModule
+from fer_lightning.data.datamodule import FERDataModule, FolderDataModule, JAFFEDataModule
 
-__all__ = ["CLASS_NAMES", "JAFFE_CODES", "FolderDataModule", "JAFFEDataModule"]
+__all__ = ["CLASS_NAMES", "JAFFE_CODES", "FERDataModule", "FolderDataModule", "JAFFEDataModule"]

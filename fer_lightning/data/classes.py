@@ -2,6 +2,8 @@
 
 # Canonical class order: alphabetical, as used by every model output, metric and report.
 CLASS_NAMES: tuple[str, ...] = ("anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise")
+# With contempt, the 8th class of FER+, AffectNet and CK+ (kept as a class where a dataset has it).
+ALL_CLASS_NAMES: tuple[str, ...] = tuple(sorted((*CLASS_NAMES, "contempt")))
 
 # JAFFE expression codes (the two letters before the index in ``KA.AN1.39.tiff``).
 JAFFE_CODES: dict[str, str] = {
@@ -18,9 +20,10 @@ JAFFE_CODES: dict[str, str] = {
 JAFFE_SUBJECTS: tuple[str, ...] = ("KA", "KL", "KM", "KR", "MK", "NA", "NM", "TM", "UY", "YM")
 JAFFE_N_IMAGES = 213
 
-# Folder names accepted for each class by data=folder (case-insensitive).
+# Names accepted for each class by data=folder and data=manifest (case-insensitive).
 CLASS_ALIASES: dict[str, str] = {
     "anger": "anger", "angry": "anger",
+    "contempt": "contempt", "contemptuous": "contempt",
     "disgust": "disgust", "disgusted": "disgust",
     "fear": "fear", "fearful": "fear", "afraid": "fear",
     "happiness": "happiness", "happy": "happiness",

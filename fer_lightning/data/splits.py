@@ -1,4 +1,5 @@
-"""Train / validation / test splits: the paper's stratified random split and leave-one-subject-out."""
+"""Train / validation / test splits: the paper's stratified random split, leave-one-subject-out, subject k-fold,
+a dataset's published split, and keeping copies of one image (duplicates) on one side of every split."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
 from fer_lightning.errors import FERError
 
@@ -68,11 +69,24 @@ def paper_split(
     val_size: int | float = 23,
     train_size: int | float | None = None,
     seed: int = 0,
+    groups: Sequence[int] | None = None,
 ) -> Split:
     """The paper's stratified random split (133 / 23 / 57 of JAFFE's 213): test first, then validation, then
-    train = the rest (or ``train_size`` of the rest, stratified)."""
+    train = the rest (or ``train_size`` of the rest, stratified). ``groups``: for each image, the index of the
+    first image with the same pixels; copies are split as one image and follow it."""
     y = np.asarray(labels)
     n = len(y)
+    if groups is not None:
+        groups = np.asarray(groups)
+        reps = np.flatnonzero(groups == np.arange(n))
+        if len(reps) < n:
+            sub = paper_split(y[reps].tolist(), test_size=test_size, val_size=val_size, train_size=train_size,
+                              seed=seed)
+            part = np.full(n, -1)
+            for k, name in enumerate(("train", "val", "test")):
+                part[reps[getattr(sub, name)]] = k
+            part = part[groups]
+            return Split(*(np.flatnonzero(part == k) for k in range(3)))
     n_test = _count(test_size, n, "data.test_size")
     n_val = _count(val_size, n, "data.val_size")
     n_train = _count(train_size, n, "data.train_size")
@@ -148,3 +162,74 @@ def subject_kfold_split(
     n_val = _count(val_size, len(rest), "data.val_size")
     train, val = _grouped_val(np.asarray(rest), y, s, n_val, seed)
     return Split(train=train, val=val, test=np.sort(test))
+
+
+def official_split(
+    parts: Sequence[str | None], labels: Sequence[str], *, val_size: int | float = 0.1, seed: int = 0,
+    option: str = "data.split=official",
+) -> Split:
+    """The dataset's own split (FER2013's Usage, RAF-DB's train/test, a manifest's ``split`` column). Where it has
+    no validation part, ``val_size`` images (a count or a fraction) are drawn from train, stratified."""
+    p, y = np.asarray([s or "" for s in parts]), np.asarray(labels)
+    train, val, test = (np.flatnonzero(p == name) for name in ("train", "val", "test"))
+    if len(test) == 0:
+        raise FERError(f"{option}: the dataset's split has no test images; use data.split=paper (a random split)")
+    if len(val) == 0:
+        n_val = _count(val_size, len(train), "data.val_size")
+        train, val = _stratified_take(train, y, n_val, seed, "data.val_size")
+    return Split(train=np.sort(train), val=np.sort(val), test=np.sort(test))
+
+
+def separate_copies(split: Split, groups: Sequence[int]) -> tuple[Split, int]:
+    """Drop from validation and test every copy of an image already in an earlier part (train, then val), so no
+    image is both trained and tested on; returns the split and how many were dropped."""
+    g = np.asarray(groups)
+    seen = np.zeros(len(g), dtype=bool)
+    seen[g[split.train]] = True
+    kept = []
+    for part in (split.val, split.test):
+        part = np.asarray(part)
+        keep = part[~seen[g[part]]]
+        seen[g[keep]] = True
+        kept.append(keep)
+    dropped = len(split.val) + len(split.test) - sum(len(k) for k in kept)
+    return Split(train=split.train, val=kept[0], test=kept[1]), dropped
+
+
+def inner_split(
+    split: Split,
+    labels: Sequence[str],
+    subjects: Sequence[str],
+    *,
+    folds: int,
+    fold: int,
+    seed: int = 0,
+    by_subject: bool = False,
+) -> Split:
+    """Inner fold ``fold`` of ``folds`` of the *training* part of ``split``: train = the training images outside
+    that fold, val = unchanged, test = the held-out training images. The outer test images are in no part, so
+    nothing computed on an inner split has seen them (used for out-of-fold features and inner cross-validation).
+
+    The folds are stratified by label and, with ``by_subject`` (for subject-independent outer splits), keep each
+    subject's images together, so held-out images relate to the rest as the outer test images do.
+    """
+    if not 2 <= folds <= len(split.train):
+        raise FERError(f"data.inner_folds={folds}: give a number of folds between 2 and the {len(split.train)} "
+                       "training images (0 turns inner folds off)")
+    if not 0 <= fold < folds:
+        raise FERError(f"data.inner_fold={fold} is out of range: data.inner_folds={folds}, so 0..{folds - 1}")
+    y, s = np.asarray(labels)[split.train], np.asarray(subjects)[split.train]
+    if by_subject:
+        if len(set(s.tolist())) < folds:
+            raise FERError(f"data.inner_folds={folds}: the training part holds only {len(set(s.tolist()))} subjects")
+        cv = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+        parts = list(cv.split(np.zeros(len(y)), y, groups=s))
+    else:
+        smallest = min(np.unique(y, return_counts=True)[1])
+        cv = StratifiedKFold(n_splits=min(folds, max(2, smallest)), shuffle=True, random_state=seed)
+        if cv.n_splits != folds:
+            raise FERError(f"data.inner_folds={folds}: a class has only {smallest} training images; use at most "
+                           f"{max(2, smallest)} inner folds")
+        parts = list(cv.split(np.zeros(len(y)), y))
+    keep, held = parts[fold]
+    return Split(train=np.sort(split.train[keep]), val=split.val, test=np.sort(split.train[held]))

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fer_lightning.errors import FERError
-from fer_lightning.features.hog import hog, hog_dim
-from fer_lightning.features.lbp import lbp_codes, lbp_histograms
+from fer_lightning.features.hog import hog, hog_dim, hog_graph
+from fer_lightning.features.lbp import lbp_codes, lbp_codes_graph, lbp_histograms, lbp_histograms_graph
 
 log = logging.getLogger(__name__)
 BACKENDS = ("torch", "skimage")
@@ -54,9 +54,10 @@ class HandcraftedFeatures(nn.Module):
 
     Input ``(B, 1, H, W)``: uint8, or float in ``[0, 1]`` (quantised to 8 bits, like the stored images). Each scale
     resizes the image to ``scale x scale`` first (the paper's single 224 scale needs no resizing at 224). Output:
-    ``{name: (B, D_name)}`` float32. ``backend='skimage'`` computes the same blocks with scikit-image, one image at a
-    time, as the reference; ``source`` says whether the data module precomputes them once (``precomputed``) or a
-    model computes them on each augmented batch on its device (``online``).
+    ``{name: (B, D_name)}`` float32, computed in uint8/float32 whatever autocast is on. ``backend='skimage'``
+    computes the same blocks with scikit-image, one image at a time, as the reference; ``source`` says whether
+    the data module precomputes them once (``precomputed``) or a model computes them on each augmented batch on
+    its device (``online``).
     """
 
     def __init__(
@@ -66,6 +67,7 @@ class HandcraftedFeatures(nn.Module):
         backend: str = "torch",
         source: str = "precomputed",
         batch_size: int = 256,
+        store_dtype: str = "float32",
     ) -> None:
         super().__init__()
         if backend not in BACKENDS:
@@ -83,6 +85,7 @@ class HandcraftedFeatures(nn.Module):
         if self.hog_cfg is None and self.lbp_cfg is None:
             raise FERError("features: both hog and lbp are off; enable at least one descriptor")
         self.backend, self.source, self.batch_size = backend, source, int(batch_size)
+        self.store_dtype = store_dtype  # precomputed blocks on disk: float32, or float16 (half the size)
         for name, cfg in (("hog", self.hog_cfg), ("lbp", self.lbp_cfg)):
             if cfg is not None and (not cfg["scales"] or any(int(s) < 16 for s in cfg["scales"])):
                 raise FERError(f"features.{name}.scales={cfg['scales']}: give one or more image sizes of 16 px or more")
@@ -98,7 +101,7 @@ class HandcraftedFeatures(nn.Module):
     def full_config(self) -> dict[str, Any]:
         """Constructor arguments that rebuild this extractor (stored in checkpoints)."""
         return {"hog": self.hog_cfg, "lbp": self.lbp_cfg, "backend": self.backend, "source": self.source,
-                "batch_size": self.batch_size}
+                "batch_size": self.batch_size, "store_dtype": self.store_dtype}
 
     # ------------------------------------------------------------------ layout
     def config(self) -> dict[str, Any]:
@@ -123,21 +126,32 @@ class HandcraftedFeatures(nn.Module):
 
     # ------------------------------------------------------------------ compute
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = to_uint8(x)
-        if self.backend == "skimage":
-            return self._skimage(x)
+        with torch.autocast(x.device.type, enabled=False):  # exact values under mixed precision too
+            x = to_uint8(x)
+            if torch.compiler.is_exporting():
+                return self.graph(x)
+            if self.backend == "skimage":
+                return self._skimage(x)
+            return self._blocks(x, hog, lbp_codes, lbp_histograms)
+
+    def graph(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The same blocks as one static graph (what ``torch.export`` and the ONNX export trace): no threads,
+        tie search or scatter; LBP codes still exactly scikit-image's, HOG equal up to float32 summation order."""
+        return self._blocks(to_uint8(x), hog_graph, lbp_codes_graph, lbp_histograms_graph)
+
+    def _blocks(self, x: torch.Tensor, hog_fn, codes_fn, histograms_fn) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         if self.hog_cfg is not None:
             h = self.hog_cfg
             for s in h["scales"]:
-                out[f"hog@{s}"] = hog(
+                out[f"hog@{s}"] = hog_fn(
                     resize_uint8(x, s), h["orientations"], h["pixels_per_cell"], h["cells_per_block"], h["block_norm"]
                 )
         if self.lbp_cfg is not None:
             lb = self.lbp_cfg
             for s in lb["scales"]:
-                codes = lbp_codes(resize_uint8(x, s), lb["P"], lb["R"])
-                out[f"lbp@{s}"] = lbp_histograms(codes, lb["P"] + 2, tuple(lb["grid"]))
+                codes = codes_fn(resize_uint8(x, s), lb["P"], lb["R"])
+                out[f"lbp@{s}"] = histograms_fn(codes, lb["P"] + 2, tuple(lb["grid"]))
         return out
 
     def _skimage(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -182,7 +196,3 @@ def resolve_device(device: str | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def concat_blocks(blocks: dict[str, torch.Tensor], names: Sequence[str]) -> torch.Tensor:
-    return torch.cat([blocks[n] for n in names], dim=1)

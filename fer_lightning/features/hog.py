@@ -28,10 +28,15 @@ def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads()), thread_name_prefix="fer-hog")
 
 
-@lru_cache(maxsize=8)
 def _orientation_table(orientations: int) -> torch.Tensor:
     """``table[(g_row + 255) * 511 + g_col + 255]`` = scikit-image's bin of that gradient, or ``orientations``
-    when it votes nowhere (an orientation that rounds to 180 degrees)."""
+    when it votes nowhere (an orientation that rounds to 180 degrees). Cached as a NumPy array (a tensor cached
+    while ``torch.export`` traces would be a fake one)."""
+    return torch.from_numpy(_orientation_bins(orientations).copy())
+
+
+@lru_cache(maxsize=8)
+def _orientation_bins(orientations: int) -> np.ndarray:
     g = np.arange(-_INT_RANGE, _INT_RANGE + 1, dtype=np.float64)
     g_row, g_col = np.meshgrid(g, g, indexing="ij")
     ori = np.rad2deg(np.arctan2(g_row, g_col)) % 180
@@ -39,7 +44,9 @@ def _orientation_table(orientations: int) -> torch.Tensor:
     table = np.full(ori.shape, orientations, dtype=np.int64)
     for i in range(orientations):
         table[(ori < per * (i + 1)) & (ori >= per * i)] = i
-    return torch.from_numpy(table.reshape(-1))
+    table = table.reshape(-1)
+    table.flags.writeable = False
+    return table
 
 
 def hog_dim(height: int, width: int, orientations: int = 9, pixels_per_cell: int = 8, cells_per_block: int = 2) -> int:
@@ -151,3 +158,33 @@ def hog(
     # histogram step, runs on one core); each chunk's result does not depend on the others.
     chunk = _CPU_CHUNK
     return torch.cat(list(_pool().map(one_chunk, range(0, x.shape[0], chunk))))
+
+
+def hog_graph(x: torch.Tensor, orientations: int = 9, pixels_per_cell: int = 8, cells_per_block: int = 2,
+              block_norm: str = "L2-Hys", eps: float = 1e-5) -> torch.Tensor:
+    """:func:`hog` of 8-bit images as one static graph (for ``torch.export`` and ONNX): ``(B, 1, H, W)`` uint8
+    -> ``(B, D)`` float32, equal to :func:`hog` up to float32 summation order.
+
+    The same exact orientation table (no ``atan2``); the per-cell histograms come from a one-hot of the bins
+    average-pooled over each cell instead of a scatter-add, with no data-dependent control flow.
+    """
+    if x.ndim != 4 or x.shape[1] != 1:
+        raise ValueError(f"hog expects (B, 1, H, W) grey images, got {tuple(x.shape)}")
+    cell = pixels_per_cell
+    h, w = x.shape[-2:]
+    n_r, n_c = h // cell, w // cell
+    hh, ww = n_r * cell, n_c * cell
+    v = x[:, 0].to(torch.float32)  # integers: exact in float32
+    zero_row, zero_col = v.new_zeros(v.shape[0], 1, w), v.new_zeros(v.shape[0], h, 1)
+    g_row = torch.cat([zero_row, v[:, 2:, :] - v[:, :-2, :], zero_row], dim=1)[:, :hh, :ww]
+    g_col = torch.cat([zero_col, v[:, :, 2:] - v[:, :, :-2], zero_col], dim=2)[:, :hh, :ww]
+    index = ((g_row + _INT_RANGE) * (2 * _INT_RANGE + 1) + (g_col + _INT_RANGE)).to(torch.int64)
+    key = _orientation_table(orientations).to(torch.uint8 if orientations < 255 else torch.int64)[index]
+    magnitude = torch.sqrt(g_row * g_row + g_col * g_col)
+    bins = torch.arange(orientations, dtype=key.dtype).view(1, orientations, 1, 1)
+    votes = (key.unsqueeze(1) == bins).to(torch.float32) * magnitude.unsqueeze(1)  # (B, O, hh, ww)
+    hist = torch.nn.functional.avg_pool2d(votes, cell).permute(0, 2, 3, 1)  # (B, nR, nC, O): sums / cell area
+    k = cells_per_block
+    n_r, n_c = n_r - k + 1, n_c - k + 1
+    blocks = torch.cat([hist[:, dy : dy + n_r, dx : dx + n_c] for dy in range(k) for dx in range(k)], dim=-1)
+    return _normalize_blocks(blocks, block_norm, eps).reshape(blocks.shape[0], -1)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -36,14 +37,21 @@ def _offsets(P: int, R: float) -> list[tuple[float, float]]:
 
 
 @lru_cache(maxsize=16)
-def uniform_table(P: int) -> torch.Tensor:
-    """``table[pattern]`` = scikit-image's uniform code of a ``P``-bit pattern (bit i = neighbour i)."""
-    table = torch.empty(1 << P, dtype=torch.uint8)
+def _uniform_codes(P: int) -> np.ndarray:
+    table = np.empty(1 << P, dtype=np.uint8)
     for pattern in range(1 << P):
         bits = [(pattern >> i) & 1 for i in range(P)]
         changes = sum(bits[i] != bits[i + 1] for i in range(P - 1))
         table[pattern] = sum(bits) if changes <= 2 else P + 1
+    table.flags.writeable = False
     return table
+
+
+def uniform_table(P: int) -> torch.Tensor:
+    """``table[pattern]`` = scikit-image's uniform code of a ``P``-bit pattern (bit i = neighbour i).
+
+    Cached as a NumPy array (a tensor cached while ``torch.export`` traces would be a fake one)."""
+    return torch.from_numpy(_uniform_codes(P).copy())
 
 
 def _bilinear_minus_centre(xpad: torch.Tensor, pad: int, b, r, c, rp: float, cp: float) -> torch.Tensor:
@@ -77,12 +85,20 @@ def _codes_general(x: torch.Tensor, P: int, R: float) -> torch.Tensor:
 
 
 @lru_cache(maxsize=64)
+def _fractions_np(n: int, offset: float) -> tuple[int, int, np.ndarray]:
+    pos = np.arange(n, dtype=np.float64) + offset
+    low = np.floor(pos)
+    frac = pos - low
+    frac.flags.writeable = False
+    return int(low[0]), int(np.ceil(pos[0])), frac
+
+
+@lru_cache(maxsize=64)
 def _fractions(n: int, offset: float, device: str) -> tuple[int, int, torch.Tensor]:
     """For positions ``0..n-1`` shifted by ``offset``: (floor offset, ceil offset, scikit-image's float64
     fraction ``(p + offset) - floor(p + offset)`` per position)."""
-    pos = torch.arange(n, dtype=torch.float64) + offset
-    low = torch.floor(pos)
-    return int(low[0]), int(torch.ceil(pos)[0]), (pos - low).to(device)
+    low, high, frac = _fractions_np(n, offset)
+    return low, high, torch.from_numpy(frac.copy()).to(device)
 
 
 def _tie_bits(xpad: torch.Tensor, ties: torch.Tensor, h: int, w: int, rp: float, cp: float) -> torch.Tensor:
@@ -225,3 +241,53 @@ def lbp_histograms(codes: torch.Tensor, n_codes: int, grid: tuple[int, int] = (7
         parts.append(torch.bincount(key.view(-1), minlength=n * n_cells * n_codes).view(n, n_cells, n_codes))
     counts = torch.cat(parts)
     return (counts.to(torch.float32) / area.view(1, -1, 1)).reshape(b, -1)
+
+
+def lbp_codes_graph(x: torch.Tensor, P: int = 8, R: float = 1.0) -> torch.Tensor:
+    """:func:`lbp_codes` as one static graph (for ``torch.export`` and ONNX), still exact: ``(B, 1, H, W)``
+    (uint8 or float) -> ``(B, 1, H, W)`` uint8 codes equal to scikit-image's.
+
+    It replays scikit-image's float64 arithmetic at every pixel like the general path, with shifted slices of
+    the zero-padded image instead of gathers and each position's interpolation fractions as constants (a
+    function of the image size only), so there is no tie search and no data-dependent shape.
+    """
+    if x.ndim != 4 or x.shape[1] != 1:
+        raise ValueError(f"lbp_codes expects (B, 1, H, W) grey images, got {tuple(x.shape)}")
+    h, w = x.shape[-2:]
+    pad = int(math.ceil(R)) + 1
+    centre = x.to(torch.float64)
+    xpad = F.pad(centre, (pad, pad, pad, pad))
+
+    def shifted(dy: int, dx: int) -> torch.Tensor:
+        return xpad[:, :, pad + dy : pad + dy + h, pad + dx : pad + dx + w]
+
+    pattern = torch.zeros(x.shape, dtype=torch.int64, device=x.device)
+    for i, (rp, cp) in enumerate(_offsets(P, R)):
+        r0, r1, dr = _fractions_np(h, rp)
+        c0, c1, dc = _fractions_np(w, cp)
+        dr = torch.from_numpy(dr.copy()).to(x.device).view(1, 1, h, 1)
+        dc = torch.from_numpy(dc.copy()).to(x.device).view(1, 1, 1, w)
+        top = (1 - dc) * shifted(r0, c0) + dc * shifted(r0, c1)
+        bottom = (1 - dc) * shifted(r1, c0) + dc * shifted(r1, c1)
+        bit = ((1 - dr) * top + dr * bottom) - centre >= 0
+        pattern = pattern + bit.to(torch.int64) * (1 << i)
+    return uniform_table(P).to(x.device)[pattern]
+
+
+def lbp_histograms_graph(codes: torch.Tensor, n_codes: int, grid: tuple[int, int] = (7, 7)) -> torch.Tensor:
+    """:func:`lbp_histograms` as one static graph: a one-hot of the codes summed over each cell by two 0/1
+    matrix products (exact integer counts in float32), divided by the cell areas: the same values."""
+    _, _, h, w = codes.shape
+    gy, gx = grid
+    ey, ex = grid_edges(h, gy), grid_edges(w, gx)
+    rows = torch.zeros(gy, h)
+    for k in range(gy):
+        rows[k, ey[k] : ey[k + 1]] = 1
+    cols = torch.zeros(w, gx)
+    for k in range(gx):
+        cols[ex[k] : ex[k + 1], k] = 1
+    rows, cols = rows.to(codes.device), cols.to(codes.device)
+    area = rows.sum(1).view(gy, 1) * cols.sum(0).view(1, gx)
+    onehot = (codes == torch.arange(n_codes, dtype=codes.dtype, device=codes.device).view(1, n_codes, 1, 1))
+    counts = rows @ onehot.to(torch.float32) @ cols  # (B, n_codes, gy, gx)
+    return (counts / area).permute(0, 2, 3, 1).reshape(codes.shape[0], -1)

@@ -23,8 +23,10 @@ def imagenet_weights_file() -> Path:
 
 
 def _load_imagenet() -> MobileNetV2:
-    try:
-        return mobilenet_v2(weights=IMAGENET_WEIGHTS)
+    try:  # torchvision's mobilenet_v2(weights=...), but unpickling the downloaded file with weights_only=True
+        net = mobilenet_v2(weights=None)
+        net.load_state_dict(IMAGENET_WEIGHTS.get_state_dict(progress=True, check_hash=True, weights_only=True))
+        return net
     except Exception as e:  # offline, proxy, truncated download, ...
         torch_home = os.environ.get("TORCH_HOME", "unset, so ~/.cache/torch")
         raise FERError(
@@ -101,6 +103,7 @@ class MobileNetV2Backbone(nn.Module):
     """
 
     out_features = 1280
+    channels_last = False  # set by the model's configure_model: inputs then go in channels-last memory format
 
     def __init__(self, weights: str | None = "imagenet", trainable: bool = True, checkpoint: str | None = None) -> None:
         super().__init__()
@@ -119,7 +122,10 @@ class MobileNetV2Backbone(nn.Module):
         return super().train(mode and self.trainable)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.features(self.to_input(x))).flatten(1)
+        x = self.to_input(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.pool(self.features(x)).flatten(1)
 
     def fingerprint(self) -> str:
         """A digest of the weights and BatchNorm statistics: the cache key of features computed with them."""

@@ -2,47 +2,73 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 from torch import nn
 
-from fer_lightning.checkpoints import FORMAT_KEY, read_checkpoint
+from fer_lightning.checkpoints import FORMAT_KEY, check_record, read_checkpoint
+from fer_lightning.distributed import gather_outputs
 from fer_lightning.errors import FERError
 from fer_lightning.metrics import ClassificationMetrics
+from fer_lightning.optim import OptimSettings
 from fer_lightning.plots import confusion_matrix_figure
 
+log = logging.getLogger(__name__)
 STAGES = ("train", "val", "test")
+CLASS_WEIGHTS = ("none", "balanced")
 
 
 class FERClassifier(pl.LightningModule):
     """Subclasses build their network in ``__init__`` and implement ``forward(images) -> logits``.
 
     Batches are dicts with ``image`` ``(B, 1, H, W)`` float, ``label`` ``(B,)`` and ``index`` ``(B,)``. Metrics
-    are logged as ``train/*``, ``val/*``, ``test/*`` at epoch end; after a validation or test epoch,
+    are logged as ``train/*``, ``val/*``, ``test/*`` at epoch end; val/test loss and metrics are computed from
+    the outputs of every process (DDP), each image of the split once; after a validation or test epoch,
     ``results[stage]`` holds the scalar metrics, ``confusion[stage]`` the confusion matrix and
     ``outputs[stage]`` the per-image ``index``, ``probs`` and ``target`` (all on the CPU).
     """
 
     model_name = "classifier"
 
-    def __init__(self, class_names: Sequence[str], lr: float = 1e-4, weight_decay: float = 0.0) -> None:
+    def __init__(
+        self,
+        class_names: Sequence[str],
+        optim: dict[str, Any] | None = None,
+        class_weights: str = "none",
+        channels_last: bool = False,
+        compile: bool | str = False,
+    ) -> None:
+        """``optim``: :class:`~fer_lightning.optim.OptimSettings` keys (a recipe section; defaults: the paper's
+        Adam 1e-4); ``class_weights``: ``none`` or ``balanced`` (loss weights inverse to the training split's
+        class frequencies); ``channels_last``, ``compile``: speed options for a CNN backbone
+        (:meth:`configure_model`)."""
         super().__init__()
         self.class_names = tuple(class_names)
-        self.lr, self.weight_decay = float(lr), float(weight_decay)
-        self.criterion = nn.CrossEntropyLoss()
+        self.optim = OptimSettings.from_config(optim)
+        if class_weights not in CLASS_WEIGHTS:
+            raise FERError(f"model.class_weights={class_weights} is unknown; choose one of: {', '.join(CLASS_WEIGHTS)}")
+        self.class_weights = class_weights
+        self.channels_last, self.compile_backbone = bool(channels_last), compile
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=self.optim.label_smoothing)
+        # balanced: inverse class frequencies of the training split, set when fitting starts (not saved: the
+        # checkpoint classifies without it)
+        self.register_buffer("class_weight", None, persistent=False)
         # one metric set per stage, as attributes so they follow the module's device
+        # (val/test metrics see every process's outputs already gathered: they must not sum them again)
         self.train_metrics = ClassificationMetrics(self.class_names)
-        self.val_metrics = ClassificationMetrics(self.class_names)
-        self.test_metrics = ClassificationMetrics(self.class_names)
+        self.val_metrics = ClassificationMetrics(self.class_names, sync_on_compute=False)
+        self.test_metrics = ClassificationMetrics(self.class_names, sync_on_compute=False)
         self.results: dict[str, dict[str, float]] = {}
         self.confusion: dict[str, torch.Tensor] = {}
         self.outputs: dict[str, dict[str, torch.Tensor]] = {}
-        self._collected: dict[str, list[tuple[torch.Tensor, ...]]] = {"val": [], "test": []}
+        self._collected: dict[str, list[dict[str, torch.Tensor]]] = {"val": [], "test": []}
 
     @property
     def num_classes(self) -> int:
@@ -56,13 +82,27 @@ class FERClassifier(pl.LightningModule):
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         logits = self.logits(batch)
-        loss = self.criterion(logits, batch["label"])
-        probs = logits.detach().float().softmax(dim=-1)
-        self.stage_metrics(stage).update(probs, batch["label"])
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(logits))
-        if stage in self._collected:
-            self._collected[stage].append((batch["index"].cpu(), probs.cpu(), batch["label"].cpu()))
+        # FER+ soft labels train on the vote distribution; metrics stay on the label (its argmax)
+        loss = nn.functional.cross_entropy(logits, batch.get("soft", batch["label"]), weight=self.class_weight,
+                                           label_smoothing=self.criterion.label_smoothing)
+        if stage in self._collected:  # val/test: loss and metrics at epoch end, over every image once
+            self._collected[stage].append(
+                {"index": batch["index"], "logits": logits.detach().float(), "target": batch["label"]}
+            )
+            return loss
+        self.stage_metrics(stage).update(logits.detach().float().softmax(dim=-1), batch["label"])
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(logits),
+                 sync_dist=True)
         return loss
+
+    def on_fit_start(self) -> None:
+        dm = self.trainer.datamodule
+        if self.class_weights == "balanced" and dm is not None and self.class_weight is None:
+            counts = dm.class_counts("train").double()
+            weight = torch.where(counts > 0, counts.sum() / (len(counts) * counts.clamp_min(1)), 0.0)
+            self.class_weight = weight.float().to(self.device)
+            log.info("model.class_weights=balanced: loss weights %s",
+                     ", ".join(f"{c} {w:.2f}" for c, w in zip(self.class_names, weight.tolist(), strict=True)))
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
@@ -73,26 +113,29 @@ class FERClassifier(pl.LightningModule):
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "test")
 
-    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self.logits(batch).float().softmax(dim=-1)
+    def _split_outputs(self, stage: str) -> dict[str, torch.Tensor]:
+        """The epoch's val/test outputs of every process, each image once (see :func:`gather_outputs`), with
+        ``probs``; the stage's metrics updated with them and its loss logged."""
+        out = gather_outputs(self._collected[stage], self.trainer.strategy)
+        self._collected[stage] = []
+        out["probs"] = out["logits"].softmax(dim=-1)
+        self.stage_metrics(stage).update(out["probs"].to(self.device), out["target"].to(self.device))
+        loss = self.criterion(out["logits"].to(self.device), out["target"].to(self.device))
+        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True)
+        return out
 
     def _epoch_end(self, stage: str) -> None:
         metrics = self.stage_metrics(stage)
+        outputs = self._split_outputs(stage) if self._collected.get(stage) else None
         values = metrics.compute()
-        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=False)
-        if stage != "train" and not self.trainer.sanity_checking:
+        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=False, sync_dist=True)
+        if outputs is not None and not self.trainer.sanity_checking:
             cm = metrics.confusion_matrix().cpu()
+            self.outputs[stage] = {k: outputs[k] for k in ("index", "probs", "target")}
             self.results[stage] = {k: float(v) for k, v in values.items()}
+            self.results[stage]["nll"] = mean_nll(self.outputs[stage]["probs"], self.outputs[stage]["target"])
             self.confusion[stage] = cm
-            collected = self._collected[stage]
-            self.outputs[stage] = {
-                "index": torch.cat([c[0] for c in collected]),
-                "probs": torch.cat([c[1] for c in collected]),
-                "target": torch.cat([c[2] for c in collected]),
-            }
             self._log_figure(f"{stage}/confusion_matrix", cm, f"{stage} confusion matrix (epoch {self.current_epoch})")
-        if stage in self._collected:
-            self._collected[stage] = []
         metrics.reset()
 
     def on_train_epoch_end(self) -> None:
@@ -111,21 +154,65 @@ class FERClassifier(pl.LightningModule):
         fig = confusion_matrix_figure(cm.numpy(), self.class_names, title)
         for lg in loggers:
             lg.experiment.add_figure(tag, fig, global_step=self.global_step, close=False)
-        plt.close(fig)
+
+    def configure_model(self) -> None:
+        """Speed options, applied when a Trainer sets the model up (every model with a ``backbone``): its weights
+        and inputs in channels-last memory format (``channels_last``), and ``torch.compile`` of it (``compile``:
+        true for torch's default backend, or a backend name such as ``aot_eager``); the state dict keeps its keys."""
+        backbone = getattr(self, "backbone", None)
+        if backbone is None:
+            return
+        if self.channels_last and not backbone.channels_last:
+            backbone.to(memory_format=torch.channels_last)
+            backbone.channels_last = True
+        if self.compile_backbone and getattr(backbone, "_compiled_call_impl", None) is None:
+            options = {} if self.compile_backbone is True else {"backend": str(self.compile_backbone)}
+            backbone.compile(**options)
 
     @classmethod
-    def from_checkpoint(cls, path: str, map_location: str | torch.device = "cpu") -> FERClassifier:
-        """Load a checkpoint of this model safely (``weights_only``), with nothing else: no data, no cache, no
-        ImageNet file and no deep-run checkpoint (the backbone weights are in the checkpoint itself)."""
-        ckpt = read_checkpoint(path)
+    def from_checkpoint(
+        cls, checkpoint: str | Path | Mapping[str, Any], map_location: str | torch.device = "cpu"
+    ) -> FERClassifier:
+        """This model from a checkpoint file, or from a checkpoint already read with
+        :func:`~fer_lightning.checkpoints.read_checkpoint` (so a command reads the file once), with nothing
+        else: no data, no cache, no ImageNet file and no deep-run checkpoint (the backbone weights are in the
+        checkpoint itself)."""
+        ckpt = checkpoint if isinstance(checkpoint, Mapping) else read_checkpoint(checkpoint)
         kind = ckpt[FORMAT_KEY].get("model")
         if kind != cls.model_name:
-            raise FERError(f"{path} holds a '{kind}' model, not '{cls.model_name}'")
-        overrides = {}
-        backbone = ckpt.get("hyper_parameters", {}).get("backbone")
+            raise FERError(f"{checkpoint if isinstance(checkpoint, str | Path) else 'the checkpoint'} holds a "
+                           f"'{kind}' model, not '{cls.model_name}'")
+        hparams = dict(ckpt.get("hyper_parameters", {}))
+        hparams.update(cls.offline_overrides(hparams))
+        hparams["compile"] = False  # no compile wait when loading for inference
+        params = inspect.signature(cls.__init__).parameters
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            hparams = {k: v for k, v in hparams.items() if k in params}
+        model = cls(**hparams)
+        model.on_load_checkpoint(ckpt)
+        model.load_state_dict(ckpt["state_dict"])
+        return model.to(map_location)
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, weights_only: bool = True, **kwargs: Any) -> Any:
+        """Lightning's loader, reading with ``weights_only=True`` unless told otherwise."""
+        return super().load_from_checkpoint(checkpoint_path, *args, weights_only=weights_only, **kwargs)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Whoever loads a checkpoint into this model (resuming ``fit``, ``load_from_checkpoint``): it must be a
+        checkpoint of this kind of model with these classes."""
+        path = self._trainer.ckpt_path if self._trainer is not None else None
+        check_record(checkpoint, self, f"ckpt_path={path}" if path else "the checkpoint")
+
+    @classmethod
+    def offline_overrides(cls, hparams: dict[str, Any]) -> dict[str, Any]:
+        """Constructor arguments that replace, when a checkpoint is loaded, every reference to files outside it
+        (ImageNet weights, the deep run's and the out-of-fold checkpoints): the checkpoint holds those weights."""
+        backbone = hparams.get("backbone")
         if isinstance(backbone, dict):
-            overrides["backbone"] = {**backbone, "weights": "none", "checkpoint": None}
-        return cls.load_from_checkpoint(path, map_location=map_location, **overrides)
+            files = {k: None for k in ("checkpoint", "oof_checkpoints") if k in backbone}
+            return {"backbone": {**backbone, "weights": "none", **files}}
+        return {}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         record = {"model": self.model_name, "class_names": list(self.class_names), "format": 1}
@@ -135,5 +222,12 @@ class FERClassifier(pl.LightningModule):
         checkpoint[FORMAT_KEY] = record
 
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.parameters() if p.requires_grad]
-        return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+        max_epochs = self.trainer.max_epochs if self._trainer is not None else None
+        return self.optim.configure((p for p in self.parameters() if p.requires_grad), max_epochs)
+
+
+def mean_nll(probs: torch.Tensor, target: torch.Tensor) -> float:
+    """Mean negative log-likelihood of the true classes (plain, without label smoothing): what model selection
+    and late-fusion weighting compare."""
+    p = probs.double().gather(1, target.long().view(-1, 1)).clamp_min(1e-12)
+    return float(-p.log().mean())

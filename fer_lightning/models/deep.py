@@ -26,10 +26,13 @@ class DeepFER(FERClassifier):
         class_names: Sequence[str],
         backbone: dict[str, Any] | None = None,
         head: dict[str, Any] | None = None,
-        lr: float = 1e-4,
-        weight_decay: float = 0.0,
+        optim: dict[str, Any] | None = None,
+        class_weights: str = "none",
+        channels_last: bool = False,
+        compile: bool | str = False,
     ) -> None:
-        super().__init__(class_names, lr=lr, weight_decay=weight_decay)
+        super().__init__(class_names, optim=optim, class_weights=class_weights, channels_last=channels_last,
+                         compile=compile)
         self.save_hyperparameters()
         backbone = {"weights": "imagenet", "trainable": True, **(backbone or {})}
         head = {"hidden": [256], "dropout": [0.5], **(head or {})}

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from fer_lightning.distributed import agree_on_fitted, one_at_a_time
+from fer_lightning.errors import FERError
 from fer_lightning.features.extractor import HandcraftedFeatures
 from fer_lightning.heads import FusionHead
 from fer_lightning.models.base import FERClassifier
@@ -34,20 +36,37 @@ class HandcraftedFER(FERClassifier):
         features: HandcraftedFeatures | dict[str, Any],
         pca: dict[str, Any] | None = None,
         head: dict[str, Any] | None = None,
-        lr: float = 1e-4,
-        weight_decay: float = 0.0,
+        fusion: dict[str, Any] | None = None,
+        optim: dict[str, Any] | None = None,
         fitted_components: int | None = None,
+        class_weights: str = "none",
+        channels_last: bool = False,
+        compile: bool | str = False,
     ) -> None:
-        super().__init__(class_names, lr=lr, weight_decay=weight_decay)
+        """``pca``: ``{"n_components": 0.95}`` (a count, a variance fraction, or None for no PCA of the fused
+        blocks); ``head``: :class:`~fer_lightning.heads.MLPHead` keywords (``hidden=[]``: a linear head);
+        ``fusion``: ``{"balance": "none" | "block", "per_block_pca": None | count | fraction}`` (see
+        :class:`~fer_lightning.heads.FusionHead`); ``optim``: a recipe section; ``pca.fit_samples``: the z-score
+        and PCA layers are fitted on a seeded sample of at most this many training images (all when fewer);
+        ``channels_last``, ``compile``: no effect (no CNN)."""
+        super().__init__(class_names, optim=optim, class_weights=class_weights, channels_last=channels_last,
+                         compile=compile)
         self.extractor = HandcraftedFeatures.build(features)
         self.save_hyperparameters(ignore=["features"])
         self.hparams["features"] = self.extractor.full_config()
         head = {"hidden": [512, 256], "dropout": [0.5, 0.3], "input_dropout": 0.5, "batchnorm": True, **(head or {})}
+        # the z-score and PCA layers see at most this many training images (a seeded sample; all when fewer)
+        self.fit_samples = (pca or {}).get("fit_samples", 20000)
+        fusion = {"balance": "none", "per_block_pca": None, **(fusion or {})}
+        unknown = sorted(set(fusion) - {"balance", "per_block_pca"})
+        if unknown:
+            raise FERError(f"model.fusion: unknown key(s) {', '.join(unknown)}; valid keys: balance, per_block_pca")
         self.fusion = FusionHead(
             {**self.extra_block_dims(), **self.extractor.block_dims()},
             self.num_classes,
             n_components=(pca or {}).get("n_components", 0.95),
             fitted_components=fitted_components,
+            **fusion,
             **head,
         )
 
@@ -56,8 +75,8 @@ class HandcraftedFER(FERClassifier):
         """Blocks besides the handcrafted ones, fused in front of them."""
         return {}
 
-    def extra_train_blocks(self, datamodule: Any) -> dict[str, torch.Tensor]:
-        """Those blocks for the training split (prepared in :meth:`setup`)."""
+    def extra_train_blocks(self, datamodule: Any, rows: Any) -> dict[str, torch.Tensor]:
+        """Those blocks for the training images ``rows`` (prepared in :meth:`setup`)."""
         return {}
 
     def extra_blocks(self, batch: dict[str, Any] | None, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -69,8 +88,11 @@ class HandcraftedFER(FERClassifier):
         if self.fusion.fitted or self._trainer is None or self.trainer.datamodule is None:
             return
         dm = self.trainer.datamodule
-        blocks = {**self.extra_train_blocks(dm), **dm.train_features(self.extractor)}
+        with one_at_a_time(getattr(dm, "cache_dir", None)):  # DDP: one process builds a feature cache
+            rows = dm.fit_rows(self.fit_samples)
+            blocks = {**self.extra_train_blocks(dm, rows), **dm.train_features(self.extractor, rows)}
         self.hparams["fitted_components"] = self.fusion.fit(blocks)
+        agree_on_fitted(self.fusion, self.trainer.strategy)  # DDP: the same statistics on every process
 
     def handcrafted_blocks(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         if self.extractor.source == "precomputed" and "features" in batch:

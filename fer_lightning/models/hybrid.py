@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from fer_lightning.features.cache import cached_blocks
+from fer_lightning.data.splits import inner_split
+from fer_lightning.errors import FERError
 from fer_lightning.features.extractor import HandcraftedFeatures
+from fer_lightning.features.store import block_store
 from fer_lightning.models.backbone import MobileNetV2Backbone
 from fer_lightning.models.handcrafted import HandcraftedFER
 
 DEEP_BLOCK = "deep"
+log = logging.getLogger(__name__)
 
 
 class HybridFER(HandcraftedFER):
@@ -20,13 +24,16 @@ class HybridFER(HandcraftedFER):
     -> 512 -> ReLU -> Dropout 0.5 -> 256 -> ReLU -> Dropout 0.3 -> num_classes``.
 
     ``backbone``: ``{"weights": "imagenet" | "none" | path, "checkpoint": a deep run's checkpoint or None,
-    "trainable": bool}``. Frozen (the default), the backbone's GAP features of every image are computed once in
-    :meth:`setup` (cached on disk under a digest of the weights) and looked up by image index; trainable, they
-    are computed on each (augmented) batch and the backbone is fine-tuned through the fixed PCA. The z-score and
-    PCA layers are fitted once in :meth:`setup`, on the training split only, before training.
+    "trainable": bool, "oof_folds": k, "oof_checkpoints": [k deep checkpoints]}`` (out-of-fold training
+    features, see :meth:`_out_of_fold`). Frozen (the default), the backbone's GAP features of every image are
+    computed once in :meth:`setup` (in batches, into a memory-mapped store under a digest of the weights) and
+    looked up by image index; trainable, they are computed on each (augmented) batch and the backbone is
+    fine-tuned through the fixed PCA. The z-score and PCA layers are fitted once in :meth:`setup`, on (a sample
+    of) the training split only, before training.
     """
 
     model_name = "hybrid"
+    fuses_backbone = True  # in a pipeline, it takes the deep stage's fine-tuned backbone
 
     def __init__(
         self,
@@ -35,9 +42,14 @@ class HybridFER(HandcraftedFER):
         backbone: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        """``kwargs``: the handcrafted model's ``pca``, ``head``, ``lr``, ``weight_decay``, ``fitted_components``."""
+        """``kwargs``: the handcrafted model's ``pca``, ``head``, ``fusion``, ``optim``, ``fitted_components``,
+        ``channels_last``, ``compile``."""
         super().__init__(class_names, features, **kwargs)
         backbone = {"weights": "imagenet", "checkpoint": None, "trainable": False, **(backbone or {})}
+        self.oof_folds = int(backbone.pop("oof_folds", 0) or 0)
+        self.oof_checkpoints = list(backbone.pop("oof_checkpoints", None) or [])
+        if self.oof_folds and backbone["trainable"]:
+            raise FERError("model.backbone.oof_folds needs a frozen backbone (model.backbone.trainable=false)")
         self.backbone = MobileNetV2Backbone(**backbone)
         self.register_buffer("gap_table", None, persistent=False)  # frozen backbone: GAP of every image
 
@@ -48,22 +60,49 @@ class HybridFER(HandcraftedFER):
     def extra_block_dims(self) -> dict[str, int]:
         return {DEEP_BLOCK: MobileNetV2Backbone.out_features}
 
-    def extra_train_blocks(self, datamodule: Any) -> dict[str, torch.Tensor]:
+    def extra_train_blocks(self, datamodule: Any, rows: Any) -> dict[str, torch.Tensor]:
         datamodule.setup()
         images = datamodule.decoded.images
         device = self.trainer.strategy.root_device
         if self.frozen and self.gap_table is None:
             spec = {"dataset": datamodule.fingerprint, "image_size": int(images.shape[-1]),
                     "backbone": self.backbone.fingerprint()}
-            blocks = cached_blocks(
+            store = block_store(
                 "gap", spec, self.extra_block_dims(), len(images), datamodule.cache_dir,
-                lambda: {DEEP_BLOCK: self.backbone.gap_features(images, device)},
+                lambda a, b: {DEEP_BLOCK: self.backbone.gap_features(images[a:b], device)}, batch_size=256,
             )
-            self.gap_table = blocks[DEEP_BLOCK]
-        train_idx = torch.as_tensor(datamodule.split.train, dtype=torch.long)
+            self.gap_table = store.tensor(DEEP_BLOCK)
+            if self.oof_folds:
+                self.gap_table = self._out_of_fold(datamodule, self.gap_table.clone(), device)
+        train_idx = torch.as_tensor(rows, dtype=torch.long)
         if self.gap_table is not None:
             return {DEEP_BLOCK: self.gap_table[train_idx]}
         return {DEEP_BLOCK: self.backbone.gap_features(images[train_idx], device)}
+
+    def _out_of_fold(self, datamodule: Any, table: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """``table`` with each training image's GAP features taken from the backbone fine-tuned without it:
+        ``oof_checkpoints[i]`` is the deep run of inner fold ``i`` (``data.inner_folds=oof_folds``), whose held-out
+        images are exactly that fold, so the head trains on features that behave like test features."""
+        if len(self.oof_checkpoints) != self.oof_folds:
+            raise FERError(
+                f"model.backbone.oof_folds={self.oof_folds} needs {self.oof_folds} out-of-fold deep checkpoints "
+                f"(model.backbone.oof_checkpoints, got {len(self.oof_checkpoints)}); the pipeline "
+                "(experiment=paper or fusion_ablation) fine-tunes them for you"
+            )
+        d, split = datamodule.decoded, datamodule.split
+        covered = torch.zeros(len(table), dtype=torch.bool)
+        for i, ckpt in enumerate(self.oof_checkpoints):
+            held = inner_split(split, d.labels, d.subjects, folds=self.oof_folds, fold=i, seed=datamodule.seed,
+                               by_subject=datamodule.subject_independent).test
+            held = torch.as_tensor(held, dtype=torch.long)
+            fold_backbone = MobileNetV2Backbone(weights="none", trainable=False, checkpoint=ckpt)
+            table[held] = fold_backbone.gap_features(d.images[held], device)
+            covered[held] = True
+        if not bool(covered[torch.as_tensor(split.train, dtype=torch.long)].all()):
+            raise RuntimeError("out-of-fold GAP features do not cover every training image")
+        log.info("hybrid: GAP features of the %d training images are out-of-fold (%d backbones)",
+                 len(split.train), self.oof_folds)
+        return table
 
     def extra_blocks(self, batch: dict[str, Any] | None, images: torch.Tensor) -> dict[str, torch.Tensor]:
         if batch is not None and self.frozen and self.gap_table is not None and "index" in batch:

@@ -1,16 +1,18 @@
-"""Any labelled folder of faces: ``root/<class>/<image>``, class names mapped to the 7 expressions."""
+"""Any labelled folder of faces: ``root/<class>/<image>``, class names mapped to the expressions."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
 
 from fer_lightning.data.classes import CLASS_ALIASES
-from fer_lightning.data.jaffe import FaceRecord
+from fer_lightning.data.images import IMAGE_SUFFIXES
+from fer_lightning.data.sources.base import Record, Source
 from fer_lightning.errors import FERError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".pgm", ".ppm", ".webp")
+log = logging.getLogger(__name__)
 
 
 def subject_of(path: Path, pattern: re.Pattern[str] | None) -> str:
@@ -47,7 +49,7 @@ def _files_below(folder: Path) -> list[Path]:
             if Path(d, name).is_file()]
 
 
-def scan_folder(root: str | Path, subject_regex: str | None = None) -> list[FaceRecord]:
+def scan_folder(root: str | Path, subject_regex: str | None = None) -> list[Record]:
     """Images under ``root/<class>/`` (any depth below the class folder), sorted; labels from the folder names."""
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -57,13 +59,40 @@ def scan_folder(root: str | Path, subject_regex: str | None = None) -> list[Face
     except re.error as e:
         raise FERError(f"data.subject_regex={subject_regex!r} is not a valid regular expression ({e})") from e
     accepted = ", ".join(sorted(CLASS_ALIASES))
-    records: list[FaceRecord] = []
+    real_root = root.resolve()
+    records: list[Record] = []
     for folder in sorted(p for p in _listing(root) if p.is_dir() and not p.name.startswith(".")):
         label = CLASS_ALIASES.get(folder.name.lower())
         if label is None:
             raise FERError(f"{folder}: unknown class folder '{folder.name}'; accepted names: {accepted}")
+        if real_root.is_relative_to(folder.resolve()):
+            raise FERError(f"{folder}: this class folder is a link to {folder.resolve()}, which holds data.root "
+                           "itself (every image would be read again under this label); remove the link")
         files = sorted(p for p in _files_below(folder) if p.suffix.lower() in IMAGE_SUFFIXES)
-        records += [FaceRecord(path=p, subject=subject_of(p, pattern), label=label) for p in files]
+        if not files:
+            raise FERError(f"{folder}: class folder '{folder.name}' holds no images; add images or remove the folder")
+        records += [Record(path=p, subject=subject_of(p, pattern), label=label,
+                           name=p.relative_to(root).as_posix()) for p in files]
     if not records:
         raise FERError(f"data.root={root} holds no images in class folders (root/<class>/<image>, classes: {accepted})")
     return records
+
+
+class FolderSource(Source):
+    """``root/<class>/<image>``; the subject of an image from ``subject_regex`` on its file name (default: stem)."""
+
+    def __init__(self, root: str | Path | None = None, cache_dir: str | Path | None = None,
+                 subject_regex: str | None = None) -> None:
+        if root is None:
+            raise FERError("data=folder needs data.root=/path/to/faces (a folder of class folders)")
+        super().__init__(root, cache_dir)
+        self.subject_regex = subject_regex
+
+    @property
+    def name(self) -> str:
+        return self.root.resolve().name
+
+    def scan(self) -> list[Record]:
+        records = scan_folder(self.root, self.subject_regex)
+        log.info("%s: %d images of %d subjects", self.root, len(records), len({r.subject for r in records}))
+        return records

@@ -1,0 +1,41 @@
+"""On-disk dataset formats, one module each; every source turns files into :class:`Record` s and nothing more.
+
+``data.source`` names one of :data:`SOURCES`; RAF-DB and AffectNet are configs of the ``manifest`` source.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+from fer_lightning.data.sources.base import Record, Source
+from fer_lightning.data.sources.fer2013 import FER2013Source
+from fer_lightning.data.sources.folder import FolderSource
+from fer_lightning.data.sources.jaffe import JAFFESource
+from fer_lightning.data.sources.manifest import ManifestSource
+from fer_lightning.errors import FERError
+
+SOURCES: dict[str, type[Source]] = {
+    "jaffe": JAFFESource,
+    "folder": FolderSource,
+    "fer2013": FER2013Source,
+    "manifest": ManifestSource,
+}
+
+
+def make_source(kind: str, root: str | Path | None, cache_dir: str | Path | None, **options: Any) -> Source:
+    """The source ``kind`` with its own options; one line naming the option when one is not its own."""
+    if kind not in SOURCES:
+        raise FERError(f"data.source={kind} is unknown; choose one of: {', '.join(SOURCES)}")
+    cls = SOURCES[kind]
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "root", "cache_dir")]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise FERError(f"data.{unknown[0]} is not an option of data.source={kind}; its own options are: "
+                       f"{', '.join(accepted) or 'none'}")
+    return cls(root=root, cache_dir=cache_dir, **options)
+
+
+__all__ = ["SOURCES", "FER2013Source", "FolderSource", "JAFFESource", "ManifestSource", "Record", "Source",
+           "make_source"]

@@ -1,0 +1,92 @@
+"""What a source gives the data module: one :class:`Record` per labelled image, and the dataset's classes.
+
+A source only reads the dataset's index (file names, label files, CSV columns); decoding pixels is the store's
+job (:mod:`fer_lightning.data.store`), done once and in parallel, through :meth:`Record.read`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from fer_lightning.data.classes import ALL_CLASS_NAMES
+from fer_lightning.data.images import read_csv_pixels, read_grey
+from fer_lightning.errors import FERError
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Record:
+    """One labelled image.
+
+    ``path``: the image file, or the text file holding its pixels (then ``pixels_at`` = (byte offset of its
+    line, column index)); ``name``: how results name it (the path relative to the dataset root, or
+    ``fer2013.csv#17`` for row 17); ``subject``: the person, or None where the dataset has no subject ids;
+    ``split``: ``train``/``val``/``test`` where the dataset has a published split; ``soft``: a label
+    distribution over the source's classes (FER+ votes), else None.
+    """
+
+    path: Path
+    label: str
+    subject: str | None = None
+    split: str | None = None
+    name: str = ""
+    pixels_at: tuple[int, int] | None = None
+    soft: tuple[float, ...] | None = None
+
+    def read(self) -> np.ndarray:
+        """The image as ``(H, W)`` uint8 grey."""
+        if self.pixels_at is None:
+            return read_grey(self.path)
+        return read_csv_pixels(self.path, *self.pixels_at, where=self.name)
+
+
+class Source:
+    """Base of the on-disk formats. Subclasses implement :meth:`scan`; ``name`` is the dataset's name in results."""
+
+    name = "dataset"
+
+    def __init__(self, root: str | Path | None, cache_dir: str | Path | None = None) -> None:
+        self.root = None if root is None else Path(root).expanduser()
+        self.cache_dir = cache_dir
+
+    def scan(self) -> list[Record]:
+        raise NotImplementedError
+
+    @cached_property
+    def records(self) -> list[Record]:
+        records = self.scan()
+        if not records:
+            raise FERError(f"data.root={self.root}: no labelled images found")
+        return records
+
+    def classes(self) -> tuple[str, ...]:
+        """The classes present, in canonical order (models' outputs follow them); at least two. The data module
+        asks once and keeps the answer."""
+        present = {r.label for r in self.records}
+        classes = tuple(c for c in ALL_CLASS_NAMES if c in present)
+        if len(classes) < 2:
+            raise FERError(f"data.root={self.root} holds only the class {classes}; at least two are needed")
+        return classes
+
+    @property
+    def has_subjects(self) -> bool:
+        return all(r.subject is not None for r in self.records)
+
+    @property
+    def has_split(self) -> bool:
+        return all(r.split is not None for r in self.records)
+
+
+def under_root(root: Path, relative: str, where: str) -> Path:
+    """``root / relative``, refusing a path that leaves ``root`` (absolute, ``..``, or a link pointing out)."""
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise FERError(f"{where}: path '{relative}' is outside data.root={root}; give paths relative to data.root")
+    if not path.is_file():
+        raise FERError(f"{where}: image '{relative}' does not exist under data.root={root}; fix the path or the root")
+    return path

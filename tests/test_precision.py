@@ -1,0 +1,95 @@
+"""Precision and speed options: trainer.precision, model.channels_last, model.compile; handcrafted features and
+the fitted z-score/PCA layers stay exact under autocast."""
+
+import logging
+
+import pytest
+import torch
+
+from fer_lightning.features.extractor import HandcraftedFeatures
+from fer_lightning.heads import FusionHead
+from fer_lightning.models.deep import DeepFER
+from fer_lightning.training import train
+
+CUDA = torch.cuda.is_available()
+
+
+def faces(n=6, size=64):
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (n, 1, size, size), dtype=torch.uint8, generator=g)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_handcrafted_features_and_fitted_layers_exact_under_autocast(device):
+    x = faces().to(device)
+    extractor = HandcraftedFeatures(hog={"scales": [64, 32]}, lbp={"scales": [64]}).to(device)
+    head = FusionHead(extractor.block_dims(), 7, n_components=4).to(device)
+    head.fit(extractor(x))
+    reference = extractor(x.float() / 255)
+    reduced = head.reduce(reference)
+    dtypes = [torch.bfloat16] + ([torch.float16] if device == "cuda" else [])
+    for dtype in dtypes:
+        with torch.autocast(device, dtype=dtype):
+            blocks = extractor(x.float() / 255)
+            under = head.reduce(blocks)
+        for k, v in reference.items():
+            assert blocks[k].dtype == torch.float32 and torch.equal(blocks[k], v), k
+        assert under.dtype == torch.float32 and torch.equal(under, reduced)
+
+
+def test_bf16_mixed_trains(make_cfg, caplog):
+    with caplog.at_level(logging.INFO):
+        m = train(make_cfg("model=hybrid", "trainer.precision=bf16-mixed", "trainer.fast_dev_run=true"))
+    assert any("bfloat16 Automatic Mixed Precision" in r.getMessage() for r in caplog.records)
+    assert m["n_test"] == 16 and 0.0 <= m["test/acc"] <= 1.0 and m["test/auroc"] == m["test/auroc"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed"])
+def test_mixed_precision_on_cuda(make_cfg, precision):
+    m = train(make_cfg("trainer=gpu", f"trainer.precision={precision}", "trainer.fast_dev_run=true"))
+    assert m["n_test"] == 16
+
+
+def test_16_mixed_needs_a_gpu():
+    if CUDA:
+        pytest.skip("a GPU is here: test_mixed_precision_on_cuda runs 16-mixed")
+    import pytorch_lightning as pl
+
+    # float16 autocast with loss scaling is a GPU feature: on the CPU Lightning runs bf16-mixed instead (warned)
+    with pytest.warns(UserWarning, match="fp16 is not supported on CPU"):
+        trainer = pl.Trainer(accelerator="cpu", precision="16-mixed", logger=False, enable_progress_bar=False)
+    assert trainer.precision == "bf16-mixed"
+
+
+def test_channels_last_same_outputs(make_cfg):
+    torch.manual_seed(0)
+    plain = DeepFER(["a", "b"], backbone={"weights": "none"}).eval()
+    fast = DeepFER(["a", "b"], backbone={"weights": "none"}, channels_last=True).eval()
+    fast.load_state_dict(plain.state_dict())
+    fast.configure_model()
+    conv = fast.backbone.features[0][0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    x = faces(4).float() / 255
+    with torch.no_grad():
+        assert torch.allclose(fast(x), plain(x), atol=1e-5)
+    m = train(make_cfg("model.channels_last=true", "trainer.fast_dev_run=true"))
+    assert m["n_test"] == 16
+
+
+def test_compile_wraps_the_backbone_and_keeps_the_state_dict():
+    """Compilation itself takes minutes for MobileNetV2 on 2 CPU cores: here the wiring (lazy, nothing runs);
+    test_compiled_training_on_cuda trains with it where there is a GPU."""
+    plain = DeepFER(["a", "b"], backbone={"weights": "none"})
+    compiled = DeepFER(["a", "b"], backbone={"weights": "none"}, compile="aot_eager")
+    compiled.configure_model()
+    assert compiled.backbone._compiled_call_impl is not None and plain.backbone._compiled_call_impl is None
+    assert list(compiled.state_dict()) == list(plain.state_dict())
+    compiled.configure_model()  # a second fit/test does not compile again
+    assert compiled.hparams["compile"] == "aot_eager"
+
+
+@pytest.mark.gpu
+def test_compiled_training_on_cuda(make_cfg):
+    m = train(make_cfg("trainer=gpu", "model.compile=true", "model.channels_last=true", "trainer.fast_dev_run=true"))
+    assert m["n_test"] == 16
