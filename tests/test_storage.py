@@ -43,3 +43,20 @@ def test_non_utf8_file_names_are_written_escaped(tmp_path):
     write_json(tmp_path / "m.json", {"file": name})
     assert (tmp_path / "p.csv").read_bytes().decode("utf-8") == "file\nhappy/caf\\xe9.jpg\n"
     assert json.loads((tmp_path / "m.json").read_text(encoding="utf-8"))["file"] == name
+
+
+def test_caches_honour_the_umask(tmp_path, umask):
+    """The synthetic set, the decoded-image store and its checksums: what open() and mkdir() would give (0644 /
+    0755 under umask 022), not mkstemp's 0600 or mkdtemp's 0700, so the users of a shared cache can read it."""
+    from fer_lightning.data import JAFFEDataModule
+    from fer_lightning.data.synthetic import ensure_synthetic
+
+    umask(0o022)
+    root = ensure_synthetic(tmp_path / "synthetic", n_subjects=2, per_expression=1, seed=0)
+    dm = JAFFEDataModule(root=str(root), image_size=32, cache_dir=str(tmp_path / "cache"), decode_workers=1)
+    dm.prepare_data()
+    written = [p for p in tmp_path.rglob("*") if not p.name.endswith(".lock")]
+    assert any(p.suffix == ".npy" for p in written)
+    wrong = {str(p.relative_to(tmp_path)): oct(mode(p)) for p in written
+             if mode(p) != (0o755 if p.is_dir() else 0o644)}
+    assert not wrong

@@ -24,6 +24,8 @@ import numpy as np
 from PIL import Image
 from skimage.transform import AffineTransform, warp
 
+from fer_lightning.storage import current_umask
+
 log = logging.getLogger(__name__)
 
 SIZE = 256
@@ -171,13 +173,11 @@ def _grey_palette_image(arr: np.ndarray) -> Image.Image:
     return img
 
 
-def generate(out_dir: str | Path, n_subjects: int = 10, per_expression: int = 3, seed: int = 0) -> list[Path]:
-    """Write the synthetic set into ``out_dir`` (which must not exist yet) and return the file paths."""
-    out_dir = Path(out_dir)
+def faces(n_subjects: int = 10, per_expression: int = 3, seed: int = 0):
+    """``(subject code, expression code, k, image id, (256, 256) uint8)`` for every face of the set, in order."""
     rng = np.random.default_rng(seed)
     subjects = [_subject(rng) for _ in range(n_subjects)]
-    paths, image_id = [], 0
-    out_dir.mkdir(parents=True)
+    image_id = 0
     for si, subject in enumerate(subjects):
         code = f"{SUBJECT_PREFIX}{chr(ord('A') + si % 26)}{'' if si < 26 else si // 26}"
         for expr, target in EXPRESSION_PARAMS.items():
@@ -185,12 +185,57 @@ def generate(out_dir: str | Path, n_subjects: int = 10, per_expression: int = 3,
                 image_id += 1
                 intensity = rng.uniform(0.55, 1.1)
                 params = _NEUTRAL + intensity * (target - _NEUTRAL) + rng.normal(0, 1, 7) * _PARAM_NOISE
-                arr = render_face(subject, params, rng)
-                path = out_dir / f"{code}.{expr}{k}.{image_id}.tiff"
-                img = _grey_palette_image(arr) if image_id % 7 == 0 else Image.fromarray(arr)
-                img.save(path, format="TIFF")
-                paths.append(path)
+                yield code, expr, k, image_id, render_face(subject, params, rng)
+
+
+def generate(out_dir: str | Path, n_subjects: int = 10, per_expression: int = 3, seed: int = 0) -> list[Path]:
+    """Write the synthetic set into ``out_dir`` (which must not exist yet) and return the file paths."""
+    out_dir = Path(out_dir)
+    paths = []
+    out_dir.mkdir(parents=True)
+    for code, expr, k, image_id, arr in faces(n_subjects, per_expression, seed):
+        path = out_dir / f"{code}.{expr}{k}.{image_id}.tiff"
+        img = _grey_palette_image(arr) if image_id % 7 == 0 else Image.fromarray(arr)
+        img.save(path, format="TIFF")
+        paths.append(path)
     return paths
+
+
+# FER2013's emotion codes, from the JAFFE expression codes of the synthetic faces
+FER2013_CODE = {"AN": 0, "DI": 1, "FE": 2, "HA": 3, "SA": 4, "SU": 5, "NE": 6}
+
+
+def write_fer2013(path: str | Path, rows: int, size: int = 48, seed: int = 0,
+                  usage: tuple[float, float] = (0.8, 0.1), n_subjects: int = 10) -> Path:
+    """A FER2013-format CSV (``emotion,pixels,Usage``) of ``rows`` distinct synthetic ``size`` x ``size`` faces:
+    each row is one of ``n_subjects`` x 7 x 3 rendered faces with its own noise, brightness and flip, so it is
+    fast for any number of rows. The first ``usage[0]`` of the rows are Training, the next ``usage[1]``
+    PublicTest, the rest PrivateTest (FER2013's own order). Deterministic for a seed."""
+    base, codes = [], []
+    for _, expr, _, _, arr in faces(n_subjects, 3, seed):
+        small = Image.fromarray(arr).resize((size, size), Image.Resampling.BILINEAR)
+        base.append(np.asarray(small, dtype=np.float32))
+        codes.append(FER2013_CODE[expr])
+    base_arr, codes_arr = np.stack(base), np.asarray(codes)
+    rng = np.random.default_rng(seed + 1)
+    text = [str(v).encode() for v in range(256)]
+    n_train, n_val = int(rows * usage[0]), int(rows * usage[1])
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(b"emotion,pixels,Usage\n")
+        for start in range(0, rows, 2048):
+            n = min(2048, rows - start)
+            pick = rng.integers(0, len(base_arr), n)
+            imgs = base_arr[pick] * rng.uniform(0.8, 1.2, (n, 1, 1)) + rng.normal(0, 6.0, (n, size, size))
+            flip = rng.random(n) < 0.5
+            imgs[flip] = imgs[flip, :, ::-1]
+            imgs = np.clip(np.rint(imgs), 0, 255).astype(np.uint8).reshape(n, -1)
+            for i in range(n):
+                row = start + i
+                use = b"Training" if row < n_train else b"PublicTest" if row < n_train + n_val else b"PrivateTest"
+                f.write(b"%d,%s,%s\n" % (codes_arr[pick[i]], b" ".join(map(text.__getitem__, imgs[i])), use))
+    return path
 
 
 def ensure_synthetic(cache_dir: str | Path, n_subjects: int = 10, per_expression: int = 3, seed: int = 0) -> Path:
@@ -204,6 +249,7 @@ def ensure_synthetic(cache_dir: str | Path, n_subjects: int = 10, per_expression
     log.info("generating the synthetic JAFFE-format set in %s", final)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=name + ".tmp"))
     try:
+        tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700: a shared cache stays readable by its users
         generate(tmp / "faces", n_subjects, per_expression, seed)
         for p in (tmp / "faces").iterdir():
             p.rename(tmp / p.name)
