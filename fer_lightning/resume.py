@@ -39,11 +39,14 @@ def resume_command(out: Path) -> str:
     try:
         hydra_cfg = HydraConfig.get()
         overrides = [o for o in hydra_cfg.overrides.task if not o.startswith(("ckpt_path=", "hydra.run.dir="))]
-        if Path(hydra_cfg.runtime.output_dir).resolve() != out:  # a stage of a pipeline: not resumable alone
-            return f"ckpt_path={ckpt}"
+        job_dir = Path(hydra_cfg.runtime.output_dir).resolve()
     except Exception:  # train() called from Python, not from the command line (no Hydra run)
         return f"ckpt_path={ckpt}"
-    args = [*overrides, f"ckpt_path={ckpt}", f"hydra.run.dir={out}"]
+    if job_dir != out:  # a stage of a pipeline: the pipeline again in its folder reuses the finished stages and
+        # resumes this one from its last.ckpt (fer_lightning.pipeline)
+        args = [*overrides, f"hydra.run.dir={job_dir}"]
+    else:
+        args = [*overrides, f"ckpt_path={ckpt}", f"hydra.run.dir={out}"]
     return "python -m fer_lightning.train " + " ".join(shlex.quote(a) for a in args)
 
 

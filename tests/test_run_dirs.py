@@ -76,3 +76,43 @@ def test_a_sweep_folder_holding_finished_runs_is_refused(tmp_path, capsys):
     finally:
         HydraConfig.instance().cfg = None  # what the guard set for Hydra, which is not running here
     assert e.value.code == 2 and f"hydra.sweep.dir={tmp_path} already holds finished runs" in capsys.readouterr().err
+
+
+def test_a_pipeline_stage_interrupted_earlier_resumes_from_its_own_last_checkpoint(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    import fer_lightning.pipeline as pipeline
+
+    stage = OmegaConf.create({"paths": {"output_dir": str(tmp_path / "deep")}, "variant": "deep", "ckpt_path": None})
+    seen = []
+    monkeypatch.setattr(pipeline, "train", lambda cfg: seen.append(cfg.ckpt_path) or {})
+    pipeline._train_stage(stage.copy())  # nothing there yet: a fresh stage
+    interrupted_run(tmp_path / "deep")
+    pipeline._train_stage(stage.copy())
+    assert seen == [None, str(tmp_path / "deep" / "checkpoints" / "last.ckpt")]
+
+
+def test_the_resume_command_of_a_run_and_of_a_pipeline_stage(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from fer_lightning.config import config_dir
+    from fer_lightning.resume import resume_hint
+
+    run = interrupted_run(tmp_path / "run")
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=["data.seed=3", "ckpt_path=old.ckpt"], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run)
+    HydraConfig.instance().set_config(cfg)
+    try:
+        alone = resume_hint(run)
+        stage = resume_hint(interrupted_run(run / "deep"))  # a stage of the pipeline whose folder is `run`
+    finally:
+        HydraConfig.instance().cfg = None
+    assert alone == ("training was interrupted; resume it with: python -m fer_lightning.train data.seed=3 "
+                     f"ckpt_path={run.resolve()}/checkpoints/last.ckpt hydra.run.dir={run.resolve()}")
+    assert stage == f"training was interrupted; resume it with: python -m fer_lightning.train data.seed=3 " \
+                    f"hydra.run.dir={run.resolve()}"
+    assert resume_hint(tmp_path / "empty").startswith("training was interrupted before its first checkpoint")
