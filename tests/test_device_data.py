@@ -35,8 +35,8 @@ def on_disk(arrays):
 def test_same_batches_and_random_draws_as_a_dataloader(shuffle, drop_last):
     images, targets, features = store()
     split = torch.tensor([3, 5, 8, 13, 21, 34, 1, 2, 0, 30, 31, 4, 6, 9, 10, 11, 12, 14, 15, 16])
-    host = DataLoader(IndexedImages(on_disk({"images": images}), targets, split, on_disk(features)), batch_size=6, shuffle=shuffle,
-                      drop_last=drop_last)
+    host = DataLoader(IndexedImages(on_disk({"images": images}), targets, split, on_disk(features)), batch_size=6,
+                      shuffle=shuffle, drop_last=drop_last)
     device = DeviceBatches(images, targets, split, features, batch_size=6, shuffle=shuffle, drop_last=drop_last)
     assert len(device) == len(host)
     state = torch.get_rng_state()
