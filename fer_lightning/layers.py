@@ -79,8 +79,8 @@ class ZScore(_Fitted):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_fitted()
-        with torch.autocast(x.device.type, enabled=False):  # fitted statistics apply in float32, always
-            return (x.float() - self.mean) / self.std
+        with torch.autocast(x.device.type, enabled=False):  # fitted statistics apply in float32 (or float64), always
+            return (x.to(torch.promote_types(self.mean.dtype, torch.float32)) - self.mean) / self.std
 
 
 class PCAProjection(_Fitted):
@@ -173,7 +173,7 @@ class PCAProjection(_Fitted):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_fitted()
         with torch.autocast(x.device.type, enabled=False):  # a projection of ~27k features: float32, always
-            return F.linear(x.float() - self.mean, self.components)
+            return F.linear(x.to(torch.promote_types(self.mean.dtype, torch.float32)) - self.mean, self.components)
 
 
 class BlockScale(_Fitted):

@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from fer_lightning.chunked import open_or_build
 from fer_lightning.data.datamodule import IndexedImages, JAFFEDataModule
 from fer_lightning.data.device import DeviceBatches
 from fer_lightning.errors import FERError
@@ -13,29 +14,29 @@ from fer_lightning.training import train
 from .test_train import VOLATILE
 
 
-class ArrayStore:
-    """The two things IndexedImages asks of a store: ``array(name)`` and ``meta["arrays"]``."""
-
-    def __init__(self, **arrays):
-        self.arrays, self.meta = {k: v.numpy() for k, v in arrays.items()}, {"arrays": list(arrays)}
-
-    def array(self, name):
-        return self.arrays[name]
-
-
 def store(n=37):
     g = torch.Generator().manual_seed(1)
     images = torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8, generator=g)
     return images, torch.arange(n) % 7, {"hog": torch.randn(n, 5, generator=g)}
 
 
+def on_disk(arrays):
+    """The same arrays as a (temporary) chunked store, as the host path reads them."""
+    def fill(start, stop, out):
+        for k, a in arrays.items():
+            out[k][start:stop] = a[start:stop].numpy()
+
+    specs = {k: (tuple(a.shape[1:]), str(a.numpy().dtype)) for k, a in arrays.items()}
+    n = len(next(iter(arrays.values())))
+    return open_or_build(None, "s", specs, n, fill, chunk=10)
+
+
 @pytest.mark.parametrize(("shuffle", "drop_last"), [(True, False), (True, True), (False, False)])
 def test_same_batches_and_random_draws_as_a_dataloader(shuffle, drop_last):
     images, targets, features = store()
     split = torch.tensor([3, 5, 8, 13, 21, 34, 1, 2, 0, 30, 31, 4, 6, 9, 10, 11, 12, 14, 15, 16])
-    host = DataLoader(IndexedImages(ArrayStore(images=images), targets, split, ArrayStore(**features)),
-                      batch_size=6, shuffle=shuffle,
-                      drop_last=drop_last)
+    host = DataLoader(IndexedImages(on_disk({"images": images}), targets, split, on_disk(features)), batch_size=6,
+                      shuffle=shuffle, drop_last=drop_last)
     device = DeviceBatches(images, targets, split, features, batch_size=6, shuffle=shuffle, drop_last=drop_last)
     assert len(device) == len(host)
     state = torch.get_rng_state()
@@ -81,7 +82,7 @@ def test_an_epoch_order_of_its_own_draws_nothing_from_the_global_generator():
     images, targets, features = store()
     split = torch.arange(3, 23)
     epoch = [0]
-    host = DataLoader(IndexedImages(ArrayStore(images=images), targets, split), batch_size=6,
+    host = DataLoader(IndexedImages(on_disk({"images": images}), targets, split), batch_size=6,
                       sampler=EpochShuffle(len(split), 7, lambda: epoch[0]), generator=torch.Generator())
     device = DeviceBatches(images, targets, split, None, batch_size=6, shuffle=True,
                            sampler=EpochShuffle(len(split), 7, lambda: epoch[0]))
