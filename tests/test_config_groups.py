@@ -9,6 +9,7 @@ import pytest
 from hydra.utils import instantiate
 from pytorch_lightning import callbacks as plc
 
+from fer_lightning.callbacks import TrainingPictures
 from fer_lightning.errors import FERError
 from fer_lightning.extras import check_config
 from fer_lightning.training import train
@@ -22,7 +23,7 @@ def test_callbacks_compose_from_a_list(make_cfg):
     assert {k: type(v) for k, v in built.items()} == {
         "model_checkpoint": plc.ModelCheckpoint, "early_stopping": plc.EarlyStopping,
         "lr_monitor": plc.LearningRateMonitor, "model_summary": plc.ModelSummary,
-        "rich_progress_bar": plc.RichProgressBar,
+        "rich_progress_bar": plc.RichProgressBar, "training_pictures": TrainingPictures,
     }
     # the keys other configs and users set stay where they were
     assert built["early_stopping"].patience == 10 and built["model_checkpoint"].monitor == "val/loss"
