@@ -425,6 +425,9 @@ class ReportWhenSweepEnds(Callback):
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
+    if {"-h", "--help"} & set(args):
+        print(__doc__)
+        return
     options = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in args if a.startswith("report.") and "=" in a}
     dirs = [Path(a) for a in args if not (a.startswith("report.") and "=" in a)]
     unknown = set(options) - {"report.output"}

@@ -21,15 +21,25 @@ from .conftest import REPO
 PACKAGE = REPO / "fer_lightning"
 
 
-def third_party_imports() -> set[str]:
-    """Every module the package imports (at any depth, inside functions too) that is neither ours nor stdlib."""
+def _imported(tree: ast.AST, in_functions: bool) -> set[str]:
+    found = set()
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and not in_functions:
+            continue
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+        found |= _imported(node, in_functions)
+    return found
+
+
+def third_party_imports(in_functions: bool = True) -> set[str]:
+    """Every module the package imports that is neither ours nor stdlib: at any depth, inside functions too, or
+    (``in_functions=False``) only those imported when a module is imported."""
     found = set()
     for path in PACKAGE.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                found |= {a.name for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                found.add(node.module)
+        found |= _imported(ast.parse(path.read_text()), in_functions)
     return {m for m in found if m.split(".")[0] not in sys.stdlib_module_names and m.split(".")[0] != "fer_lightning"}
 
 
@@ -38,13 +48,23 @@ def project() -> dict:
 
 
 def test_every_imported_distribution_is_declared():
+    """What a module imports when it is imported is a required dependency; what a function imports when an optional
+    feature runs (onnxruntime for export, av for video, facenet-pytorch for alignment) is required or in an extra."""
     declared = {Requirement(r).name.lower() for r in project()["dependencies"]}
     optional = {Requirement(r).name.lower() for reqs in project()["optional-dependencies"].values() for r in reqs}
     dists = metadata.packages_distributions()
-    tops = {m.split(".")[0] for m in third_party_imports()}
-    assert {"torch", "scipy", "omegaconf", "matplotlib", "pytorch_lightning"} <= tops  # the scan sees them
-    missing = {top: dists.get(top) for top in tops if not {d.lower() for d in dists.get(top, [])} & declared}
-    assert not missing, f"imported but not declared in [project] dependencies: {missing}"
+
+    def undeclared(tops: set[str], allowed: set[str]) -> dict:
+        return {top: dists.get(top) for top in tops if not {d.lower() for d in dists.get(top, [])} & allowed}
+
+    eager = {m.split(".")[0] for m in third_party_imports(in_functions=False)}
+    lazy = {m.split(".")[0] for m in third_party_imports()}
+    assert {"torch", "scipy", "omegaconf", "matplotlib", "pytorch_lightning"} <= eager  # the scan sees them
+    assert {"onnxruntime", "av", "facenet_pytorch"} <= lazy - eager
+    missing = undeclared(eager, declared)
+    assert not missing, f"imported by a module but not declared in [project] dependencies: {missing}"
+    missing = undeclared(lazy, declared | optional)
+    assert not missing, f"imported but declared neither in [project] dependencies nor in an extra: {missing}"
     assert not declared & optional, "a dependency is both required and optional"
 
 

@@ -104,6 +104,8 @@ def test_cli_and_errors(multirun, tmp_path, capsys):
         assert e.value.code == 2 and message in capsys.readouterr().err
     with pytest.raises(FERError):
         report([tmp_path / "empty"])
+    main(["--help"])  # usage, not a folder named --help
+    assert "report.output=DIR" in capsys.readouterr().out
 
 
 def test_sweep_configs_compose():
