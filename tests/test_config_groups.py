@@ -25,7 +25,7 @@ def test_callbacks_compose_from_a_list(make_cfg):
         "model_checkpoint": plc.ModelCheckpoint, "last_checkpoint": plc.ModelCheckpoint,
         "early_stopping": plc.EarlyStopping, "exact_resume": ExactResume, "training_pictures": TrainingPictures,
         "lr_monitor": plc.LearningRateMonitor, "model_summary": plc.ModelSummary,
-        "rich_progress_bar": plc.RichProgressBar, "training_pictures": TrainingPictures,
+        "rich_progress_bar": plc.RichProgressBar,
     }
     # the keys other configs and users set stay where they were
     assert built["early_stopping"].patience == 10 and built["model_checkpoint"].monitor == "val/loss"
