@@ -68,10 +68,14 @@ class RunDirGuard(Callback):
         self._check(str(OmegaConf.select(config, "hydra.run.dir")), config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """A sweep folder that holds finished runs is refused as a whole (its jobs' folders are known only later,
-        when each job starts; ``train()`` checks each of them again)."""
+        """A sweep folder whose jobs include a finished single-model run is refused as a whole (its jobs' folders
+        are known only later, when each job starts; ``train()`` checks each of them again). A sweep of pipelines
+        (``experiment=paper``, ``fusion_ablation``) may be run again in its folder to finish it: each job reuses
+        the stages that finished there with the same configuration and trains only the others."""
         HydraConfig.instance().set_config(config)
         sweep = Path(str(OmegaConf.select(config, "hydra.sweep.dir")))
-        done = sorted(p for name in FINISHED for p in sweep.rglob(name)) if sweep.is_dir() else []
+        if not sweep.is_dir() or OmegaConf.select(config, "pipeline") is not None:
+            return
+        done = sorted(p for name in FINISHED for p in sweep.rglob(name))
         if done:
             fail(f"hydra.sweep.dir={sweep} already holds finished runs ({done[0]}, ...); give a new sweep folder")

@@ -78,6 +78,24 @@ def test_a_sweep_folder_holding_finished_runs_is_refused(tmp_path, capsys):
     assert e.value.code == 2 and f"hydra.sweep.dir={tmp_path} already holds finished runs" in capsys.readouterr().err
 
 
+def test_a_sweep_of_pipelines_may_be_finished_in_its_folder(tmp_path):
+    """Running a pipeline sweep again in its folder goes on (finished stages are reused, see test_ablation)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    from fer_lightning.config import config_dir
+    from fer_lightning.run_dirs import RunDirGuard
+
+    (tmp_path / "0_paper_fold0_seed0" / "deep").mkdir(parents=True)
+    (tmp_path / "0_paper_fold0_seed0" / "deep" / "metrics.json").write_text("{}")
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=paper", f"hydra.sweep.dir={tmp_path}"], return_hydra_config=True)
+    try:
+        RunDirGuard().on_multirun_start(cfg)  # no exit
+    finally:
+        HydraConfig.instance().cfg = None
+
+
 def test_a_pipeline_stage_interrupted_earlier_resumes_from_its_own_last_checkpoint(tmp_path, monkeypatch):
     from omegaconf import OmegaConf
 
