@@ -1,4 +1,5 @@
-"""Lightning callbacks of the project: :class:`TrainingPictures` (TensorBoard pictures when training starts)."""
+"""Lightning callbacks of the project: :class:`TrainingPictures` (TensorBoard pictures when training starts) and
+:class:`LastCheckpoint` (``checkpoints/last.ckpt`` every epoch)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,20 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from fer_lightning.features.extractor import HandcraftedFeatures, resize_uint8
 from fer_lightning.pictures import hog_figure, image_grid_figure, lbp_figure
 
 log = logging.getLogger(__name__)
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """A :class:`~pytorch_lightning.callbacks.ModelCheckpoint` for ``last.ckpt`` at the end of every epoch (the
+    resume point; ``conf/callbacks/last_checkpoint.yaml``). A class of its own so that its state key never equals
+    another ModelCheckpoint's: ``callbacks.model_checkpoint.monitor=null`` would otherwise give two checkpoint
+    callbacks with the same key, which Lightning refuses."""
 
 
 class TrainingPictures(Callback):

@@ -9,7 +9,7 @@ import pytest
 from hydra.utils import instantiate
 from pytorch_lightning import callbacks as plc
 
-from fer_lightning.callbacks import TrainingPictures
+from fer_lightning.callbacks import LastCheckpoint, TrainingPictures
 from fer_lightning.errors import FERError
 from fer_lightning.extras import check_config
 from fer_lightning.resume import ExactResume
@@ -22,7 +22,7 @@ def test_callbacks_compose_from_a_list(make_cfg):
     cfg = make_cfg("callbacks=[default,lr_monitor,model_summary,rich_progress_bar]")
     built = {k: instantiate(v) for k, v in cfg.callbacks.items()}
     assert {k: type(v) for k, v in built.items()} == {
-        "model_checkpoint": plc.ModelCheckpoint, "last_checkpoint": plc.ModelCheckpoint,
+        "model_checkpoint": plc.ModelCheckpoint, "last_checkpoint": LastCheckpoint,
         "early_stopping": plc.EarlyStopping, "exact_resume": ExactResume, "training_pictures": TrainingPictures,
         "lr_monitor": plc.LearningRateMonitor, "model_summary": plc.ModelSummary,
         "rich_progress_bar": plc.RichProgressBar,

@@ -25,24 +25,31 @@ SETTINGS = [*TINY, "model.backbone.weights=none", *EXTRA]
 
 
 def start(out: Path, cache_dir: Path) -> subprocess.Popen:
+    """The run in a subprocess, held at the start of epoch 1 (see :func:`wait_in_epoch_1`)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    gate = out.parent / f"{out.name}.gate"
+    gate.mkdir(parents=True)
     return subprocess.Popen([sys.executable, "-m", "fer_lightning.train", *SETTINGS, f"data.cache_dir={cache_dir}",
-                             f"hydra.run.dir={out}"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                             f"hydra.run.dir={out}", "+callbacks.gate._target_=tests.gate.Gate",
+                             f"+callbacks.gate.folder={gate}"], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
-def wait_for_epoch(proc: subprocess.Popen, out: Path, epoch: int, timeout: float = 1200) -> None:
-    """Until ``last.ckpt`` holds the end of ``epoch`` (the run is then in the next one)."""
-    last, deadline = out / "checkpoints" / "last.ckpt", time.time() + timeout
+def wait_in_epoch_1(proc: subprocess.Popen, out: Path, timeout: float = 1200) -> None:
+    """Until the run has written ``last.ckpt`` at the end of epoch 0 and waits at the start of epoch 1 (held by
+    ``tests.gate.Gate`` until the test creates ``release``), so a signal sent now lands mid-training."""
+    waiting, deadline = out.parent / f"{out.name}.gate" / "waiting", time.time() + timeout
     while time.time() < deadline:
         assert proc.poll() is None, proc.communicate()[1][-3000:]
-        try:
-            if torch.load(last, weights_only=True)["epoch"] >= epoch:
-                return
-        except Exception:  # not there yet, or being written
-            pass
+        if waiting.exists():
+            assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
+            return
         time.sleep(0.05)
-    raise AssertionError("no checkpoint in time")
+    raise AssertionError("the run did not reach epoch 1 in time")
+
+
+def release(out: Path) -> None:
+    (out.parent / f"{out.name}.gate" / "release").touch()
 
 
 def same_run(a: Path, b: Path) -> None:
@@ -76,7 +83,7 @@ def test_epoch_seeds_depend_on_seed_epoch_and_rank_only():
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, cache_dir, make_cfg, uninterrupted):
     out = tmp_path / "killed"
     proc = start(out, cache_dir)
-    wait_for_epoch(proc, out, 0)
+    wait_in_epoch_1(proc, out)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     assert not (out / "metrics.json").exists()  # killed mid-training
@@ -85,21 +92,23 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, cache_dir, mak
     train(make_cfg(*EXTRA, f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}", out=out))
     same_run(uninterrupted, out)
     info = json.loads((out / "run_info.json").read_text())
-    assert len(info["resumed"]) == 1 and info["resumed"][0]["changed"] == {}
+    # what changed on resume is recorded: only the test's gate, which the in-process resume leaves out
+    assert len(info["resumed"]) == 1 and all(k.startswith("callbacks/gate") for k in info["resumed"][0]["changed"])
 
 
 def test_ctrl_c_prints_the_resume_command_which_resumes_exactly(tmp_path, cache_dir, uninterrupted):
     out = tmp_path / "interrupted"
     proc = start(out, cache_dir)
-    wait_for_epoch(proc, out, 0)
+    wait_in_epoch_1(proc, out)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=600)
+    release(out)  # the resumed run (the same command, gate included) goes through
     hints = [line for line in err.splitlines() if line.startswith("fer-lightning: training was interrupted")]
     assert len(hints) == 1, err[-3000:]
     command = shlex.split(hints[0].split("resume it with: ", 1)[1])
     assert command[:3] == ["python", "-m", "fer_lightning.train"]
     assert f"ckpt_path={out.resolve() / 'checkpoints' / 'last.ckpt'}" in command
     assert f"hydra.run.dir={out.resolve()}" in command and f"data.cache_dir={cache_dir}" in command
-    res = run_cli(*command[2:], cwd=tmp_path)
+    res = run_cli(*command[2:], cwd=tmp_path, env={"PYTHONPATH": str(REPO)})  # tests.gate importable
     assert res.returncode == 0, res.stderr[-3000:]
     same_run(uninterrupted, out)
