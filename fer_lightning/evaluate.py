@@ -15,7 +15,8 @@ What is evaluated, and how it is kept honest:
   run's, read by file from its ``splits.csv``: no other split can be chosen there, so no image the run trained on
   is ever tested. If the files changed since the run, it is refused unless ``allow_changed_data=true`` (then the
   run's test images that are still there are evaluated). On other data, that data's own split is used.
-* **Trainer.** One process on ``trainer.accelerator`` / ``trainer.devices`` at ``trainer.precision``.
+* **Trainer.** ``cfg.trainer`` is instantiated with every override (``trainer=gpu``, ``trainer.precision=...``,
+  ``+trainer.limit_test_batches=...``), without logger, callbacks or checkpoints; one process only.
 * **Checkpoint.** Read once with ``weights_only=True``; nothing from it or from the run folder is instantiated.
 """
 
@@ -309,10 +310,13 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, A
             f"the data's classes {list(dm.class_names)} are not the checkpoint's {record['class_names']}; "
             "evaluate on data with the same classes"
         )
-    trainer = pl.Trainer(accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         deterministic=cfg.trainer.deterministic, precision=cfg.trainer.get("precision", "32-true"),
-                         default_root_dir=str(out))
+    # the composed trainer config with every override (trainer=gpu, trainer.precision=..., +trainer.limit_test_batches=
+    # ...), less what evaluating has no use for: no logger, callbacks or checkpoints
+    trainer: pl.Trainer = build(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False,
+                                enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(out))
+    if trainer.world_size > 1:
+        raise FERError(f"evaluate runs in one process; trainer={cfg.trainer.get('strategy', 'ddp')} asks for "
+                       f"{trainer.world_size}: use trainer=default or trainer=gpu")
     trainer.test(model, datamodule=dm, verbose=False)
     metrics = metrics_of_test(model, dm, dm.seed)
     metrics["checkpoint"] = str(Path(cfg.ckpt_path).expanduser().resolve())
