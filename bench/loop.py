@@ -81,7 +81,7 @@ def plain_epochs(cfg, device: str) -> list[float]:
     dm.setup()
     model = build(cfg.model, class_names=list(dm.class_names)).to(device).train()
     augment = FaceAugment(**cfg.data.augment).to(device)
-    optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=float(cfg.model.lr))
+    optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=float(cfg.model.optim.lr))
     images, targets = dm.decoded.images, dm.targets
     train = torch.as_tensor(dm.split.train)
     batch, times = int(cfg.data.batch_size), []
