@@ -69,7 +69,7 @@ def lightning_epochs(cfg, device: str) -> list[float]:
     dm.setup()
     model = build(cfg.model, class_names=list(dm.class_names))
     timer = EpochTimer(device)
-    trainer: pl.Trainer = build(cfg.trainer, callbacks=[timer], logger=False)
+    trainer: pl.Trainer = build(cfg.trainer, callbacks=[timer], logger=False, enable_checkpointing=False)
     trainer.fit(model, datamodule=dm)
     return timer.times[1:]
 

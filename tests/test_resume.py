@@ -32,7 +32,13 @@ def start(out: Path, cache_dir: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "fer_lightning.train", *SETTINGS, f"data.cache_dir={cache_dir}",
                              f"hydra.run.dir={out}", "+callbacks.gate._target_=tests.gate.Gate",
                              f"+callbacks.gate.folder={gate}"], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
+
+
+def _default_sigint() -> None:
+    """In the child: Ctrl+C's default action, even when the tests run where SIGINT is ignored (a background job,
+    nohup), so that Python turns it into KeyboardInterrupt as in a terminal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_in_epoch_1(proc: subprocess.Popen, out: Path, timeout: float = 1200) -> None:
