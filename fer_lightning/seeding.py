@@ -37,38 +37,12 @@ def run_seed(default: int = 0) -> int:
     return int(os.environ.get("PL_GLOBAL_SEED", default))
 
 
-class EpochShuffle(Sampler[int]):
-    """A random order of ``n`` items that depends only on ``(seed, epoch)``, whatever was drawn before.
+class _EpochSeeded(Sampler[int]):
+    """A sampler whose draws depend only on ``(seed, epoch)``. ``epoch``: the epoch, or a function that tells it
+    when an epoch's draw is made (the data module passes the trainer's epoch); Lightning also calls
+    :meth:`set_epoch` before each training epoch on a DataLoader's sampler (as for ``DistributedSampler``)."""
 
-    ``epoch``: the epoch, or a function that tells it when an epoch's order is drawn (the data module passes the
-    trainer's epoch); Lightning also calls :meth:`set_epoch` before each training epoch on a DataLoader's sampler
-    (as for ``DistributedSampler``).
-    """
-
-    def __init__(self, n: int, seed: int, epoch: int | Callable[[], int] = 0) -> None:
-        self.n, self.seed, self._epoch = int(n), int(seed), epoch
-
-    @property
-    def epoch(self) -> int:
-        return int(self._epoch() if callable(self._epoch) else self._epoch)
-
-    def set_epoch(self, epoch: int) -> None:
-        self._epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
-        return iter(torch.randperm(self.n, generator=generator).tolist())
-
-
-class EpochWeighted(Sampler[int]):
-    """``len(weights)`` draws with replacement, each index with probability proportional to its weight (as
-    ``WeightedRandomSampler``), from a generator seeded by ``(seed, epoch)`` alone."""
-
-    def __init__(self, weights: torch.Tensor, seed: int, epoch: int | Callable[[], int] = 0) -> None:
-        self.weights = torch.as_tensor(weights, dtype=torch.double)
+    def __init__(self, seed: int, epoch: int | Callable[[], int] = 0) -> None:
         self.seed, self._epoch = int(seed), epoch
 
     @property
@@ -78,9 +52,35 @@ class EpochWeighted(Sampler[int]):
     def set_epoch(self, epoch: int) -> None:
         self._epoch = int(epoch)
 
+    def generator(self) -> torch.Generator:
+        """A fresh generator for this epoch's draw, whatever was drawn before."""
+        return torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+
+
+class EpochShuffle(_EpochSeeded):
+    """A random order of ``n`` items that depends only on ``(seed, epoch)``."""
+
+    def __init__(self, n: int, seed: int, epoch: int | Callable[[], int] = 0) -> None:
+        super().__init__(seed, epoch)
+        self.n = int(n)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(torch.randperm(self.n, generator=self.generator()).tolist())
+
+
+class EpochWeighted(_EpochSeeded):
+    """``len(weights)`` draws with replacement, each index with probability proportional to its weight (as
+    ``WeightedRandomSampler``), from a generator seeded by ``(seed, epoch)`` alone."""
+
+    def __init__(self, weights: torch.Tensor, seed: int, epoch: int | Callable[[], int] = 0) -> None:
+        super().__init__(seed, epoch)
+        self.weights = torch.as_tensor(weights, dtype=torch.double)
+
     def __len__(self) -> int:
         return len(self.weights)
 
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
-        return iter(torch.multinomial(self.weights, len(self.weights), True, generator=generator).tolist())
+        return iter(torch.multinomial(self.weights, len(self.weights), True, generator=self.generator()).tolist())
