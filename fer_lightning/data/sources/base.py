@@ -6,6 +6,7 @@ job (:mod:`fer_lightning.data.store`), done once and in parallel, through :meth:
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -45,7 +46,7 @@ class Record:
         return read_csv_pixels(self.path, *self.pixels_at, where=self.name)
 
 
-class Source:
+class Source(ABC):
     """Base of the on-disk formats. Subclasses implement :meth:`scan`; ``name`` is the dataset's name in results."""
 
     name = "dataset"
@@ -54,8 +55,9 @@ class Source:
         self.root = None if root is None else Path(root).expanduser()
         self.cache_dir = cache_dir
 
+    @abstractmethod
     def scan(self) -> list[Record]:
-        raise NotImplementedError
+        """Every labelled image of the dataset, in a fixed order."""
 
     @cached_property
     def records(self) -> list[Record]:
