@@ -47,6 +47,7 @@ RULES: dict[str, tuple[Callable[[float], bool], str]] = {
     "weight_decay": (_non_negative, "zero or a positive number"),
     "num_workers": (_non_negative, "zero or a positive whole number"),
     "patience": (_non_negative, "zero or a positive whole number"),
+    "copies": (_non_negative, "zero or a positive whole number of augmented copies"),
     "crop_margin": (_non_negative, "zero or a positive fraction of the face size"),
     "dropout": (_fraction, "a probability in [0, 1)"),
     "input_dropout": (_fraction, "a probability in [0, 1)"),

@@ -1,4 +1,4 @@
-"""The fusion ablation pipeline end to end (reduced to six variants, 64 px, one epoch): out-of-fold features,
+"""The fusion ablation pipeline end to end (reduced to eight stages, 64 px, one epoch): out-of-fold features,
 late fusion, selection on validation, and that no test image reaches anything fitted or chosen."""
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from fer_lightning.report import find_runs, select_on_validation
 from .conftest import TINY
 
 pytestmark = pytest.mark.slow
-STAGES = ["deep", "handcrafted", "hybrid", "handcrafted_linear", "hybrid_perblock", "hybrid_oof", "late_fusion"]
+STAGES = ["deep", "handcrafted", "hybrid", "handcrafted_linear", "hybrid_perblock", "hybrid_oof", "hybrid_augmented",
+          "late_fusion"]
 
 
 def _cfg(out: Path, cache: Path):

@@ -96,6 +96,8 @@ def test_one_subject_loso():
         # the recipe's setting, named where the user set it (not model.optim.lr that follows it)
         (["recipe.finetune.lr=-1"], "recipe.finetune.lr=-1 is not valid: give a positive number"),
         (["model.head.dropout=[1.5]"], r"model.head.dropout=\[1.5\] is not valid: give a probability in \[0, 1\)"),
+        (["model=handcrafted", "recipe.augment.copies=-2"],
+         "recipe.augment.copies=-2 is not valid: give zero or a positive whole number of augmented copies"),
         (["trainer.max_epochs=inf"], "trainer.max_epochs=inf is not a finite number"),
         (["data.batch_size=0"], "data.batch_size=0 is not valid: give a positive whole number"),
         # the option the user set is named, not features.hog.scales that follows it

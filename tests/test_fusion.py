@@ -122,16 +122,27 @@ def test_paper_experiment_keeps_the_paper_recipe_and_the_ablation_holds_every_va
     for stage in ("deep", "hybrid", "handcrafted"):
         assert paper.pipeline.models[stage].optim.lr == 1e-4 and paper.pipeline.models[stage].optim.max_epochs == 50
         assert paper.pipeline.models[stage].get("fusion", {}).get("balance", "none") == "none"
+        assert paper.pipeline.models[stage].get("augment", {}).get("copies", 0) == 0
     abl = _compose("experiment=fusion_ablation", hydra=True)
     models = abl.pipeline.models
     assert list(models) == ["deep", "handcrafted", "hybrid", "handcrafted_converged", "handcrafted_linear",
                             "hybrid_converged", "hybrid_linear", "hybrid_block", "hybrid_perblock", "hybrid_oof",
-                            "hybrid_e2e", "late_fusion"]
+                            "hybrid_e2e", "handcrafted_augmented", "hybrid_augmented", "late_fusion"]
     assert models.hybrid.optim.lr == 1e-4 and models.hybrid_converged.optim.lr == 1e-3
     assert list(models.hybrid_linear.head.hidden) == [] and list(models.hybrid_converged.head.hidden) == [512, 256]
     assert models.hybrid_block.fusion.balance == "block" and models.hybrid_perblock.pca.n_components is None
     assert models.hybrid_oof.backbone.oof_folds == 3 and models.hybrid_e2e.backbone.trainable is True
     assert models.hybrid_e2e.optim.lr == 1e-4 and list(models.late_fusion.members) == ["deep", "handcrafted_converged"]
+    converged = _compose("model=handcrafted", "recipe=converged")
+    assert converged.model.augment.copies == converged.recipe.augment.copies > 0
+    assert _compose("model=hybrid").model.augment.copies == 0  # the paper's recipe: no copies
+    assert _compose("model=hybrid_e2e", "recipe=converged").model.augment.copies == 0  # trainable: no copies
+    for stage in ("handcrafted_augmented", "hybrid_augmented"):  # recipe=converged as it is
+        assert _resolved(models[stage].optim) == _resolved(abl.recipes.converged.head)
+        assert models[stage].augment.copies == abl.recipes.converged.augment.copies > 0
+    for stage in ("handcrafted_converged", "hybrid_converged", "hybrid_block", "hybrid_oof"):  # the optimiser alone
+        assert models[stage].augment.copies == 0
+    assert models.hybrid_augmented.fusion.balance == "block"
     assert abl.hydra.callbacks.report._target_ == "fer_lightning.report.ReportWhenSweepEnds"
     assert abl.hydra.sweeper.params["data.seed"] == "range(10)"
 

@@ -13,7 +13,8 @@ import torch
 
 from fer_lightning.distributed import agree_on_fitted, one_at_a_time
 from fer_lightning.errors import FERError
-from fer_lightning.features.extractor import HandcraftedFeatures
+from fer_lightning.features.extractor import HandcraftedFeatures, resolve_device
+from fer_lightning.features.views import AugmentedViews
 from fer_lightning.heads import FusionHead
 from fer_lightning.models.base import FERClassifier
 
@@ -38,6 +39,7 @@ class HandcraftedFER(FERClassifier):
         head: dict[str, Any] | None = None,
         fusion: dict[str, Any] | None = None,
         optim: dict[str, Any] | None = None,
+        augment: dict[str, Any] | None = None,
         fitted_components: int | None = None,
         class_weights: str = "none",
         channels_last: bool = False,
@@ -46,8 +48,10 @@ class HandcraftedFER(FERClassifier):
         """``pca``: ``{"n_components": 0.95}`` (a count, a variance fraction, or None for no PCA of the fused
         blocks); ``head``: :class:`~fer_lightning.heads.MLPHead` keywords (``hidden=[]``: a linear head);
         ``fusion``: ``{"balance": "none" | "block", "per_block_pca": None | count | fraction}`` (see
-        :class:`~fer_lightning.heads.FusionHead`); ``optim``: a recipe section; ``pca.fit_samples``: the z-score
-        and PCA layers are fitted on a seeded sample of at most this many training images (all when fewer);
+        :class:`~fer_lightning.heads.FusionHead`); ``optim``: a recipe section; ``augment``: ``{"copies": k}``, the
+        fitted layers and the head also see k augmented copies of each training image
+        (:class:`~fer_lightning.features.views.AugmentedViews`; 0: the paper, no copies); ``pca.fit_samples``: the
+        z-score and PCA layers are fitted on a seeded sample of at most this many training images (all when fewer);
         ``channels_last``, ``compile``: no effect (no CNN)."""
         super().__init__(class_names, optim=optim, class_weights=class_weights, channels_last=channels_last,
                          compile=compile)
@@ -61,6 +65,15 @@ class HandcraftedFER(FERClassifier):
         unknown = sorted(set(fusion) - {"balance", "per_block_pca"})
         if unknown:
             raise FERError(f"model.fusion: unknown key(s) {', '.join(unknown)}; valid keys: balance, per_block_pca")
+        augment = {"copies": 0, **(augment or {})}
+        unknown = sorted(set(augment) - {"copies"})
+        if unknown:
+            raise FERError(f"model.augment: unknown key(s) {', '.join(unknown)}; valid keys: copies")
+        copies = augment["copies"]
+        if isinstance(copies, bool) or not isinstance(copies, int) or copies < 0:
+            raise FERError(f"model.augment.copies={copies}: give a whole number of augmented copies, 0 or more")
+        self.copies = copies
+        self.views: AugmentedViews | None = None  # built in setup when training with copies
         self.fusion = FusionHead(
             {**self.extra_block_dims(), **self.extractor.block_dims()},
             self.num_classes,
@@ -83,16 +96,40 @@ class HandcraftedFER(FERClassifier):
         """Those blocks for a batch (or, with ``batch=None``, for raw images)."""
         return {}
 
+    def extra_view_blocks(self, images: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
+        """Those blocks for augmented ``(B, 1, H, W)`` uint8 images (the views of ``model.augment.copies``)."""
+        return {}
+
     # ---------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        if self.fusion.fitted or self._trainer is None or self.trainer.datamodule is None:
+        if self._trainer is None or self.trainer.datamodule is None:
             return
         dm = self.trainer.datamodule
+        if self.copies and self.views is None and (stage == "fit" or not self.fusion.fitted):
+            self.views = self._augmented_views(dm)
+        if self.fusion.fitted:
+            return
         with one_at_a_time(getattr(dm, "cache_dir", None)):  # DDP: one process builds a feature cache
             rows = dm.fit_rows(self.fit_samples)
             blocks = {**self.extra_train_blocks(dm, rows), **dm.train_features(self.extractor, rows)}
+        if self.views is not None:
+            blocks = self.views.fit_blocks(rows, blocks)
         self.hparams["fitted_components"] = self.fusion.fit(blocks)
         agree_on_fitted(self.fusion, self.trainer.strategy)  # DDP: the same statistics on every process
+
+    def _augmented_views(self, dm: Any) -> AugmentedViews:
+        """``model.augment.copies`` augmented copies of every training image, as blocks (see
+        :class:`~fer_lightning.features.views.AugmentedViews`), drawn with the data module's training augmentation."""
+        dm.setup()
+        device = resolve_device(getattr(dm, "feature_device", None))
+        augment = dm.augment.to(device)
+
+        def blocks(x: torch.Tensor) -> dict[str, torch.Tensor]:
+            x = x.to(device)
+            return {**self.extra_view_blocks(x, device), **self.extractor(x)}
+
+        return AugmentedViews(dm.decoded.images, dm.split.train, lambda x: augment(x.to(device)), blocks,
+                              self.copies, dm.seed, batch_size=self.extractor.batch_size)
 
     def handcrafted_blocks(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         if self.extractor.source == "precomputed" and "features" in batch:
@@ -100,7 +137,10 @@ class HandcraftedFER(FERClassifier):
         return self.extractor(batch["image"])
 
     def logits(self, batch: dict[str, Any]) -> torch.Tensor:
-        return self.fusion({**self.extra_blocks(batch, batch["image"]), **self.handcrafted_blocks(batch)})
+        blocks = {**self.extra_blocks(batch, batch["image"]), **self.handcrafted_blocks(batch)}
+        if self.training and self.views is not None and "index" in batch:
+            blocks = self.views.swap(blocks, batch["index"], self.current_epoch)
+        return self.fusion(blocks)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.fusion({**self.extra_blocks(None, images), **self.extractor(images)})

@@ -50,6 +50,12 @@ class HybridFER(HandcraftedFER):
         self.oof_checkpoints = list(backbone.pop("oof_checkpoints", None) or [])
         if self.oof_folds and backbone["trainable"]:
             raise FERError("model.backbone.oof_folds needs a frozen backbone (model.backbone.trainable=false)")
+        if self.copies and backbone["trainable"]:
+            raise FERError("model.augment.copies needs a frozen backbone (model.backbone.trainable=false): a trainable "
+                           "one already sees augmented images; set model.augment.copies=0")
+        if self.copies and self.oof_folds:
+            raise FERError("model.augment.copies and model.backbone.oof_folds cannot be combined (the copies' GAP "
+                           "features would not be out-of-fold); set one of them to 0")
         self.backbone = MobileNetV2Backbone(**backbone)
         self.register_buffer("gap_table", None, persistent=False)  # frozen backbone: GAP of every image
 
@@ -103,6 +109,9 @@ class HybridFER(HandcraftedFER):
         log.info("hybrid: GAP features of the %d training images are out-of-fold (%d backbones)",
                  len(split.train), self.oof_folds)
         return table
+
+    def extra_view_blocks(self, images: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
+        return {DEEP_BLOCK: self.backbone.gap_features(images, device).to(images.device)}
 
     def extra_blocks(self, batch: dict[str, Any] | None, images: torch.Tensor) -> dict[str, torch.Tensor]:
         if batch is not None and self.frozen and self.gap_table is not None and "index" in batch:
