@@ -129,6 +129,18 @@ def test_a_model_with_copies_fits_its_layers_on_them_and_trains_on_views(make_cf
     assert 0 < int(clean_rows.sum()) < len(shown)  # some images were shown as themselves, others as copies
 
 
+def test_copies_that_would_not_fit_in_memory_are_refused(make_cfg, monkeypatch):
+    import fer_lightning.models.handcrafted as handcrafted_mod
+
+    cfg = make_cfg("model=handcrafted", "model.augment.copies=3")
+    dm = instantiate(cfg.data, features=cfg.features)
+    model = instantiate(cfg.model, class_names=list(dm.class_names))
+    monkeypatch.setattr(handcrafted_mod, "MAX_VIEW_BYTES", 1000)
+    with pytest.raises(FERError, match=r"model.augment.copies=3 needs .* GiB for the augmented copies of 130 "
+                                       r"training images .* set model.augment.copies=0"):
+        model._augmented_views(dm)
+
+
 def test_copies_options_are_checked():
     with pytest.raises(FERError, match="model.augment.copies=-1"):
         HandcraftedFER(CLASSES, FEATURES, augment={"copies": -1})

@@ -18,6 +18,9 @@ from fer_lightning.features.views import AugmentedViews
 from fer_lightning.heads import FusionHead
 from fer_lightning.models.base import FERClassifier
 
+# the augmented copies of model.augment.copies are held in memory: refuse more than this (float32 values)
+MAX_VIEW_BYTES = 8 * 2**30
+
 
 class HandcraftedFER(FERClassifier):
     """``[HOG, LBP] -> z-score each -> concat -> PCA -> Dropout 0.5 -> BatchNorm -> 512 -> ReLU -> Dropout 0.5
@@ -121,6 +124,14 @@ class HandcraftedFER(FERClassifier):
         """``model.augment.copies`` augmented copies of every training image, as blocks (see
         :class:`~fer_lightning.features.views.AugmentedViews`), drawn with the data module's training augmentation."""
         dm.setup()
+        width = sum({**self.extra_block_dims(), **self.extractor.block_dims()}.values())
+        need = self.copies * len(dm.split.train) * width * 4
+        if need > MAX_VIEW_BYTES:
+            raise FERError(
+                f"model.augment.copies={self.copies} needs {need / 2**30:.1f} GiB for the augmented copies of "
+                f"{len(dm.split.train):,} training images ({width:,} features each; at most "
+                f"{MAX_VIEW_BYTES / 2**30:.0f} GiB): copies help small datasets, set model.augment.copies=0 here"
+            )
         device = resolve_device(getattr(dm, "feature_device", None))
         augment = dm.augment.to(device)
 
