@@ -127,7 +127,8 @@ def test_paper_experiment_keeps_the_paper_recipe_and_the_ablation_holds_every_va
     models = abl.pipeline.models
     assert list(models) == ["deep", "handcrafted", "hybrid", "handcrafted_converged", "handcrafted_linear",
                             "hybrid_converged", "hybrid_linear", "hybrid_block", "hybrid_perblock", "hybrid_oof",
-                            "hybrid_e2e", "handcrafted_augmented", "hybrid_augmented", "late_fusion"]
+                            "hybrid_e2e", "handcrafted_augmented", "hybrid_augmented", "late_fusion",
+                            "late_fusion_augmented"]
     assert models.hybrid.optim.lr == 1e-4 and models.hybrid_converged.optim.lr == 1e-3
     assert list(models.hybrid_linear.head.hidden) == [] and list(models.hybrid_converged.head.hidden) == [512, 256]
     assert models.hybrid_block.fusion.balance == "block" and models.hybrid_perblock.pca.n_components is None
@@ -143,6 +144,7 @@ def test_paper_experiment_keeps_the_paper_recipe_and_the_ablation_holds_every_va
     for stage in ("handcrafted_converged", "hybrid_converged", "hybrid_block", "hybrid_oof"):  # the optimiser alone
         assert models[stage].augment.copies == 0
     assert models.hybrid_augmented.fusion.balance == "block"
+    assert list(models.late_fusion_augmented.members) == ["deep", "handcrafted_augmented"]
     assert abl.hydra.callbacks.report._target_ == "fer_lightning.report.ReportWhenSweepEnds"
     assert abl.hydra.sweeper.params["data.seed"] == "range(10)"
 
