@@ -1,6 +1,7 @@
 """Summarise many runs (a multirun, or several run dirs) into paper-ready tables, tests and figures.
 
     python -m fer_lightning.report outputs/paper/multiruns/2026-11-24_10-00-00 [more dirs] [report.output=DIR]
+        [report.match=data|images]
 
 Reads every ``metrics.json`` (with its ``predictions.csv``) below the given directories and writes into the
 first one (or ``report.output``):
@@ -21,6 +22,7 @@ Jobs that failed (``error.txt``) are counted and listed; the report covers the r
 from __future__ import annotations
 
 import csv
+import hashlib
 import itertools
 import json
 import logging
@@ -50,11 +52,16 @@ METRICS = [("acc", "Accuracy"), ("precision_macro", "Precision"), ("recall_macro
 ORDER = ("deep", "handcrafted", "hybrid")
 
 
+# how runs are matched to test sets: by dataset fingerprint (default), or by the names of their test images
+MATCHES = ("data", "images")
+
+
 @dataclass
 class Run:
     path: Path
     metrics: dict[str, Any]
     predictions: list[dict[str, str]] = field(default_factory=list)
+    match: str = "data"
 
     @property
     def model(self) -> str:
@@ -71,6 +78,10 @@ class Run:
         """What identifies the test set: runs with the same key saw the same test images, prepared the same way
         (the dataset fingerprint covers the files, image size and face crop)."""
         m = self.metrics
+        if self.match == "images" and self.predictions:
+            # report.match=images: runs of different versions, whose fingerprints are not comparable
+            names = "\n".join(sorted(p["file"] for p in self.predictions)).encode()
+            return m.get("dataset"), m.get("split"), m.get("fold"), m.get("seed"), hashlib.sha256(names).hexdigest()
         return m.get("dataset_fingerprint"), m.get("split"), m.get("fold"), m.get("seed")
 
 
@@ -238,7 +249,7 @@ def select_on_validation(runs: list[Run]) -> tuple[list[Run], dict[str, int]]:
                                          order[r.model]))
         counts[best.model] = counts.get(best.model, 0) + 1
         chosen.append(Run(best.path, {**best.metrics, "variant": BEST_ON_VAL, "selected": best.model},
-                          best.predictions))
+                          best.predictions, best.match))
     return chosen, counts
 
 
@@ -339,12 +350,19 @@ def _fmt(row: dict[str, Any], key: str) -> str:
     return f"{mean:.2f} ± {sd:.2f} [{lo:.2f}, {hi:.2f}]"
 
 
-def report(dirs: list[Path], output: Path | None = None) -> Path:
-    """Write the report for the runs under ``dirs`` into ``output`` (default: the first dir); returns it."""
+def report(dirs: list[Path], output: Path | None = None, match: str = "data") -> Path:
+    """Write the report for the runs under ``dirs`` into ``output`` (default: the first dir); returns it.
+    ``match``: runs share a test set when they share dataset fingerprint, split, fold and seed (``data``), or
+    dataset name, split, fold, seed and the names of their test images (``images``: for runs made by versions whose
+    fingerprints differ; only where the images themselves are known to be the same)."""
+    if match not in MATCHES:
+        raise FERError(f"report.match={match} is unknown; choose one of: {', '.join(MATCHES)}")
     found = survey(dirs)
     for path, why in found.unreadable:
         print(f"fer-lightning: skipped {path}: {why}", file=sys.stderr)
     _require_runs(found, dirs)
+    for r in found.runs:
+        r.match = match
     runs, failed = found.runs, found.failed
     auxiliary = [r for r in runs if r.auxiliary]
     runs = [r for r in runs if not r.auxiliary]
@@ -382,6 +400,9 @@ def report(dirs: list[Path], output: Path | None = None) -> Path:
     if failed:
         lines += [f"{len(failed)} job(s) failed and are left out: " + ", ".join(str(p) for p in failed), ""]
     lines += _survey_notes(found)
+    if match == "images":
+        lines += ["Runs are matched to test sets by dataset name, split, fold, seed and the names of their test images "
+                  "(report.match=images), not by the dataset fingerprint.", ""]
     if auxiliary:
         lines += [f"{len(auxiliary)} inner-fold run(s) (out-of-fold backbones) are not test results and are left "
                   "out of the tables.", ""]
@@ -430,14 +451,16 @@ def main(argv: list[str] | None = None) -> None:
         return
     options = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in args if a.startswith("report.") and "=" in a}
     dirs = [Path(a) for a in args if not (a.startswith("report.") and "=" in a)]
-    unknown = set(options) - {"report.output"}
+    unknown = set(options) - {"report.output", "report.match"}
     start_command()
     try:
         if unknown:
-            raise FERError(f"unknown option(s) {', '.join(sorted(unknown))}; the only option is report.output=DIR")
+            raise FERError(f"unknown option(s) {', '.join(sorted(unknown))}; the options are report.output=DIR and "
+                           f"report.match={'|'.join(MATCHES)}")
         if not dirs:
             raise FERError("give a multirun folder or run folders: python -m fer_lightning.report DIR [DIR ...]")
-        out = report(dirs, Path(options["report.output"]) if "report.output" in options else None)
+        out = report(dirs, Path(options["report.output"]) if "report.output" in options else None,
+                     options.get("report.match", "data"))
     except FERError as e:
         fail(e)
     print(f"report written to {out / 'report.md'}")

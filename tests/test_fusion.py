@@ -16,7 +16,7 @@ from fer_lightning.data.splits import inner_split, loso_split, paper_split
 from fer_lightning.errors import FERError
 from fer_lightning.heads import FusionHead
 from fer_lightning.optim import OptimSettings
-from fer_lightning.report import BEST_ON_VAL, Run, paired_tests, select_on_validation
+from fer_lightning.report import BEST_ON_VAL, Run, paired_tests, report, select_on_validation
 
 
 @pytest.fixture(scope="module")
@@ -189,6 +189,26 @@ def test_selection_uses_validation_only_and_breaks_ties_by_nll():
     assert [(r.metrics["seed"], r.metrics["selected"], r.metrics["test/acc"]) for r in chosen] == [
         (0, "hybrid", 0.70), (1, "deep", 0.80)]
     assert all(r.model == BEST_ON_VAL for r in chosen) and counts == {"hybrid": 1, "deep": 1}
+
+
+def test_runs_of_versions_with_other_fingerprints_pair_by_their_test_images():
+    old = _run("deep", 0, 0.8, 0.75, correct=(0, 1, 2))
+    new = _run("hybrid", 0, 0.9, 1.0, correct=(0, 1, 2, 3))
+    new.metrics["dataset_fingerprint"] = "g"  # another version's fingerprint of the same images
+    other = _run("late", 0, 0.95, 0.5, correct=(0, 1))
+    other.metrics["dataset_fingerprint"] = "g"
+    other.predictions = [{**p, "file": f"x{p['file']}"} for p in other.predictions]  # other test images
+    runs = [old, new, other]
+    assert paired_tests(runs, reference="deep") == []  # by fingerprint (the default) nothing is shared
+    assert len(select_on_validation(runs)[0]) == 1  # ... and new and other share a test set
+    for r in runs:
+        r.match = "images"
+    rows = paired_tests(runs, reference="deep")
+    assert [(r["n_images"], r["a_wrong_b_right"]) for r in rows] == [(4, 1)]  # only new: same names
+    chosen, counts = select_on_validation(runs)
+    assert counts == {"hybrid": 1} and chosen[0].metrics["test/acc"] == 1.0 and chosen[0].match == "images"
+    with pytest.raises(FERError, match="report.match=fingerprints is unknown"):
+        report([], match="fingerprints")
 
 
 def test_paired_tests_against_a_reference():

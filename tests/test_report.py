@@ -98,7 +98,8 @@ def test_cli_and_errors(multirun, tmp_path, capsys):
     for args, message in (([str(tmp_path / "empty")], "no results (metrics.json)"),
                           ([str(tmp_path / "nope")], "is not a folder"),
                           ([], "give a multirun folder"),
-                          ([str(multirun), "report.colour=red"], "unknown option")):
+                          ([str(multirun), "report.colour=red"], "unknown option"),
+                          ([str(multirun), "report.match=names"], "report.match=names is unknown")):
         with pytest.raises(SystemExit) as e:
             main(args)
         assert e.value.code == 2 and message in capsys.readouterr().err
