@@ -1,4 +1,4 @@
-"""The fusion ablation pipeline end to end (reduced to eight stages, 64 px, one epoch): out-of-fold features,
+"""The fusion ablation pipeline end to end (reduced to nine stages, 64 px, one epoch): out-of-fold features,
 late fusion, selection on validation, and that no test image reaches anything fitted or chosen."""
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from fer_lightning.report import find_runs, select_on_validation
 from .conftest import TINY
 
 pytestmark = pytest.mark.slow
-STAGES = ["deep", "handcrafted", "hybrid", "handcrafted_linear", "hybrid_perblock", "hybrid_oof", "hybrid_augmented",
-          "late_fusion"]
+STAGES = ["deep", "handcrafted", "hybrid", "handcrafted_linear", "hybrid_perblock", "hybrid_oof",
+          "handcrafted_augmented", "hybrid_augmented", "late_fusion_augmented"]
 
 
 def _cfg(out: Path, cache: Path):
@@ -32,7 +32,6 @@ def _cfg(out: Path, cache: Path):
         cfg = compose("train", overrides=[
             *TINY, "experiment=fusion_ablation", "trainer.max_epochs=1", "pipeline.models.deep.backbone.weights=none",
             "pipeline.models.hybrid_oof.backbone.oof_folds=2",
-            "pipeline.models.late_fusion.members=[deep,handcrafted_linear]",
             f"data.cache_dir={cache}", f"paths.output_dir={out}"])
     with open_dict(cfg):
         for stage in list(cfg.pipeline.models):
@@ -94,20 +93,23 @@ def test_no_test_image_reaches_any_variant(ablation):
 
 
 def test_late_fusion_is_the_validation_weighted_mean_of_its_members(ablation):
+    """late_fusion_augmented: the stages experiment=late_fusion runs (test_fusion checks they are the same)."""
     root, clean, _ = ablation
     job = root / "clean"
-    nll = {m: clean[f"{m}/val/nll"] for m in ("deep", "handcrafted_linear")}
+    nll = {m: clean[f"{m}/val/nll"] for m in ("deep", "handcrafted_augmented")}
     z = sum(math.exp(-v) for v in nll.values())
     weights = {m: math.exp(-v) / z for m, v in nll.items()}
-    assert json.loads((job / "late_fusion" / "metrics.json").read_text())["n_test"] == 57
-    fused = _rows(job / "late_fusion" / "predictions.csv")
+    assert json.loads((job / "late_fusion_augmented" / "metrics.json").read_text())["n_test"] == 57
+    fused = _rows(job / "late_fusion_augmented" / "predictions.csv")
     members = {m: {r["file"]: r for r in _rows(job / m / "predictions.csv")} for m in weights}
     classes = [k[2:] for k in fused[0] if k.startswith("p_")]
     for row in fused:
         expected = [sum(w * float(members[m][row["file"]][f"p_{c}"]) for m, w in weights.items()) for c in classes]
         np.testing.assert_allclose([float(row[f"p_{c}"]) for c in classes], expected, atol=2e-5)
-    ckpt = torch.load(clean["late_fusion/best_checkpoint"], map_location="cpu", weights_only=True)
+    ckpt = torch.load(clean["late_fusion_augmented/best_checkpoint"], map_location="cpu", weights_only=True)
     np.testing.assert_allclose(ckpt["state_dict"]["weights"].numpy(), list(weights.values()), atol=1e-6)
+    hand = torch.load(clean["handcrafted_augmented/best_checkpoint"], map_location="cpu", weights_only=True)
+    assert hand["hyper_parameters"]["augment"] == {"copies": 8}  # recipe=converged's copies reached the model
 
 
 def test_out_of_fold_features_come_from_backbones_that_never_saw_the_image(ablation):

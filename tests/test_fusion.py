@@ -161,26 +161,6 @@ def test_the_late_fusion_experiment_is_the_ablations_late_fusion_augmented():
     assert cfg.optimized_metric == "late_fusion/val/acc"
 
 
-@pytest.mark.slow
-def test_the_late_fusion_experiment_runs_its_three_stages(tmp_path, cache_dir):
-    from fer_lightning.pipeline import run_pipeline
-
-    from .conftest import TINY
-
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose("train", overrides=[*TINY, "experiment=late_fusion", "trainer.max_epochs=1",
-                                          "pipeline.models.deep.backbone.weights=none",
-                                          f"data.cache_dir={cache_dir}", f"paths.output_dir={tmp_path}"])
-    out = run_pipeline(cfg)
-    assert {k.split("/")[0] for k in out} == {"deep", "handcrafted", "late_fusion"}
-    hand = torch.load(out["handcrafted/best_checkpoint"], map_location="cpu", weights_only=True)
-    assert hand["hyper_parameters"]["augment"] == {"copies": 8}
-    fused = torch.load(out["late_fusion/best_checkpoint"], map_location="cpu", weights_only=True)
-    weights = fused["state_dict"]["weights"]
-    assert weights.shape == (2,) and math.isclose(float(weights.sum()), 1.0, rel_tol=1e-6)
-    assert (tmp_path / "summary.md").is_file()
-
-
 def test_inner_folds_partition_the_training_part_only():
     rng = np.random.default_rng(0)
     labels = [f"c{i % 7}" for i in range(210)]
