@@ -62,6 +62,7 @@ class Run:
     metrics: dict[str, Any]
     predictions: list[dict[str, str]] = field(default_factory=list)
     match: str = "data"
+    _names: str | None = field(default=None, init=False, repr=False)  # digest of the test image names, once
 
     @property
     def model(self) -> str:
@@ -80,8 +81,10 @@ class Run:
         m = self.metrics
         if self.match == "images" and self.predictions:
             # report.match=images: runs of different versions, whose fingerprints are not comparable
-            names = "\n".join(sorted(p["file"] for p in self.predictions)).encode()
-            return m.get("dataset"), m.get("split"), m.get("fold"), m.get("seed"), hashlib.sha256(names).hexdigest()
+            if self._names is None:
+                names = "\n".join(sorted(p["file"] for p in self.predictions)).encode()
+                self._names = hashlib.sha256(names).hexdigest()
+            return m.get("dataset"), m.get("split"), m.get("fold"), m.get("seed"), self._names
         return m.get("dataset_fingerprint"), m.get("split"), m.get("fold"), m.get("seed")
 
 
