@@ -27,9 +27,12 @@ import torch
 
 from fer_lightning.data.classes import CLASS_NAMES
 from fer_lightning.data.sources.jaffe import scan_jaffe
+from fer_lightning.data.preprocessing import Preprocessing
 from fer_lightning.data.store import decode_store
 from fer_lightning.data.synthetic import ensure_synthetic
-from fer_lightning.export import METADATA_KEY, ExportedModel, Probabilities, _export_program, _write_onnx
+from fer_lightning.deploy.exported import METADATA_KEY, ExportedModel
+from fer_lightning.deploy.exporters import Probabilities
+from fer_lightning.export import _export_program, _write_onnx
 from fer_lightning.features.extractor import HOG_DEFAULTS, LBP_DEFAULTS
 from fer_lightning.models.deep import DeepFER
 from fer_lightning.models.handcrafted import HandcraftedFER
@@ -70,7 +73,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        faces = decode_store(scan_jaffe(ensure_synthetic(tmp)), args.size, None).images
+        faces = decode_store(scan_jaffe(ensure_synthetic(tmp)), Preprocessing(args.size), None).images
         print(f"{len(faces)} synthetic faces at {args.size} px; torch {torch.__version__}; {args.threads} thread(s) "
               "for torch and for onnxruntime")
         ratios = []

@@ -12,8 +12,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from fer_lightning.config import config_dir
 from fer_lightning.data.synthetic import ensure_synthetic
+from fer_lightning.engine.configs import config_dir
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -97,7 +97,7 @@ class _TinyCheckpoints(dict):
         self.out, self.cache_dir = out, cache_dir
 
     def __missing__(self, model: str) -> Path:
-        from fer_lightning.training import train
+        from fer_lightning.engine.training import train
 
         overrides = [*TINY, "trainer.max_epochs=1", "logger=none", f"model={model}",
                      f"data.cache_dir={self.cache_dir}", f"paths.output_dir={self.out / model}"]

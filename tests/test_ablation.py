@@ -15,10 +15,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 import fer_lightning.data.datamodule as datamodule_mod
-from fer_lightning.config import config_dir
 from fer_lightning.data.splits import inner_split, paper_split
-from fer_lightning.pipeline import run_pipeline
-from fer_lightning.report import find_runs, select_on_validation
+from fer_lightning.engine.configs import config_dir
+from fer_lightning.engine.pipeline import run_pipeline
+from fer_lightning.reporting.tables import select_on_validation
+from fer_lightning.runs.survey import find_runs
 
 from .conftest import TINY
 

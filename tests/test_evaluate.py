@@ -9,10 +9,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from fer_lightning.config import config_dir
+from fer_lightning.engine.configs import config_dir
+from fer_lightning.engine.training import train
 from fer_lightning.errors import FERError
 from fer_lightning.evaluate import evaluate
-from fer_lightning.training import train
 
 from .conftest import run_cli
 

@@ -116,7 +116,7 @@ def test_the_default_install_is_lean(uv):
 
 def test_fer_train_from_the_wheel_outside_the_repo(venv, smoke_run):
     cwd, out, _, env = smoke_run
-    probe = run([venv / "bin" / "python", "-c", "import fer_lightning as f, fer_lightning.config as c; "
+    probe = run([venv / "bin" / "python", "-c", "import fer_lightning as f, fer_lightning.engine.configs as c; "
                  "print(f.__file__, c.config_dir(), f.__version__)"], cwd, env).stdout.split()
     assert all(Path(p).is_relative_to(venv) for p in probe[:2]) and probe[2] == "0.1.0"
     m = json.loads((out / "metrics.json").read_text())

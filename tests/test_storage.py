@@ -7,8 +7,9 @@ import stat
 import pytest
 import torch
 
-from fer_lightning.results import write_csv, write_json
-from fer_lightning.storage import atomic_torch_save, atomic_write_text, escape_surrogates
+from fer_lightning.errors import FERError
+from fer_lightning.io import atomic
+from fer_lightning.io.atomic import atomic_write_bytes, atomic_write_text, escape_surrogates, write_csv, write_json
 
 
 @pytest.fixture
@@ -28,7 +29,7 @@ def test_atomic_writes_honour_the_umask(tmp_path, umask):
         atomic_write_text(tmp_path / f"a{mask}.txt", "x")
         write_json(tmp_path / f"m{mask}.json", {"a": 1})
         write_csv(tmp_path / f"p{mask}.csv", [{"f": "x"}], ["f"])
-        atomic_torch_save({"t": torch.zeros(2)}, tmp_path / f"c{mask}.pt")
+        atomic_write_bytes(tmp_path / f"c{mask}.pt", b"\x80\x02")
         with open(tmp_path / f"plain{mask}", "w"):  # what open() gives, the reference
             pass
         for name in (f"a{mask}.txt", f"m{mask}.json", f"p{mask}.csv", f"c{mask}.pt", f"plain{mask}"):
@@ -60,3 +61,22 @@ def test_caches_honour_the_umask(tmp_path, umask):
     wrong = {str(p.relative_to(tmp_path)): oct(mode(p)) for p in written
              if mode(p) != (0o755 if p.is_dir() else 0o644)}
     assert not wrong
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
+    """No room left: one FERError line naming the file, the earlier file unchanged, no temporary file left."""
+    import errno
+
+    write_json(tmp_path / "metrics.json", {"test/acc": 0.5})
+    real_open = open
+
+    def full(path, mode="r", *args, **kwargs):
+        if "w" in mode and str(path).endswith(".tmp"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(atomic, "open", full, raising=False)
+    with pytest.raises(FERError, match=r"metrics.json: the disk is full .* free some space in"):
+        write_json(tmp_path / "metrics.json", {"test/acc": 0.9})
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"test/acc": 0.5}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]

@@ -6,7 +6,7 @@ on the device (JAFFE at 224 px: 213 x 224 x 224 bytes = 10.7 MB). It yields the 
 as a ``DataLoader(dataset, batch_size, shuffle, drop_last, num_workers=0)`` over :class:`IndexedImages`, and draws
 from torch's global random number generator exactly as that loader does in training (one draw for an epoch's
 iterator, then the shuffling seed), so a seeded run gives the same results on either path. Given a ``sampler``
-(the training order of :class:`~fer_lightning.seeding.EpochShuffle`), it follows that order instead and draws
+(the training order of :class:`~fer_lightning.runtime.seeding.EpochShuffle`), it follows that order instead and draws
 nothing from the global generator, as the DataLoader given the same sampler.
 """
 

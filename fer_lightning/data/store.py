@@ -2,7 +2,7 @@
 
 Every image is read as grey (:meth:`Record.read`), hashed (a content hash of its pixels, for duplicates), measured
 (its original size, for ``data.min_side``), face-cropped and resized, by ``data.decode_workers`` processes writing
-straight into the store (:mod:`fer_lightning.chunked`: per-chunk checksums, resumable, one builder at a time).
+straight into the store (:mod:`fer_lightning.io.chunked`: per-chunk checksums, resumable, one builder at a time).
 The store's key is the dataset fingerprint: the files (names, sizes, modification times), labels, subjects,
 splits and every setting that changes the pixels (image size, crop), so editing, adding or removing a file, or
 changing a setting, builds a new store, and a second run with the same files decodes nothing.
@@ -22,11 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from fer_lightning.chunked import Store, open_or_build
-from fer_lightning.data.crop import FaceCropper
-from fer_lightning.data.images import resize_grey
+from fer_lightning.data.preprocessing import Preprocessing
 from fer_lightning.data.sources.base import Record
 from fer_lightning.errors import FERError
+from fer_lightning.io.chunked import Store, open_or_build
 
 log = logging.getLogger(__name__)
 STORE_VERSION = 2
@@ -72,13 +71,14 @@ def fingerprint(records: Sequence[Record], settings: dict[str, Any]) -> str:
 
 
 class Decoder:
-    """Fills rows of the store: reads, hashes, measures, crops and resizes each record (picklable)."""
+    """Fills rows of the store: reads, hashes, measures and prepares (crops and resizes) each record (picklable)."""
 
-    def __init__(self, records: Sequence[Record], image_size: int, crop: dict[str, Any]) -> None:
-        self.records, self.image_size, self.crop = records, image_size, crop
+    def __init__(self, records: Sequence[Record], preprocessing: Preprocessing) -> None:
+        self.records, self.record = records, preprocessing.record()
 
     def __call__(self, start: int, stop: int, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
-        crop = FaceCropper.from_settings(self.crop)
+        prep = Preprocessing.from_record({"preprocessing": self.record})  # a cropper of this chunk's own
+        crop = prep.cropper
         missed = []
         for i in range(start, stop):
             r = self.records[i]
@@ -87,7 +87,7 @@ class Decoder:
                 hashlib.blake2b(img.tobytes() + bytes(str(img.shape), "ascii"), digest_size=8).digest(), "little")
             arrays["sizes"][i] = img.shape
             n_missed = len(crop.missed)
-            arrays["images"][i, 0] = resize_grey(crop(img, r.name or r.path), self.image_size)
+            arrays["images"][i, 0] = prep(img, r.name or r.path)
             if len(crop.missed) > n_missed:
                 missed.append(i)
         return {"missed": missed}
@@ -104,16 +104,15 @@ def decode_workers(workers: int | None) -> int:
 
 def decode_store(
     records: Sequence[Record],
-    image_size: int,
+    preprocessing: Preprocessing,
     cache_dir: str | Path | None,
     name: str = "faces",
-    crop: FaceCropper | None = None,
     workers: int | None = None,
 ) -> DecodedSet:
-    """Decode ``records`` (read grey, crop the face, resize) into ``(N, 1, image_size, image_size)`` uint8, or
+    """Decode ``records`` (read grey, then ``preprocessing``: crop the face, resize) into ``(N, 1, S, S)`` uint8, or
     open the store that already holds them. ``cache_dir=None``: a temporary store."""
-    crop = crop or FaceCropper("none")
-    fp = fingerprint(records, {"image_size": image_size, "crop": crop.settings()})
+    image_size = preprocessing.image_size
+    fp = fingerprint(records, {"image_size": image_size, "crop": preprocessing.face_crop})
     n, row_bytes = len(records), image_size * image_size
     workers = decode_workers(workers) if n >= POOL_MIN_ROWS else 0
     # about 64 chunks (at most 16 MB each), whatever the number of workers: a store built by one machine or
@@ -121,7 +120,7 @@ def decode_store(
     chunk = int(np.clip(-(-n // 64), 16, max(16, (16 << 20) // row_bytes)))
     specs = {"images": ((1, image_size, image_size), "uint8"), "hashes": ((), "uint64"), "sizes": ((2,), "uint32")}
     store = open_or_build(cache_dir, f"{name}-{image_size}px-{fp}", specs, n,
-                          Decoder(records, image_size, crop.settings()), chunk=chunk, workers=workers,
+                          Decoder(records, preprocessing), chunk=chunk, workers=workers,
                           what=f"decoded {name} images")
     missed = [i for notes in store.notes for i in notes.get("missed", [])]
     if missed:

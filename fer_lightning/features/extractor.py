@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -180,19 +180,33 @@ class HandcraftedFeatures(nn.Module):
             for k, v in out.items()
         }
 
-    @torch.no_grad()
-    def compute(self, images: torch.Tensor, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-        """Blocks for a whole dataset ``(N, 1, H, W)``, ``batch_size`` images at a time on ``device``; on the CPU."""
-        parts: dict[str, list[torch.Tensor]] = {}
-        for i in range(0, len(images), self.batch_size):
-            blocks = self(images[i : i + self.batch_size].to(device))
-            for k, v in blocks.items():
-                parts.setdefault(k, []).append(v.cpu())
-        return {k: torch.cat(v) for k, v in parts.items()}
 
+@torch.no_grad()
+def blocks_in_batches(
+    compute: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+    images: torch.Tensor,
+    batch_size: int,
+    device: torch.device | str = "cpu",
+) -> dict[str, torch.Tensor]:
+    """Named blocks of many images, ``batch_size`` at a time on ``device``, gathered on the CPU as float32.
 
-def resolve_device(device: str | None) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    Args:
+        compute: ``(b, 1, S, S)`` images on ``device`` -> ``{block: (b, D)}`` (an extractor, a backbone's GAP, ...).
+        images: the images, on any device (a memory-mapped store stays where it is; each batch is moved).
+        batch_size: images per call of ``compute``.
+        device: where ``compute`` runs.
+
+    Shape:
+        - images: :math:`(N, 1, S, S)`.
+        - Output: ``{block: (N, D_block)}`` float32 on the CPU.
+
+    Examples:
+        >>> x = torch.arange(6, dtype=torch.uint8).view(6, 1, 1, 1)
+        >>> blocks_in_batches(lambda b: {"sum": b.flatten(1).float()}, x, batch_size=4)["sum"].flatten()
+        tensor([0., 1., 2., 3., 4., 5.])
+    """
+    parts: dict[str, list[torch.Tensor]] = {}
+    for i in range(0, len(images), batch_size):
+        for k, v in compute(images[i : i + batch_size].to(device)).items():
+            parts.setdefault(k, []).append(v.detach().float().cpu())
+    return {k: torch.cat(v) for k, v in parts.items()}

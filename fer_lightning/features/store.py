@@ -1,5 +1,5 @@
 """Feature blocks of a whole dataset (handcrafted HOG/LBP, the hybrid's GAP table), computed once per (dataset,
-settings) in batches, with a progress bar, into a memory-mapped store (:mod:`fer_lightning.chunked`: checksummed
+settings) in batches, with a progress bar, into a memory-mapped store (:mod:`fer_lightning.io.chunked`: checksummed
 per chunk, resumable, built by one process while the others wait)."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from fer_lightning.chunked import Store, open_or_build
 from fer_lightning.errors import FERError
 from fer_lightning.features.extractor import HandcraftedFeatures
+from fer_lightning.io.chunked import Store, open_or_build
 
 log = logging.getLogger(__name__)
 STORE_DTYPES = ("float32", "float16")

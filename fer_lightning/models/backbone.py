@@ -11,7 +11,9 @@ from torch import nn
 from torchvision.models import MobileNet_V2_Weights, MobileNetV2, mobilenet_v2
 
 from fer_lightning.data.augment import grey_to_imagenet
+from fer_lightning.data.preprocessing import to_unit
 from fer_lightning.errors import FERError
+from fer_lightning.features.extractor import blocks_in_batches
 
 IMAGENET_WEIGHTS = MobileNet_V2_Weights.IMAGENET1K_V1
 _PREFIXES = ("module.", "model.", "net.", "backbone.")
@@ -72,7 +74,7 @@ def _load_state_dict_file(path: Path) -> MobileNetV2:
 
 def backbone_state_from_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """The fine-tuned MobileNetV2 ``features.*`` tensors of a fer-lightning ``deep`` run's checkpoint."""
-    from fer_lightning.checkpoints import read_checkpoint
+    from fer_lightning.runs.checkpoints import read_checkpoint
 
     ckpt = read_checkpoint(path, option="model.backbone.checkpoint")
     kind = ckpt["fer_lightning"].get("model")
@@ -140,7 +142,6 @@ class MobileNetV2Backbone(nn.Module):
         """``(N, 1, H, W)`` uint8 -> ``(N, 1280)`` GAP features (eval mode, on ``device``, returned on the CPU)."""
         was_training = self.training
         self.eval().to(device)
-        out = [self(images[i : i + batch_size].to(device).float().div_(255.0)).cpu()
-               for i in range(0, len(images), batch_size)]
+        out = blocks_in_batches(lambda x: {"gap": self(to_unit(x))}, images, batch_size, device)["gap"]
         self.train(was_training)
-        return torch.cat(out)
+        return out
