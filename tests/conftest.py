@@ -64,6 +64,16 @@ TINY = [
 ]
 
 
+LONDON_FIXTURES = Path(__file__).parent / "fixtures" / "london-faces"
+
+
+def london_folder(dest: Path, happy: str = "happy", neutral: str = "neutral") -> Path:
+    """A class-folder dataset of the 12 London-faces fixture photos, its class folders named ``happy`` / ``neutral``."""
+    shutil.copytree(LONDON_FIXTURES / "happiness", dest / happy)
+    shutil.copytree(LONDON_FIXTURES / "neutral", dest / neutral)
+    return dest
+
+
 @pytest.fixture
 def make_cfg(tmp_path, cache_dir):
     """Compose the training config as Hydra would, with tiny settings and a fresh output dir."""

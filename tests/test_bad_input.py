@@ -17,7 +17,7 @@ from fer_lightning.deploy.prediction import predict
 from fer_lightning.engine.training import train
 from fer_lightning.errors import FERError
 
-from .conftest import run_cli
+from .conftest import london_folder, run_cli
 
 FIXTURES = Path(__file__).parent / "fixtures" / "london-faces"
 
@@ -36,10 +36,7 @@ def bomb_png(path: Path, side: int = 20000) -> Path:
 
 @pytest.fixture
 def faces(tmp_path) -> Path:
-    root = tmp_path / "faces"
-    shutil.copytree(FIXTURES / "happiness", root / "happy")
-    shutil.copytree(FIXTURES / "neutral", root / "neutral")
-    return root
+    return london_folder(tmp_path / "faces")
 
 
 def test_unreadable_data_folders(jaffe_dir, faces, monkeypatch):
@@ -102,7 +99,8 @@ def test_one_subject_loso():
         (["data.batch_size=0"], "data.batch_size=0 is not valid: give a positive whole number"),
         # the option the user set is named, not features.hog.scales that follows it
         (["model=handcrafted", "data.image_size=abc"], "data.image_size='abc' is not valid: give a whole number"),
-        (["+data.unknown_key=1"], r"data.unknown_key is not an option of fer_lightning.data.FERDataModule.from_options; "
+        (["+data.unknown_key=1"], r"data.unknown_key is not an option of "
+                                  r"fer_lightning.data.FERDataModule.from_options; "
                                   r"valid keys: augment, batch_size, .*val_size"),
         (["+model.depth=3"], "model.depth is not an option of fer_lightning.models.deep.DeepFER"),
         (["+trainer.max_epoch=3"], "trainer.max_epoch is not an option of pytorch_lightning.Trainer"),

@@ -15,8 +15,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 
-from fer_lightning.engine import ddp as distributed
 from fer_lightning.data.dataset import lone_last_batch
+from fer_lightning.engine import ddp as distributed
 from fer_lightning.engine.configs import config_dir
 from fer_lightning.engine.ddp import end_job, job_command
 from fer_lightning.evaluate import evaluate

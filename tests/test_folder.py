@@ -2,7 +2,6 @@
 
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,14 +11,14 @@ import torch
 from fer_lightning.data import FolderDataModule
 from fer_lightning.data.crop import FaceCropper
 from fer_lightning.data.images import read_grey
+from fer_lightning.data.preprocessing import Preprocessing
 from fer_lightning.data.sources.folder import scan_folder
 from fer_lightning.data.splits import subject_kfold_split
-from fer_lightning.data.preprocessing import Preprocessing
 from fer_lightning.data.store import decode_store
 from fer_lightning.engine.training import train
 from fer_lightning.errors import FERError
 
-from .conftest import LONDON
+from .conftest import LONDON, london_folder
 
 FIXTURES = Path(__file__).parent / "fixtures" / "london-faces"
 
@@ -27,10 +26,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "london-faces"
 @pytest.fixture
 def faces(tmp_path) -> Path:
     """A folder dataset with aliased, oddly cased class folders: Happy/ and NEUTRAL/ (6 people each)."""
-    root = tmp_path / "faces"
-    shutil.copytree(FIXTURES / "happiness", root / "Happy")
-    shutil.copytree(FIXTURES / "neutral", root / "NEUTRAL")
-    return root
+    return london_folder(tmp_path / "faces", "Happy", "NEUTRAL")
 
 
 def test_aliases_subjects_and_present_classes(faces):

@@ -5,7 +5,6 @@ import os
 import stat
 
 import pytest
-import torch
 
 from fer_lightning.errors import FERError
 from fer_lightning.io import atomic

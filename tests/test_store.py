@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from fer_lightning.io import chunked
+from fer_lightning.data.preprocessing import Preprocessing
 from fer_lightning.data.sources.base import Record
 from fer_lightning.data.sources.jaffe import scan_jaffe
-from fer_lightning.data.preprocessing import Preprocessing
 from fer_lightning.data.store import decode_store
+from fer_lightning.io import chunked
 
 
 def _forbid_decoding(monkeypatch):

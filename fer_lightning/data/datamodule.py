@@ -28,19 +28,11 @@ from fer_lightning.data.augment import FaceAugment
 from fer_lightning.data.classes import ALL_CLASS_NAMES
 from fer_lightning.data.contract import ModelData
 from fer_lightning.data.dataset import IndexedImages, lone_last_batch
-from fer_lightning.data.device import DeviceBatches, fits_on, store_bytes
+from fer_lightning.data.device import DeviceBatches, ResidentStore
 from fer_lightning.data.preprocessing import Preprocessing, to_unit
 from fer_lightning.data.settings import LoaderSettings, SplitSettings, StoreSettings
 from fer_lightning.data.sources import SOURCES, Source, make_source
-from fer_lightning.data.splits import (
-    Split,
-    inner_split,
-    loso_split,
-    official_split,
-    paper_split,
-    separate_copies,
-    subject_kfold_split,
-)
+from fer_lightning.data.splits import Split, draw_split
 from fer_lightning.data.store import DecodedSet, decode_store, duplicate_groups, warn_small
 from fer_lightning.errors import FERError
 from fer_lightning.features.extractor import HandcraftedFeatures
@@ -83,7 +75,7 @@ class FERDataModule(pl.LightningDataModule):
         self.split_settings, self.loader, self.store_settings = split, loader, store
         self.augment = augment if augment is not None else FaceAugment()
         self.extractor = features
-        self._resident: tuple | None = None  # (device, images, targets, features) on the training device
+        self._resident = ResidentStore(loader.on_device, loader.on_device_max_mb)
         self.decoded: DecodedSet | None = None
         self.split: Split | None = None
         self.features: dict[str, torch.Tensor] | None = None
@@ -148,42 +140,6 @@ class FERDataModule(pl.LightningDataModule):
     def dataset_name(self) -> str:
         return self.source.name
 
-    @property
-    def root(self) -> Path | None:
-        return self.source.root
-
-    @property
-    def cache_dir(self) -> str | Path | None:
-        return self.store_settings.cache_dir
-
-    @property
-    def split_name(self) -> str:
-        return self.split_settings.name
-
-    @property
-    def fold(self) -> int:
-        return self.split_settings.fold
-
-    @property
-    def seed(self) -> int:
-        return self.split_settings.seed
-
-    @property
-    def inner_folds(self) -> int:
-        return self.split_settings.inner_folds
-
-    @property
-    def inner_fold(self) -> int:
-        return self.split_settings.inner_fold
-
-    @property
-    def batch_size(self) -> int:
-        return self.loader.batch_size
-
-    @property
-    def image_size(self) -> int:
-        return self.prep.image_size
-
     @functools.cached_property
     def class_names(self) -> tuple[str, ...]:
         return self.source.classes()
@@ -223,31 +179,6 @@ class FERDataModule(pl.LightningDataModule):
         """Generate the synthetic set and build the decoded-image store (once; other processes wait for it)."""
         self._decoded()
 
-    def _split(self, d: DecodedSet, groups: np.ndarray) -> Split:
-        s, name = self.split_settings, self.split_settings.name
-        if name == "paper":
-            return paper_split(d.labels, test_size=s.test_size, val_size=s.val_size, train_size=s.train_size,
-                               seed=s.seed, groups=groups)
-        if s.subject_independent and not self.source.has_subjects:
-            raise FERError(f"data.split={name} needs a subject id for every image, and {self.dataset_name} has "
-                           "none; use data.split=paper (random) or data.split=official where the dataset has one")
-        if name in ("official", "manifest") and not self.source.has_split:
-            raise FERError(f"data.split={name} needs the dataset's own split (FER2013's Usage, RAF-DB, AffectNet, a "
-                           f"manifest's split column), and {self.dataset_name} has none; use data.split=paper")
-        if name == "loso":
-            split = loso_split(d.labels, d.subjects, fold=s.fold, val_size=s.val_size, seed=s.seed)
-        elif name == "subject_kfold":
-            split = subject_kfold_split(d.labels, d.subjects, folds=s.folds, fold=s.fold, val_size=s.val_size,
-                                        seed=s.seed)
-        else:
-            split = official_split([r.split for r in self.source.records], d.labels, val_size=s.val_size,
-                                   seed=s.seed, option=f"data.split={name}")
-        split, dropped = separate_copies(split, groups)
-        if dropped:
-            log.warning("dropped %d validation/test image(s) that copy an image of an earlier part of the split",
-                        dropped)
-        return split
-
     def use_split(self, split: Split) -> None:
         """Evaluate on a split given from outside (a run's own, read from its ``splits.csv``) instead of drawing one:
         before :meth:`setup`, or after it (the split is then replaced)."""
@@ -266,23 +197,13 @@ class FERDataModule(pl.LightningDataModule):
             soft = torch.tensor([r.soft for r in records], dtype=torch.float32)[:, cols]
             self.soft = soft / soft.sum(1, keepdim=True).clamp_min(1e-12)
         groups = duplicate_groups(d, self.file_names(), d.labels, self.store_settings.duplicates)
-        split = self._split(d, groups)
         s = self.split_settings
-        if s.inner_folds:
-            split = inner_split(split, d.labels, d.subjects, folds=s.inner_folds, fold=s.inner_fold, seed=s.seed,
-                                by_subject=s.subject_independent)
-            log.info("inner fold %d of %d: the held-out training images are this run's test set (outer test unused)",
-                     s.inner_fold, s.inner_folds)
-        train_labels = {d.labels[i] for i in split.train}
-        for c in sorted(set(d.labels) - train_labels):
-            raise FERError(f"class '{c}' has no training images in the {s.name} split of {self.dataset_name};"
-                           " choose another split or add images of it")
-        self.split = split
+        split = self.split = draw_split(s, self.source, d.labels, d.subjects, groups)
         log.info("%s split of %d images: %d train / %d val / %d test", s.name, len(d.labels), len(split.train),
                  len(split.val), len(split.test))
         if self.extractor is not None and self.extractor.source == "precomputed":
             log.info("handcrafted descriptor blocks: %s", self.extractor.describe())
-            self.feature_store = feature_store(self.extractor, d.images, d.fingerprint, self.cache_dir,
+            self.feature_store = feature_store(self.extractor, d.images, d.fingerprint, self.store_settings.cache_dir,
                                                resolve_device(self.store_settings.feature_device),
                                                self.extractor.store_dtype)
             self.features = blocks_of(self.feature_store)
@@ -291,11 +212,12 @@ class FERDataModule(pl.LightningDataModule):
         """What a model is handed at setup (see :class:`~fer_lightning.data.contract.ModelData`)."""
         self.setup()
         d = self._decoded()
+        s, store = self.split_settings, self.store_settings
         return ModelData(
             class_names=tuple(self.class_names), images=d.images, targets=self.targets, labels=d.labels,
-            subjects=d.subjects, split=self.split, seed=self.seed, fingerprint=d.fingerprint, cache_dir=self.cache_dir,
-            subject_independent=self.split_settings.subject_independent, preprocessing=self.prep,
-            augment=self.augment, feature_device=resolve_device(self.store_settings.feature_device),
+            subjects=d.subjects, split=self.split, seed=s.seed, fingerprint=d.fingerprint, cache_dir=store.cache_dir,
+            subject_independent=s.subject_independent, preprocessing=self.prep,
+            augment=self.augment, feature_device=resolve_device(store.feature_device),
             features=self.features,
         )
 
@@ -320,7 +242,8 @@ class FERDataModule(pl.LightningDataModule):
         # generator, so a resumed run repeats the uninterrupted one (fer_lightning.runtime.seeding). Several:
         # Lightning's DistributedSampler, seeded by (seed, epoch) too.
         epoch = self._epoch
-        order = EpochShuffle(len(indices), run_seed(self.seed), epoch) if shuffle and world == 1 else None
+        seed = run_seed(self.split_settings.seed)
+        order = EpochShuffle(len(indices), seed, epoch) if shuffle and world == 1 else None
         plain = self.loader.sampler == "random" and self.soft is None  # what the device-resident batches cover
         resident = self._device_store() if world == 1 and plain else None
         if resident is not None:
@@ -332,7 +255,7 @@ class FERDataModule(pl.LightningDataModule):
         if shuffle and self.loader.sampler == "balanced":
             counts = self.model_data().class_counts(part).double().clamp_min(1)
             weights = (1.0 / counts)[self.targets[torch.as_tensor(np.asarray(indices), dtype=torch.long)]]
-            sampler = (EpochWeighted(weights, run_seed(self.seed), epoch) if world == 1
+            sampler = (EpochWeighted(weights, seed, epoch) if world == 1
                        else WeightedRandomSampler(weights, num_samples=len(indices), replacement=True))
         if sampler is not None:
             shuffle = False
@@ -354,21 +277,11 @@ class FERDataModule(pl.LightningDataModule):
         return self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0
 
     def _device_store(self) -> tuple | None:
-        """``(images, targets, features)`` of the whole store on the training device, when ``on_device`` is
-        ``true``, or ``auto`` and it fits (see :func:`~fer_lightning.data.device.fits_on`); else None."""
+        """``(images, targets, features)`` of the whole store on the training device (``data.on_device``), or None."""
         strategy = getattr(self.trainer, "strategy", None)
-        if self.loader.on_device == "false" or strategy is None:
+        if strategy is None:
             return None
-        device = strategy.root_device
-        images = self._decoded().images
-        if self.loader.on_device == "auto" and not fits_on(
-                device, store_bytes(images, self.targets, self.features), self.loader.on_device_max_mb):
-            return None
-        if self._resident is None or self._resident[0] != device:
-            features = None if self.features is None else {k: v.to(device) for k, v in self.features.items()}
-            self._resident = (device, images.to(device), self.targets.to(device), features)
-            log.info("data on %s: %d images, batches drawn there", device, len(images))
-        return self._resident[1:]
+        return self._resident.on(strategy.root_device, self._decoded().images, self.targets, self.features)
 
     def train_dataloader(self) -> DataLoader | DeviceBatches:
         return self._loader("train", shuffle=True)

@@ -49,8 +49,9 @@ def readable_name(logger_cfg: Any, model: Any, dm: Any, seed: int) -> dict[str, 
     """TensorBoard runs named ``<model>/<split>[/fold<k>]/seed<s>`` (what a run is, at a glance)."""
     if not str(logger_cfg.get("_target_", "")).endswith("TensorBoardLogger") or logger_cfg.get("name"):
         return {}
-    fold = f"/fold{dm.fold}" if dm.split_name != "paper" else ""
-    return {"name": f"{model.model_name}/{dm.split_name}{fold}/seed{seed}"}
+    split = dm.split_settings
+    fold = f"/fold{split.fold}" if split.name != "paper" else ""
+    return {"name": f"{model.model_name}/{split.name}{fold}/seed{seed}"}
 
 
 def build_trainer(cfg: DictConfig, model: Any, dm: Any) -> pl.Trainer:

@@ -200,10 +200,10 @@ def _same_data(dm: Any, run: RunRecord, prep_changed: bool) -> bool:
         return True
     if not run.splits or dm.dataset_name != run.dataset:
         return False
-    if dm.root is None and run.root is None and not prep_changed:
+    if dm.source.root is None and run.root is None and not prep_changed:
         return False
-    if dm.root is not None and run.root is not None:
-        if Path(dm.root).expanduser().resolve() == Path(run.root).expanduser().resolve():
+    if dm.source.root is not None and run.root is not None:
+        if Path(dm.source.root).expanduser().resolve() == Path(run.root).expanduser().resolve():
             return True
     return any(escape_surrogates(n) in run.splits for n in dm.file_names())
 
@@ -293,7 +293,7 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, A
         raise FERError(f"evaluate runs in one process; trainer={cfg.trainer.get('strategy', 'ddp')} asks for "
                        f"{trainer.world_size}: use trainer=default or trainer=gpu")
     trainer.test(model, datamodule=dm, verbose=False)
-    metrics = metrics_of_test(model, dm, dm.seed)
+    metrics = metrics_of_test(model, dm, dm.split_settings.seed)
     metrics["checkpoint"] = str(Path(cfg.ckpt_path).expanduser().resolve())
     result = RunFolder(out)
     written = {"ckpt_path": metrics["checkpoint"], "data": node, "trainer": OmegaConf.to_container(cfg.trainer)}
@@ -301,7 +301,7 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, A
     result.write_splits(dm.split_rows())
     write_test_outputs(result, model, dm, metrics)
     log.info("%s checkpoint on %s (%s split): test acc %.4f on %d images; outputs in %s", model.model_name,
-             dm.dataset_name, dm.split_name, metrics["test/acc"], metrics["n_test"], out)
+             dm.dataset_name, dm.split_settings.name, metrics["test/acc"], metrics["n_test"], out)
     return metrics
 
 

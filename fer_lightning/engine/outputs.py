@@ -12,6 +12,7 @@ def metrics_of_test(model: Any, dm: Any, seed: int) -> dict[str, Any]:
     """The ``metrics.json`` fields every test of a model on a data module has: ``test/*`` scalars, the
     confusion matrix, and what was tested (classes, data, split, fold, seed, model)."""
     metrics: dict[str, Any] = {f"test/{k}": v for k, v in model.results["test"].items()}
+    split = dm.split_settings
     metrics.update(
         {
             "confusion_matrix": model.confusion["test"].tolist(),
@@ -19,9 +20,9 @@ def metrics_of_test(model: Any, dm: Any, seed: int) -> dict[str, Any]:
             "n_test": len(model.outputs["test"]["index"]),
             "dataset": dm.dataset_name,
             "dataset_fingerprint": dm.decoded.fingerprint,
-            "split": dm.split_name,
-            "fold": dm.fold if dm.split_name != "paper" else None,
-            "inner_fold": f"{dm.inner_fold}/{dm.inner_folds}" if dm.inner_folds else None,
+            "split": split.name,
+            "fold": split.fold if split.name != "paper" else None,
+            "inner_fold": f"{split.inner_fold}/{split.inner_folds}" if split.inner_folds else None,
             "seed": int(seed),
             "model": model.model_name,
         }

@@ -44,7 +44,7 @@ def write_run_description(cfg: DictConfig, dm: Any, run: RunFolder) -> None:
         "command": " ".join(sys.argv),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "dataset": dm.dataset_name,
-        "dataset_root": str(dm.root) if dm.root is not None else None,
+        "dataset_root": str(dm.source.root) if dm.source.root is not None else None,
         # where the files of splits.csv and predictions.csv lie (None: rows of a CSV file)
         "image_root": None if dm.image_root() is None else str(dm.image_root()),
         "dataset_fingerprint": dm.fingerprint,
@@ -66,7 +66,7 @@ def best_checkpoint(trainer: pl.Trainer) -> str | None:
 def prepare_data(cfg: DictConfig) -> Any:
     """The data module, its store built and its split drawn (processes sharing the cache take turns)."""
     dm = build_data(cfg)
-    with one_at_a_time(dm.cache_dir):  # processes sharing the cache: the first builds it, the others read it
+    with one_at_a_time(dm.store_settings.cache_dir):  # processes sharing the cache: one builds, the others read
         dm.prepare_data()
         dm.setup()
     if len(dm.split.val) == 0:
@@ -144,8 +144,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     finish(trainer.loggers)
     log.info(
         "%s on %s (%s split%s): test acc %.4f, macro F1 %.4f on %d images; outputs in %s",
-        model.model_name, dm.dataset_name, dm.split_name,
-        f", fold {dm.fold}" if dm.split_name != "paper" else "",
+        model.model_name, dm.dataset_name, dm.split_settings.name,
+        f", fold {dm.split_settings.fold}" if dm.split_settings.name != "paper" else "",
         metrics["test/acc"], metrics["test/f1_macro"], metrics["n_test"], run.path,
     )
     return metrics

@@ -9,7 +9,6 @@ its figures are skipped with one log line per model and the report goes on.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,14 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from omegaconf import OmegaConf
 
-from fer_lightning.data.crop import FaceCropper
-from fer_lightning.data.images import read_grey, resize_grey
+from fer_lightning.data.preprocessing import Preprocessing
 from fer_lightning.errors import FERError
 from fer_lightning.models import load_model
 from fer_lightning.reporting.explain import GradCAM, cam_layer
 from fer_lightning.reporting.faces import Labelled, grad_cam_figure, misclassified_figure
+from fer_lightning.runs.folder import CONFIG, RUN_INFO, RunFolder
 from fer_lightning.runtime.devices import resolve_device
 
 log = logging.getLogger("fer_lightning.report")
@@ -38,25 +36,29 @@ class RunImages:
     resized to the run's image size. Raises :class:`FERError` when the run does not say where they are."""
 
     def __init__(self, run_dir: Path) -> None:
-        if not (run_dir / "run_info.json").is_file():
-            raise FERError(f"{run_dir} has no run_info.json to say where its images are")
-        info = json.loads((run_dir / "run_info.json").read_text())
+        run = RunFolder(run_dir)
+        if not (run / RUN_INFO).is_file():
+            raise FERError(f"{run_dir} has no {RUN_INFO} to say where its images are")
+        info = run.read_run_info()
+        if info is None:
+            raise FERError(f"{run / RUN_INFO} is not readable JSON")
         root = info.get("image_root") or info.get("dataset_root")
         if not root:
-            raise FERError(f"{run_dir / 'run_info.json'} records no image folder")
+            raise FERError(f"{run / RUN_INFO} records no image folder")
         self.root = Path(root)
         if not self.root.is_dir():
             raise FERError(f"the image folder {self.root} is not there")
-        data = OmegaConf.load(run_dir / "config.yaml").data
-        self.size = int(data.image_size)
-        self.cropper = FaceCropper(str(data.get("face_crop", "none")), float(data.get("crop_margin", 0.2)),
-                                   data.get("crop_box"))
+        config = run.read_config()
+        if config is None:
+            raise FERError(f"{run_dir} has no {CONFIG} to say how its images were prepared")
+        data = config.data
+        self.preprocessing = Preprocessing.from_options(int(data.image_size), str(data.get("face_crop", "none")),
+                                                        float(data.get("crop_margin", 0.2)), data.get("crop_box"))
 
     def __call__(self, file: str) -> np.ndarray:
         if Path(file).is_absolute() or ".." in Path(file).parts:
             raise FERError(f"{file}: not a path inside the image folder {self.root}")
-        path = self.root / file
-        return resize_grey(self.cropper(read_grey(path), path), self.size)
+        return self.preprocessing.read(self.root / file)
 
 
 def _probs(row: dict[str, str], class_names: Sequence[str]) -> list[float]:
@@ -104,7 +106,7 @@ def tested_checkpoint(run: Any) -> Path:
     best = run.metrics.get("best_checkpoint")
     if not best:
         raise FERError(f"{run.path}: no checkpoint was kept (metrics.json has no best_checkpoint)")
-    for path in (run.path / "checkpoints" / Path(best).name, Path(best)):
+    for path in (RunFolder(run.path).checkpoint_dir / Path(best).name, Path(best)):
         if path.is_file():
             return path
     raise FERError(f"{run.path}: its checkpoint {Path(best).name} is not there")
@@ -115,8 +117,8 @@ def grad_cam_of_run(run: Any, per_class: int = 3, device: str = "auto") -> dict[
     run's own checkpoint; None for a model without a CNN. Returns ``rows`` (the predictions.csv rows used),
     ``images`` ``(N, S, S)`` uint8, ``cams`` ``(N, S, S)`` in ``[0, 1]``, ``probs`` ``(N, C)`` (recomputed) and
     ``class_names``."""
-    config = run.path / "config.yaml"
-    if config.is_file() and "backbone" not in OmegaConf.load(config).get("model", {}):
+    config = RunFolder(run.path).read_config()
+    if config is not None and "backbone" not in config.get("model", {}):
         return None  # the run's model has no CNN (handcrafted)
     model = load_model(str(tested_checkpoint(run)), map_location="cpu")
     layer = cam_layer(model)

@@ -8,16 +8,31 @@ learning-rate schedule and the epoch budget, checked once and turned into Lightn
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 
 from fer_lightning.errors import FERError
+from fer_lightning.runtime.registry import Registry, choose
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULERS = ("none", "cosine", "plateau")
+# model.optim.optimizer: name -> (parameters, settings) -> a torch optimiser
+OPTIMIZERS: Registry[Callable[[list, Any], torch.optim.Optimizer]] = Registry("model.optim.optimizer", {
+    "adam": lambda params, s: torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay),
+    "adamw": lambda params, s: torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay),
+    "sgd": lambda params, s: torch.optim.SGD(params, lr=s.lr, weight_decay=s.weight_decay, momentum=0.9),
+})
+# model.optim.scheduler: name -> (optimiser, settings, epochs) -> Lightning's lr_scheduler entry (None: a constant rate)
+SCHEDULERS: Registry[Callable[[Any, Any, int], dict[str, Any] | None]] = Registry("model.optim.scheduler", {
+    "none": lambda opt, s, epochs: None,
+    "cosine": lambda opt, s, epochs: {
+        "scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs)), "interval": "epoch"},
+    "plateau": lambda opt, s, epochs: {
+        "scheduler": torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.5,
+                                                               patience=max(1, s.patience // 3)),
+        "monitor": "val/loss", "interval": "epoch"},
+})
 
 
 @dataclass(frozen=True)
@@ -57,10 +72,8 @@ class OptimSettings:
                 bound = f"{'>=' if low_ok else '>'} {low:g}" + (f" and < {high:g}" if high != math.inf else "")
                 raise FERError(f"{option}.{name}={value!r}: give a finite number {bound}")
 
-        if self.optimizer not in OPTIMIZERS:
-            raise FERError(f"{option}.optimizer={self.optimizer} is unknown; choose one of: {', '.join(OPTIMIZERS)}")
-        if self.scheduler not in SCHEDULERS:
-            raise FERError(f"{option}.scheduler={self.scheduler} is unknown; choose one of: {', '.join(SCHEDULERS)}")
+        choose(self.optimizer, OPTIMIZERS, f"{option}.optimizer")
+        choose(self.scheduler, SCHEDULERS, f"{option}.scheduler")
         number("lr", 0.0, False)
         number("weight_decay", 0.0, True)
         number("label_smoothing", 0.0, True, 1.0)
@@ -69,23 +82,8 @@ class OptimSettings:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise FERError(f"{option}.{name}={value!r}: give a whole number of epochs >= 1")
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     def configure(self, params: Iterable[torch.nn.Parameter], max_epochs: int | None = None) -> Any:
         """What ``LightningModule.configure_optimizers`` returns for these settings."""
-        params = list(params)
-        if self.optimizer == "adam":
-            opt = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
-        elif self.optimizer == "adamw":
-            opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
-        else:
-            opt = torch.optim.SGD(params, lr=self.lr, weight_decay=self.weight_decay, momentum=0.9)
-        if self.scheduler == "cosine":
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, int(max_epochs or self.max_epochs)))
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
-        if self.scheduler == "plateau":
-            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.5,
-                                                               patience=max(1, self.patience // 3))
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val/loss", "interval": "epoch"}}
-        return opt
+        opt = OPTIMIZERS.get(self.optimizer)(list(params), self)
+        sched = SCHEDULERS.get(self.scheduler)(opt, self, int(max_epochs or self.max_epochs))
+        return opt if sched is None else {"optimizer": opt, "lr_scheduler": sched}
