@@ -17,6 +17,7 @@ from fer_lightning.deploy.prediction import predict
 from fer_lightning.engine.training import train
 from fer_lightning.errors import FERError
 from fer_lightning.models import load_model
+from fer_lightning.runs.checkpoints import read_checkpoint
 
 from .test_predict import assert_reproduces_run, rows_of
 
@@ -86,7 +87,7 @@ def test_train_predict_video_and_export_share_the_alignment(make_cfg, tmp_path):
     rows, _ = predict(ckpt, faces)
     assert assert_reproduces_run(tmp_path / "run", rows, root=faces) == len(rows_of(tmp_path / "run" /
                                                                                    "predictions.csv")) > 0
-    assert metadata(ckpt, load_model(ckpt), "uint8")["face_crop"] == SETTINGS
+    assert metadata(read_checkpoint(ckpt), ckpt, load_model(ckpt), "uint8")["face_crop"] == SETTINGS
     av = pytest.importorskip("av")
     from fer_lightning.deploy.video import video_rows
 

@@ -161,6 +161,6 @@ def test_every_kind_of_data_override_applies(hc_run, tmp_path, cache_dir):
     limited = ["++data.batch_size=4", "+trainer.limit_test_batches=1"]
     e = evaluate(eval_cfg(tmp_path / "t", cache_dir, m["best_checkpoint"], *limited), overrides=limited)
     assert e["n_test"] == 4
-    with pytest.raises(FERError, match=r"data.unknown_key is not an option of .*FERDataModule; valid keys: .*root"):
+    with pytest.raises(FERError, match=r"data.unknown_key is not an option of .*from_options; valid keys: .*root"):
         evaluate(eval_cfg(tmp_path / "u", cache_dir, m["best_checkpoint"], "+data.unknown_key=1"),
                  overrides=["+data.unknown_key=1"])

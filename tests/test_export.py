@@ -15,8 +15,8 @@ from fer_lightning.data.store import decode_store
 from fer_lightning.deploy.exported import ExportedModel
 from fer_lightning.deploy.exporters import OPSET, export, metadata
 from fer_lightning.errors import FERError
-from fer_lightning.features.hog import hog_graph
-from fer_lightning.features.lbp import lbp_codes, lbp_codes_graph, lbp_histograms, lbp_histograms_graph
+from fer_lightning.features.graph import hog_graph, lbp_codes_graph, lbp_histograms_graph
+from fer_lightning.features.lbp import lbp_codes, lbp_histograms
 from fer_lightning.models import load_model
 
 from .conftest import run_cli

@@ -59,7 +59,7 @@ def test_refused_runs_leave_the_folder_untouched(tmp_path, cache_dir):
 
 
 def test_a_sweep_folder_holding_finished_runs_is_refused(tmp_path):
-    """The guard raises (a Hydra callback never ends the process); the exception prints as the one error line."""
+    """The guard raises (it never prints or exits itself); the command prints the refusal as its one error line."""
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
 
@@ -76,7 +76,7 @@ def test_a_sweep_folder_holding_finished_runs_is_refused(tmp_path):
             RunDirGuard().on_multirun_start(cfg)
     finally:
         HydraConfig.instance().cfg = None  # what the guard set for Hydra, which is not running here
-    assert str(e.value).startswith(f"fer-lightning: error: hydra.sweep.dir={tmp_path} already holds finished runs")
+    assert e.value.code == 2 and str(e.value).startswith(f"hydra.sweep.dir={tmp_path} already holds finished runs")
 
 
 def test_a_sweep_of_pipelines_may_be_finished_in_its_folder(tmp_path):

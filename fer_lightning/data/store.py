@@ -26,6 +26,7 @@ from fer_lightning.data.preprocessing import Preprocessing
 from fer_lightning.data.sources.base import Record
 from fer_lightning.errors import FERError
 from fer_lightning.io.chunked import Store, open_or_build
+from fer_lightning.runtime.registry import choose
 
 log = logging.getLogger(__name__)
 STORE_VERSION = 2
@@ -151,8 +152,7 @@ def duplicate_groups(
 ) -> np.ndarray:
     """For each image, the index of the first image with the same pixels (itself when it is unique). Duplicates
     are named in one warning (``mode='warn'``) or refused (``'error'``)."""
-    if mode not in DUPLICATE_MODES:
-        raise FERError(f"data.duplicates={mode} is unknown; choose one of: {', '.join(DUPLICATE_MODES)}")
+    choose(mode, DUPLICATE_MODES, "data.duplicates")
     hashes = np.asarray(decoded.hashes)
     _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
     group = first[inverse.reshape(-1)]

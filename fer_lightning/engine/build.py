@@ -35,7 +35,11 @@ def build(node: Any, **kwargs: Any) -> Any:
 
 def model_needs(model_cfg: Any) -> DataNeeds:
     """What the configured model's class declares it needs from the data (without building the model)."""
-    return getattr(get_object(str(model_cfg._target_)), "needs", DataNeeds())
+    needs = getattr(get_object(str(model_cfg._target_)), "needs", None)
+    if not isinstance(needs, DataNeeds):
+        raise FERError(f"model._target_={model_cfg._target_} is not a fer-lightning model: its class declares no "
+                       "`needs` (subclass fer_lightning.models.base.FERClassifier)")
+    return needs
 
 
 def build_data(cfg: DictConfig) -> Any:

@@ -91,16 +91,14 @@ def is_multirun() -> bool:
 
 def command(hydra_main: Callable[..., Any]) -> Callable[..., Any]:
     """A command's entry point around its Hydra main: a run folder refused before Hydra writes into it
-    (:class:`~fer_lightning.runs.guard.RunFolderRefused`, printed by Hydra as its one line) exits with code 2, like
+    (:class:`~fer_lightning.runs.guard.RunFolderRefused`) ends the command with its one line and exit code 2, like
     every other problem the user can fix."""
 
     @functools.wraps(hydra_main)
     def main(*args: Any, **kwargs: Any) -> Any:
         try:
             return hydra_main(*args, **kwargs)
-        except SystemExit as e:
-            if e.code == 1 and RunFolderRefused.raised:
-                raise SystemExit(2) from None
-            raise
+        except RunFolderRefused as e:
+            fail(e.message)
 
     return main

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from fer_lightning.errors import FERError
 from fer_lightning.features.extractor import HandcraftedFeatures
 from fer_lightning.io.chunked import Store, open_or_build
+from fer_lightning.runtime.registry import choose
 
 log = logging.getLogger(__name__)
 STORE_DTYPES = ("float32", "float16")
@@ -38,8 +38,7 @@ def block_store(
 ) -> Store:
     """The store ``<cache_dir>/<name>-<key of spec>`` of blocks ``{block: (n, dims[block])}``, built with
     ``compute(start, stop)`` -> the blocks of rows ``[start, stop)`` where it is missing or corrupt."""
-    if dtype not in STORE_DTYPES:
-        raise FERError(f"features.store_dtype={dtype} is unknown; choose one of: {', '.join(STORE_DTYPES)}")
+    choose(dtype, STORE_DTYPES, "features.store_dtype")
 
     def fill(start: int, stop: int, arrays: dict[str, np.ndarray]) -> None:
         with torch.no_grad():

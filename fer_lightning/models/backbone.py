@@ -102,6 +102,21 @@ class MobileNetV2Backbone(nn.Module):
     The grey input is repeated to 3 channels and ImageNet-normalised inside, on the input's device. With
     ``trainable=False`` the parameters are frozen and BatchNorm statistics stay fixed (the module stays in eval
     mode even when its parent is put in training mode).
+
+    Args:
+        weights: ``imagenet`` (torchvision's IMAGENET1K_V1, offline from ``$TORCH_HOME``), ``none`` (random) or a
+            path to a MobileNetV2 state dict.
+        trainable: fine-tune it (True) or keep it frozen.
+        checkpoint: a deep run's checkpoint whose fine-tuned backbone to take (instead of ``weights``).
+
+    Shape:
+        - Input: :math:`(B, 1, H, W)` grey in ``[0, 1]``, ``H, W >= 32``.
+        - Output: :math:`(B, 1280)` global-average-pooled features.
+
+    Examples:
+        >>> backbone = MobileNetV2Backbone(weights="none", trainable=False)
+        >>> backbone(torch.rand(2, 1, 64, 64)).shape
+        torch.Size([2, 1280])
     """
 
     out_features = 1280

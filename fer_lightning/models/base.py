@@ -18,6 +18,7 @@ from fer_lightning.models.components.metrics import ClassificationMetrics, mean_
 from fer_lightning.models.components.optim import OptimSettings
 from fer_lightning.runs.checkpoints import FORMAT_KEY, check_record, read_checkpoint
 from fer_lightning.runtime.collectives import gather_outputs
+from fer_lightning.runtime.registry import choose
 
 log = logging.getLogger(__name__)
 STAGES = ("train", "val", "test")
@@ -55,8 +56,7 @@ class FERClassifier(pl.LightningModule):
         super().__init__()
         self.class_names = tuple(class_names)
         self.optim = OptimSettings.from_config(optim)
-        if class_weights not in CLASS_WEIGHTS:
-            raise FERError(f"model.class_weights={class_weights} is unknown; choose one of: {', '.join(CLASS_WEIGHTS)}")
+        choose(class_weights, CLASS_WEIGHTS, "model.class_weights")
         self.class_weights = class_weights
         self.channels_last, self.compile_backbone = bool(channels_last), compile
         self.criterion = nn.CrossEntropyLoss(label_smoothing=self.optim.label_smoothing)

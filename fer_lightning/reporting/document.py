@@ -28,6 +28,7 @@ from fer_lightning.reporting.tables import (
     table3,
 )
 from fer_lightning.runs.survey import MATCHES, Survey, _require_runs, survey
+from fer_lightning.runtime.registry import choose
 
 log = logging.getLogger("fer_lightning.report")
 
@@ -52,8 +53,7 @@ def report(dirs: list[Path], output: Path | None = None, match: str = "data") ->
     ``match``: runs share a test set when they share dataset fingerprint, split, fold and seed (``data``), or
     dataset name, split, fold, seed and the names of their test images (``images``: for runs made by versions whose
     fingerprints differ; only where the images themselves are known to be the same)."""
-    if match not in MATCHES:
-        raise FERError(f"report.match={match} is unknown; choose one of: {', '.join(MATCHES)}")
+    choose(match, MATCHES, "report.match")
     found = survey(dirs)
     for path, why in found.unreadable:
         print(f"fer-lightning: skipped {path}: {why}", file=sys.stderr)

@@ -5,9 +5,9 @@ the checkpoints of an interrupted run only takes the run that resumes it from on
 and new checkpoints never mix. Evaluations never write into a folder with checkpoints.
 
 :class:`RunDirGuard` applies these rules as a Hydra callback, before Hydra writes its ``.hydra/`` record or its
-log file into the folder: it raises :class:`RunFolderRefused`, which Hydra prints as the one line it is (the
-commands exit with code 2 on it); :func:`check_output_dir` is the same check for code that calls ``train()``
-directly.
+log file into the folder: it raises :class:`RunFolderRefused`, which stops the command (Hydra lets no ordinary
+exception of a callback stop it) and which the command's entry point prints as its one error line, exit code 2;
+:func:`check_output_dir` is the same check for code that calls ``train()`` directly.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -24,19 +23,19 @@ from fer_lightning.errors import FERError
 from fer_lightning.runs.folder import FINISHED, RunFolder
 
 
-class RunFolderRefused(FERError, CompactHydraException):
-    """A run folder that may not take this run. Hydra prints a compact exception as its message alone, which is
-    the command's one error line."""
+class RunFolderRefused(SystemExit):
+    """A run folder that may not take this run: the command stops before anything is written there.
 
-    raised = False  # whether a refusal happened in this process (the command then exits with code 2)
+    A ``BaseException`` (with exit code 2), because Hydra catches and only warns about ordinary exceptions raised in
+    its callbacks; :func:`fer_lightning.engine.startup.command` prints :attr:`message` as the command's one line.
+    """
 
     def __init__(self, message: str) -> None:
-        super().__init__(message)
+        super().__init__(2)
         self.message = message
-        RunFolderRefused.raised = True
 
     def __str__(self) -> str:
-        return f"fer-lightning: error: {self.message}"
+        return self.message
 
 
 def check_output_dir(out: str | Path, resume_from: str | None = None, training: bool = True) -> None:

@@ -31,7 +31,12 @@ def _gather_rows(x: torch.Tensor, strategy: Any) -> list[torch.Tensor]:
 
 def unique_by_index(outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``outputs`` (aligned tensors with an ``index`` of dataset images) with each index once (its first row),
-    ordered by index."""
+    ordered by index.
+
+    Examples:
+        >>> unique_by_index({"index": torch.tensor([4, 1, 4]), "probs": torch.tensor([0.1, 0.2, 0.3])})
+        {'index': tensor([1, 4]), 'probs': tensor([0.2000, 0.1000])}
+    """
     index = outputs["index"]
     sorted_index, order = torch.sort(index, stable=True)
     first = torch.ones_like(sorted_index, dtype=torch.bool)

@@ -58,7 +58,14 @@ class _EpochSeeded(Sampler[int]):
 
 
 class EpochShuffle(_EpochSeeded):
-    """A random order of ``n`` items that depends only on ``(seed, epoch)``."""
+    """A random order of ``n`` items that depends only on ``(seed, epoch)``.
+
+    Examples:
+        >>> first = list(EpochShuffle(5, seed=0, epoch=3))
+        >>> _ = torch.rand(100)  # whatever else is drawn in between
+        >>> list(EpochShuffle(5, seed=0, epoch=3)) == first and sorted(first) == [0, 1, 2, 3, 4]
+        True
+    """
 
     def __init__(self, n: int, seed: int, epoch: int | Callable[[], int] = 0) -> None:
         super().__init__(seed, epoch)

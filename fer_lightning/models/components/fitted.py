@@ -63,8 +63,24 @@ class _Fitted(nn.Module):
 
 
 class ZScore(_Fitted):
-    """``(B, D)`` -> ``(B, D)``: ``(x - mean) / std`` per feature, like ``sklearn.preprocessing.StandardScaler``
-    (population std; constant features are divided by 1)."""
+    """``(x - mean) / std`` per feature, fitted once on training features, like
+    ``sklearn.preprocessing.StandardScaler`` (population std; constant features are divided by 1).
+
+    Args:
+        num_features: the width ``D`` of the features.
+
+    Shape:
+        - Input: :math:`(B, D)`.
+        - Output: :math:`(B, D)` float32 (float64 statistics are applied in float32 or wider, never under autocast).
+
+    Examples:
+        >>> from sklearn.preprocessing import StandardScaler
+        >>> x = torch.randn(50, 4, generator=torch.Generator().manual_seed(0))
+        >>> z = ZScore(4).fit(x)
+        >>> reference = StandardScaler().fit_transform(x.double().numpy())
+        >>> bool(torch.allclose(z(x).double(), torch.from_numpy(reference), atol=1e-5))
+        True
+    """
 
     def __init__(self, num_features: int) -> None:
         super().__init__()
@@ -87,12 +103,29 @@ class ZScore(_Fitted):
 
 
 class PCAProjection(_Fitted):
-    """``(B, D)`` -> ``(B, k)``: a fixed linear layer ``(x - mean) @ components.T``, fitted like
-    ``sklearn.decomposition.PCA(n_components)`` (same sign convention: each component's largest-magnitude
-    entry is positive).
+    """A fixed linear layer ``(x - mean) @ components.T``, fitted once on training features like
+    ``sklearn.decomposition.PCA(n_components)`` (same sign convention: each component's largest-magnitude entry is
+    positive); exact (an SVD) up to ``PCA_EXACT_MAX`` samples or features, randomized above.
 
-    ``n_components``: an int (number of components, at most ``n_train - 1``) or a float in ``(0, 1)`` (the
-    smallest number of components whose explained variance reaches that fraction).
+    Args:
+        num_features: the width ``D`` of the features.
+        n_components: an int (number of components, at most ``n_train - 1``) or a float in ``(0, 1)`` (the smallest
+            number of components whose explained variance reaches that fraction).
+        fitted_components: ``k`` when the layer is built to load a fitted state dict.
+
+    Shape:
+        - Input: :math:`(B, D)`.
+        - Output: :math:`(B, k)` float32.
+
+    Examples:
+        >>> from sklearn.decomposition import PCA
+        >>> x = torch.randn(40, 6, generator=torch.Generator().manual_seed(0)) @ torch.diag(torch.arange(1.0, 7.0))
+        >>> pca = PCAProjection(6, 3).fit(x)
+        >>> pca(x).shape
+        torch.Size([40, 3])
+        >>> reference = PCA(3).fit(x.double().numpy()).transform(x.double().numpy())
+        >>> bool(torch.allclose(pca(x).double(), torch.from_numpy(reference), atol=1e-4))
+        True
     """
 
     def __init__(self, num_features: int, n_components: int | float, fitted_components: int | None = None) -> None:
@@ -180,9 +213,19 @@ class PCAProjection(_Fitted):
 
 
 class BlockScale(_Fitted):
-    """``(B, D)`` -> ``(B, D)``: multiplies a feature block by ``1 / sqrt(total variance)`` of its training
-    features, so that every block of a fusion enters it with total variance 1 (for a z-scored block of ``D``
-    non-constant features that is ``1 / sqrt(D)``)."""
+    """Multiplies a feature block by ``1 / sqrt(total variance)`` of its training features, so that every block of a
+    fusion enters it with total variance 1 (for a z-scored block of ``D`` non-constant features: ``1 / sqrt(D)``).
+
+    Shape:
+        - Input: :math:`(B, D)`.
+        - Output: :math:`(B, D)`.
+
+    Examples:
+        >>> x = torch.randn(30, 16, generator=torch.Generator().manual_seed(0))
+        >>> z = ZScore(16).fit(x)(x)  # 16 columns of variance 1
+        >>> round(float(BlockScale().fit(z).factor), 4)  # 1 / sqrt(16)
+        0.25
+    """
 
     def __init__(self) -> None:
         super().__init__()

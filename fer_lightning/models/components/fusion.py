@@ -40,6 +40,25 @@ class FusionHead(nn.Module):
     :meth:`fit`, which also builds the MLP (its input size is the fused width). With ``fitted_components`` (the
     fused width, as when a checkpoint is loaded) everything is built at once; fitted shapes come from the state
     dict.
+
+    Args:
+        block_dims: ``{block: width}`` in fusion order (e.g. ``{"deep": 1280, "hog@224": 26244, "lbp@224": 490}``).
+        num_classes: the number of classes.
+        n_components, fitted_components, balance, per_block_pca: see above.
+        hidden, dropout, input_dropout, batchnorm: the :class:`MLPHead` on the fused features.
+
+    Shape:
+        - Input: ``{block: (B, width)}``.
+        - Output: :math:`(B, num\\_classes)` logits; :meth:`reduce`: :math:`(B, k)` fused features.
+
+    Examples:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> blocks = {"hog": torch.randn(40, 30, generator=g), "lbp": torch.randn(40, 5, generator=g)}
+        >>> head = FusionHead({"hog": 30, "lbp": 5}, num_classes=3, n_components=8, balance="block")
+        >>> head.fit(blocks)  # z-score, balance, PCA fitted; the MLP built on the fused width
+        8
+        >>> head.eval()(blocks).shape
+        torch.Size([40, 3])
     """
 
     def __init__(

@@ -10,12 +10,32 @@ from fer_lightning.errors import FERError
 
 
 class MLPHead(nn.Sequential):
-    """``(B, in_features)`` -> ``(B, num_classes)`` logits.
+    """Feature vectors -> class logits: ``[Dropout(input_dropout)] -> [BatchNorm1d] -> (Linear -> ReLU -> Dropout)
+    per hidden size -> Linear``.
 
-    ``[Dropout(input_dropout)] -> [BatchNorm1d] -> (Linear -> ReLU -> Dropout) per hidden size -> Linear``.
-    The paper's deep-only head is ``MLPHead(1280, 7, hidden=[256], dropout=[0.5])``; its handcrafted and
-    fusion head is ``MLPHead(d, 7, hidden=[512, 256], dropout=[0.5, 0.3], input_dropout=0.5, batchnorm=True)``.
-    With ``hidden=[]`` it is a linear (multinomial logistic regression) head; ``dropout`` is then not used.
+    The paper's deep-only head is ``MLPHead(1280, 7, hidden=[256], dropout=[0.5])``; its handcrafted and fusion
+    head is ``MLPHead(d, 7, hidden=[512, 256], dropout=[0.5, 0.3], input_dropout=0.5, batchnorm=True)``. With
+    ``hidden=[]`` it is a linear (multinomial logistic regression) head; ``dropout`` is then not used.
+
+    Args:
+        in_features: the feature width.
+        num_classes: the number of classes.
+        hidden: the hidden layers' widths.
+        dropout: one rate per hidden layer (or one rate for all).
+        input_dropout: dropout on the input features.
+        batchnorm: a BatchNorm1d on the (dropped-out) input.
+
+    Shape:
+        - Input: :math:`(B, in\\_features)`.
+        - Output: :math:`(B, num\\_classes)` logits.
+
+    Examples:
+        >>> import torch
+        >>> head = MLPHead(1280, 7, hidden=[256], dropout=[0.5])
+        >>> head(torch.zeros(4, 1280)).shape
+        torch.Size([4, 7])
+        >>> [type(m).__name__ for m in MLPHead(10, 3, hidden=[])]
+        ['Linear']
     """
 
     def __init__(

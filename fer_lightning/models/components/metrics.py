@@ -23,6 +23,23 @@ class ClassificationMetrics(nn.Module):
     ``update(probs (B, C), target (B,))``; ``compute()`` -> ``{name: scalar tensor}`` with ``acc``,
     ``precision_macro``, ``recall_macro``, ``f1_macro``, ``auroc`` and ``acc_<class>`` (per-class accuracy, i.e.
     recall of that class); ``confusion_matrix()`` -> ``(C, C)`` counts, rows = true class.
+
+    Args:
+        class_names: the classes, in the models' output order.
+        sync_on_compute: sum the states of every process when computing (False when the updates already hold every
+            process's outputs).
+
+    Shape:
+        - probs: :math:`(B, C)` class probabilities; target: :math:`(B,)` class indices.
+
+    Examples:
+        >>> m = ClassificationMetrics(["anger", "happiness"])
+        >>> m.update(torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]]), torch.tensor([0, 1, 1]))
+        >>> {k: round(float(v), 4) for k, v in m.compute().items() if k in ("acc", "acc_happiness")}
+        {'acc': 0.6667, 'acc_happiness': 0.5}
+        >>> m.confusion_matrix()
+        tensor([[1, 0],
+                [1, 1]])
     """
 
     def __init__(self, class_names: Sequence[str], sync_on_compute: bool = True) -> None:
@@ -64,6 +81,14 @@ class ClassificationMetrics(nn.Module):
 
 def mean_nll(probs: torch.Tensor, target: torch.Tensor) -> float:
     """Mean negative log-likelihood of the true classes (plain, without label smoothing): what model selection
-    and late-fusion weighting compare."""
+    and late-fusion weighting compare.
+
+    Shape:
+        - probs: :math:`(N, C)`; target: :math:`(N,)`.
+
+    Examples:
+        >>> round(mean_nll(torch.tensor([[0.5, 0.5], [0.25, 0.75]]), torch.tensor([0, 1])), 4)
+        0.4904
+    """
     p = probs.double().gather(1, target.long().view(-1, 1)).clamp_min(1e-12)
     return float(-p.log().mean())
