@@ -26,9 +26,9 @@ import numpy as np
 import torch
 
 from fer_lightning.data.classes import CLASS_NAMES
+from fer_lightning.data.decoded import decode_store
 from fer_lightning.data.preprocessing import Preprocessing
 from fer_lightning.data.sources.jaffe import scan_jaffe
-from fer_lightning.data.store import decode_store
 from fer_lightning.data.synthetic import ensure_synthetic
 from fer_lightning.deploy.exported import METADATA_KEY, ExportedModel
 from fer_lightning.deploy.exporters import Probabilities

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
+from fer_lightning.data.decoded import decode_store
 from fer_lightning.data.images import read_grey, resize_grey
 from fer_lightning.data.preprocessing import Preprocessing
 from fer_lightning.data.sources.jaffe import scan_jaffe
-from fer_lightning.data.store import decode_store
 from fer_lightning.data.synthetic import ensure_synthetic
 from fer_lightning.features import HandcraftedFeatures
 

@@ -20,7 +20,7 @@ from fer_lightning.engine import ddp as distributed
 from fer_lightning.engine.configs import config_dir
 from fer_lightning.engine.ddp import end_job, job_command
 from fer_lightning.evaluate import evaluate
-from fer_lightning.features.store import block_store, blocks_of
+from fer_lightning.features.tables import block_store, blocks_of
 from fer_lightning.io.lock import one_at_a_time
 from fer_lightning.models.backbone import imagenet_weights_file
 from fer_lightning.runtime.collectives import unique_by_index

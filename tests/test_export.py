@@ -9,9 +9,9 @@ from skimage.feature import hog as sk_hog
 from skimage.feature import local_binary_pattern
 from torch import nn
 
+from fer_lightning.data.decoded import decode_store
 from fer_lightning.data.preprocessing import Preprocessing
 from fer_lightning.data.sources.jaffe import scan_jaffe
-from fer_lightning.data.store import decode_store
 from fer_lightning.deploy.exported import ExportedModel
 from fer_lightning.deploy.exporters import OPSET, export, metadata
 from fer_lightning.errors import FERError

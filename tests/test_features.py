@@ -6,10 +6,10 @@ import torch
 from skimage.feature import hog as sk_hog
 from skimage.feature import local_binary_pattern
 
+from fer_lightning.data.decoded import decode_store
 from fer_lightning.data.images import read_grey, resize_grey
 from fer_lightning.data.preprocessing import Preprocessing
 from fer_lightning.data.sources.jaffe import scan_jaffe
-from fer_lightning.data.store import decode_store
 from fer_lightning.errors import FERError
 from fer_lightning.features import HandcraftedFeatures, hog, hog_dim, lbp_codes, lbp_histograms
 from fer_lightning.features.lbp import grid_edges

@@ -10,11 +10,11 @@ import torch
 
 from fer_lightning.data import FolderDataModule
 from fer_lightning.data.crop import FaceCropper
+from fer_lightning.data.decoded import decode_store
 from fer_lightning.data.images import read_grey
 from fer_lightning.data.preprocessing import Preprocessing
 from fer_lightning.data.sources.folder import scan_folder
 from fer_lightning.data.splits import subject_kfold_split
-from fer_lightning.data.store import decode_store
 from fer_lightning.engine.training import train
 from fer_lightning.errors import FERError
 

@@ -79,3 +79,23 @@ def test_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch)
         write_json(tmp_path / "metrics.json", {"test/acc": 0.9})
     assert json.loads((tmp_path / "metrics.json").read_text()) == {"test/acc": 0.5}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+
+
+def test_a_full_disk_during_training_ends_with_one_line_and_leaves_no_checkpoint(make_cfg, tmp_path, monkeypatch):
+    """The first checkpoint finds no room: one FERError line naming it, no partial checkpoint, no metrics.json."""
+    import errno
+
+    from fer_lightning.engine.training import train
+
+    real_open = open
+
+    def full(path, mode="r", *args, **kwargs):
+        if "w" in mode and ".ckpt" in str(path):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(atomic, "open", full, raising=False)
+    with pytest.raises(FERError, match=r"epoch_000.ckpt: the disk is full .* free some space in .*checkpoints"):
+        train(make_cfg("model=handcrafted", "trainer.max_epochs=1", "logger=none", "callbacks.training_pictures=null"))
+    run = tmp_path / "run"
+    assert not list(run.rglob("*.ckpt")) and not list(run.rglob("*.tmp")) and not (run / "metrics.json").exists()

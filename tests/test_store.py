@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+from fer_lightning.data.decoded import decode_store
 from fer_lightning.data.preprocessing import Preprocessing
 from fer_lightning.data.sources.base import Record
 from fer_lightning.data.sources.jaffe import scan_jaffe
-from fer_lightning.data.store import decode_store
 from fer_lightning.io import chunked
 
 
@@ -51,7 +51,7 @@ def test_changes_invalidate(jaffe_dir, tmp_path):
 
 
 def test_parallel_decode_equals_serial(jaffe_dir, tmp_path, monkeypatch):
-    import fer_lightning.data.store as store_mod
+    import fer_lightning.data.decoded as store_mod
 
     monkeypatch.setattr(store_mod, "POOL_MIN_ROWS", 1)
     serial = decode_store(scan_jaffe(jaffe_dir), Preprocessing(48), tmp_path / "a", workers=0)

@@ -11,9 +11,9 @@ from sklearn.metrics import confusion_matrix
 from sklearn.model_selection import GroupKFold, cross_val_predict
 
 from fer_lightning.data.classes import CLASS_NAMES
+from fer_lightning.data.decoded import decode_store
 from fer_lightning.data.preprocessing import Preprocessing
 from fer_lightning.data.sources.jaffe import scan_jaffe
-from fer_lightning.data.store import decode_store
 from fer_lightning.data.synthetic import ensure_synthetic, generate
 
 

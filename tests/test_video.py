@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
+from fer_lightning.data.decoded import decode_store
 from fer_lightning.data.images import resize_grey
 from fer_lightning.data.preprocessing import Preprocessing
 from fer_lightning.data.sources.jaffe import scan_jaffe
-from fer_lightning.data.store import decode_store
 from fer_lightning.deploy.video import BOX_COLOUR, Smoother, is_video, video_rows
 from fer_lightning.errors import FERError
 from fer_lightning.models import load_model

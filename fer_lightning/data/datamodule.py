@@ -2,7 +2,7 @@
 on the device.
 
 Data flows once: files -> records (``fer_lightning.data.sources``) -> preprocessing (grey, face crop, resize) ->
-decoded uint8 store on disk, memory-mapped (``fer_lightning.data.store``) -> splits -> batches -> device ->
+decoded uint8 store on disk, memory-mapped (``fer_lightning.data.decoded``) -> splits -> batches -> device ->
 augmentation (a store that fits on the training device goes there once and batches are drawn there:
 ``data.on_device``). Handcrafted features, when a model declares it uses them, are computed once from the store into
 a feature store. Each dataset is a config of this class (``conf/data/*.yaml``) naming its source and the source's
@@ -28,15 +28,15 @@ from fer_lightning.data.augment import FaceAugment
 from fer_lightning.data.classes import ALL_CLASS_NAMES
 from fer_lightning.data.contract import ModelData
 from fer_lightning.data.dataset import IndexedImages, lone_last_batch
+from fer_lightning.data.decoded import DecodedSet, decode_store, duplicate_groups, warn_small
 from fer_lightning.data.device import DeviceBatches, ResidentStore
 from fer_lightning.data.preprocessing import Preprocessing, to_unit
 from fer_lightning.data.settings import LoaderSettings, SplitSettings, StoreSettings
 from fer_lightning.data.sources import SOURCES, Source, make_source
 from fer_lightning.data.splits import Split, draw_split
-from fer_lightning.data.store import DecodedSet, decode_store, duplicate_groups, warn_small
 from fer_lightning.errors import FERError
 from fer_lightning.features.extractor import HandcraftedFeatures
-from fer_lightning.features.store import blocks_of, feature_store
+from fer_lightning.features.tables import blocks_of, feature_store
 from fer_lightning.io.chunked import Store
 from fer_lightning.runtime.devices import resolve_device
 from fer_lightning.runtime.seeding import EpochShuffle, EpochWeighted, run_seed

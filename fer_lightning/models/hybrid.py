@@ -12,7 +12,7 @@ from fer_lightning.data.contract import DataNeeds, ModelData
 from fer_lightning.data.splits import inner_split
 from fer_lightning.errors import FERError
 from fer_lightning.features.extractor import HandcraftedFeatures
-from fer_lightning.features.store import block_store
+from fer_lightning.features.tables import block_store
 from fer_lightning.models.backbone import MobileNetV2Backbone
 from fer_lightning.models.handcrafted import HandcraftedFER
 

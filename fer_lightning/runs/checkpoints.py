@@ -8,6 +8,7 @@ dict on (``load_model(ckpt)``, ``model.load_state_dict(ckpt["state_dict"])``).
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import torch
 from lightning_fabric.plugins import CheckpointIO
 
 from fer_lightning.errors import FERError
-from fer_lightning.io.atomic import no_space
+from fer_lightning.io.atomic import atomic_write_bytes
 
 FORMAT_KEY = "fer_lightning"
 
@@ -80,15 +81,15 @@ class CheckedCheckpointIO(CheckpointIO):
         return _checked(Path(path), self.option, lambda: self.inner.load_checkpoint(path, weights_only=True, **kwargs))
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        """The wrapped I/O's save (written whole or not at all); a full disk ends the run with one line naming the
-        checkpoint's folder."""
-        try:
+        """A local checkpoint is written beside its name and renamed when complete (a crash or a full disk never
+        leaves part of one looking whole; a full disk ends the run with one line naming it); remote paths go
+        through the wrapped I/O."""
+        if "://" in str(path):
             self.inner.save_checkpoint(checkpoint, path, storage_options=storage_options)
-        except OSError as e:
-            full = no_space(e, path)
-            if full is not None:
-                raise full from None
-            raise
+            return
+        buffer = io.BytesIO()  # serialised first (as Lightning does): the file write is then the only thing to fail
+        torch.save(checkpoint, buffer)
+        atomic_write_bytes(path, buffer.getvalue())
 
     def remove_checkpoint(self, path: Any) -> None:
         self.inner.remove_checkpoint(path)

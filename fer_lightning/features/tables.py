@@ -1,6 +1,7 @@
-"""Feature blocks of a whole dataset (handcrafted HOG/LBP, the hybrid's GAP table), computed once per (dataset,
-settings) in batches, with a progress bar, into a memory-mapped store (:mod:`fer_lightning.io.chunked`: checksummed
-per chunk, resumable, built by one process while the others wait)."""
+"""Feature tables: the blocks of every image of a dataset (handcrafted HOG/LBP, the hybrid's GAP features), one row
+per image, computed once per (dataset, settings) in batches, with a progress bar, and kept on disk in a chunked store
+(:mod:`fer_lightning.io.chunked`: memory-mapped, checksummed per chunk, resumable, built by one process while the
+others wait)."""
 
 from __future__ import annotations
 

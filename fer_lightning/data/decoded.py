@@ -1,4 +1,5 @@
-"""Records -> the decoded-image store: ``(N, 1, S, S)`` uint8 on disk, memory-mapped, decoded once in parallel.
+"""Records -> the decoded images: ``(N, 1, S, S)`` uint8 in a chunked store on disk (:mod:`fer_lightning.io.chunked`),
+memory-mapped, decoded once in parallel.
 
 Every image is read as grey (:meth:`Record.read`), hashed (a content hash of its pixels, for duplicates), measured
 (its original size, for ``data.min_side``), face-cropped and resized, by ``data.decode_workers`` processes writing
