@@ -3,9 +3,9 @@
 An image file is read as 8-bit grey (ITU-R 601 luma; palette, 16-bit and float images converted), its face is
 cropped (``face_crop``: none, a fixed box, detection, landmark alignment), the crop is resized to
 ``image_size x image_size`` (antialiased bilinear) and kept as uint8; on the device it is scaled to ``[0, 1]``
-(:func:`to_unit`). Training stores the uint8 crops once (the decoded-image store); a checkpoint records this object
-(:meth:`Preprocessing.record`), and every later use rebuilds it from there (:meth:`Preprocessing.from_record`), so
-predict, evaluate, video and exported files prepare faces exactly as training did.
+(:func:`to_unit`, the scaling every model input goes through). Training keeps the uint8 crops once (the decoded
+images); a checkpoint records this object (:meth:`Preprocessing.record`), and every later use rebuilds it from there
+(:meth:`Preprocessing.from_record`), so predict, evaluate, video and exported files prepare faces as training did.
 
 Examples:
     >>> import numpy as np
@@ -30,31 +30,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from fer_lightning.data.crop import Face, FaceCropper
 from fer_lightning.data.images import read_grey, resize_grey
 from fer_lightning.errors import FERError
+from fer_lightning.features.extractor import to_unit
+
+__all__ = ["DEFAULT_RECORD", "Preprocessing", "to_unit"]
 
 # what a checkpoint written before the preprocessing record (0.1.0) was trained with; dated shim, remove in 0.3
 DEFAULT_RECORD: dict[str, Any] = {"image_size": 224, "face_crop": {"mode": "none"}}
 MIN_IMAGE_SIZE = 32  # MobileNetV2's five stride-2 stages need at least this
-
-
-def to_unit(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images -> float32 in ``[0, 1]`` (``x / 255``); float images are returned as they are.
-
-    Shape:
-        - Input: :math:`(*)` uint8 or float.
-        - Output: :math:`(*)` float32 (or the input's float dtype).
-
-    Examples:
-        >>> to_unit(torch.tensor([0, 51, 255], dtype=torch.uint8))
-        tensor([0.0000, 0.2000, 1.0000])
-    """
-    if images.dtype == torch.uint8:
-        return images.float().div(255.0)
-    return images
 
 
 @dataclass(frozen=True)

@@ -117,7 +117,7 @@ def example_input(size: int, dtype: torch.dtype, batch: int = 2) -> torch.Tensor
     """A seeded random batch of faces ``(batch, 1, size, size)`` in the input dtype (what export traces and checks)."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (batch, 1, size, size), generator=gen, dtype=torch.uint8)
-    return x if dtype == torch.uint8 else x.to(dtype) / 255.0
+    return x if dtype == torch.uint8 else to_unit(x).to(dtype)
 
 
 def trace(net: Probabilities, example: torch.Tensor) -> torch.export.ExportedProgram:

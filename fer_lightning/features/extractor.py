@@ -52,6 +52,22 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return x.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
 
 
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> float32 in ``[0, 1]`` (``x / 255``); float images are returned as they are.
+
+    Shape:
+        - Input: :math:`(*)` uint8 or float.
+        - Output: :math:`(*)` float32 (or the input's float dtype).
+
+    Examples:
+        >>> to_unit(torch.tensor([0, 51, 255], dtype=torch.uint8))
+        tensor([0.0000, 0.2000, 1.0000])
+    """
+    if images.dtype == torch.uint8:
+        return images.float().div(255.0)
+    return images
+
+
 def resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
     """Resize 8-bit images (antialiased bilinear, rounded), as the multi-scale descriptors do.
 

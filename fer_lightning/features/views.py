@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from fer_lightning.features.extractor import blocks_in_batches, to_uint8
+from fer_lightning.features.extractor import blocks_in_batches, to_uint8, to_unit
 from fer_lightning.runtime.seeding import epoch_seed
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class AugmentedViews:
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             torch.manual_seed(epoch_seed(self.seed ^ VIEW_SEED_SALT, 0))
             for _ in range(self.copies):
-                copy = blocks_in_batches(lambda x: compute(to_uint8(augment(x.float().div_(255.0)))),
+                copy = blocks_in_batches(lambda x: compute(to_uint8(augment(to_unit(x)))),
                                          images[self.rows], batch_size)
                 for k, v in copy.items():
                     parts.setdefault(k, []).append(v)

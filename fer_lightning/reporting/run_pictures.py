@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from fer_lightning.data.preprocessing import Preprocessing
+from fer_lightning.data.preprocessing import Preprocessing, to_unit
 from fer_lightning.errors import FERError
 from fer_lightning.models import load_model
 from fer_lightning.reporting.explain import GradCAM, cam_layer
@@ -131,7 +131,7 @@ def grad_cam_of_run(run: Any, per_class: int = 3, device: str = "auto") -> dict[
     reader = RunImages(run.path)
     images = np.stack([reader(p["file"]) for p in rows])
     dev = resolve_device(device)
-    x = torch.from_numpy(images).unsqueeze(1).float().div_(255.0).to(dev)
+    x = to_unit(torch.from_numpy(images).unsqueeze(1)).to(dev)
     cams, probs = GradCAM(model.to(dev), layer)(x)
     return {"rows": rows, "images": images, "cams": cams.cpu().numpy(), "probs": probs.cpu().numpy(),
             "class_names": classes}
