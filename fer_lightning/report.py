@@ -1,7 +1,9 @@
 """Summarise many runs (a multirun, or several run dirs) into paper-ready tables, tests and figures.
 
-    python -m fer_lightning.report outputs/paper/multiruns/2026-11-24_10-00-00 [more dirs] [report.output=DIR]
-        [report.match=data|images]
+    fer-report DIR [DIR ...] [report.output=DIR] [report.match=data|images]
+    python -m fer_lightning.report outputs/paper/multiruns/2026-11-24_10-00-00
+
+A plain command line (not a Hydra app: it composes no config): folders, and two options spelled like overrides.
 
 Reads every ``metrics.json`` (with its ``predictions.csv``) below the given directories and writes into the
 first one (or ``report.output``):
