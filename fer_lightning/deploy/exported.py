@@ -80,6 +80,8 @@ class ExportedModel:
 
     def __call__(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
         x = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+        if not x.flags.writeable:  # a read-only array (a memory-mapped face): torch would warn, onnxruntime copies
+            x = x.copy()
         if self.session is not None:
             return self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
         with torch.no_grad():
