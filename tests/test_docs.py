@@ -335,6 +335,28 @@ def test_page_examples_run(page, tmp_path, cache_dir, monkeypatch):
                 del sys.modules[name]
 
 
+def test_python_blocks_pass_ruff(tmp_path):
+    """The code a reader copies is held to the project's lint rules (``pyproject.toml``), its own modules sorted as
+    local imports."""
+    local = []
+    for page in MARKDOWN:
+        for n, block in enumerate(blocks(page)):
+            if block.lang != "python":
+                continue
+            if block.marker and block.marker.startswith("file:"):
+                name = Path(block.marker.split(":", 1)[1].strip()).name
+                local.append(Path(name).stem)
+            else:
+                name = f"{page.stem.replace('-', '_')}_block{n}.py"
+            (tmp_path / name).write_text(block.text, encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--no-cache", "--config", str(REPO / "pyproject.toml"),
+         "--config", "lint.isort.known-first-party=['fer_lightning']",
+         "--config", f"lint.isort.known-local-folder={sorted(local)!r}", str(tmp_path)],
+        capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-2000:]
+
+
 def test_every_documented_run_block_runs_commands_this_test_knows():
     for page in MARKDOWN:
         for block in blocks(page):
