@@ -149,6 +149,31 @@ def test_readme_links_resolve_and_reach_every_page():
     assert not missing, f"README.md does not link to the pages {missing}"
 
 
+def test_the_architecture_page_names_every_module():
+    """The layout tree of docs/architecture.md names every module of the package in its folder, and nothing else: a
+    module added, moved or renamed without the page fails here."""
+    page = DOCS / "architecture.md"
+    tree = next(b.text for b in blocks(page) if b.lang == "text" and b.text.startswith("fer_lightning/"))
+    named, folders = set(), []  # (folder, module) pairs; folders: the open folders by indentation
+    for line in tree.splitlines():
+        if line.startswith("conf/"):
+            break
+        indent = len(line) - len(line.lstrip())
+        words = line.split()
+        folders = [(i, f) for i, f in folders if i < indent]
+        if words and words[0].endswith("/"):
+            folders.append((indent, words[0]))
+            continue
+        where = "".join(f for _, f in folders)
+        for word in words:
+            if not word.endswith(".py"):
+                break
+            named.add(where + word)
+    actual = {p.relative_to(REPO).as_posix() for p in (REPO / "fer_lightning").rglob("*.py") if p.name != "__init__.py"}
+    assert named == actual, (f"modules missing from docs/architecture.md: {sorted(actual - named)}; "
+                             f"named there but not in the package: {sorted(named - actual)}")
+
+
 # ----------------------------------------------------------------------------------------------- commands
 def test_the_docs_document_commands_of_every_kind():
     """The parser finds the commands (so the checks below cannot pass by finding none)."""
