@@ -26,10 +26,12 @@ import numpy as np
 import torch
 
 from fer_lightning.data.classes import CLASS_NAMES
+from fer_lightning.data.decoded import decode_store
+from fer_lightning.data.preprocessing import Preprocessing
 from fer_lightning.data.sources.jaffe import scan_jaffe
-from fer_lightning.data.store import decode_store
 from fer_lightning.data.synthetic import ensure_synthetic
-from fer_lightning.export import METADATA_KEY, ExportedModel, Probabilities, _export_program, _write_onnx
+from fer_lightning.deploy.exported import METADATA_KEY, ExportedModel
+from fer_lightning.deploy.exporters import OnnxExporter, Probabilities, trace
 from fer_lightning.features.extractor import HOG_DEFAULTS, LBP_DEFAULTS
 from fer_lightning.models.deep import DeepFER
 from fer_lightning.models.handcrafted import HandcraftedFER
@@ -70,7 +72,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        faces = decode_store(scan_jaffe(ensure_synthetic(tmp)), args.size, None).images
+        faces = decode_store(scan_jaffe(ensure_synthetic(tmp)), Preprocessing(args.size), None).images
         print(f"{len(faces)} synthetic faces at {args.size} px; torch {torch.__version__}; {args.threads} thread(s) "
               "for torch and for onnxruntime")
         ratios = []
@@ -78,7 +80,7 @@ def main() -> None:
             net = Probabilities(build(name, args.size, faces))
             path = Path(tmp) / f"{name}.onnx"
             start = time.perf_counter()
-            _write_onnx(_export_program(net, faces[:2]), path, {"producer": "fer-lightning", "model": name})
+            OnnxExporter().write(trace(net, faces[:2]), path, {"producer": "fer-lightning", "model": name})
             onnx_model = ExportedModel(path, threads=args.threads)
             print(f"{name}: exported in {time.perf_counter() - start:.1f} s ({path.stat().st_size / 1e6:.1f} MB, "
                   f"metadata key {METADATA_KEY})")

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import torch
 
+from fer_lightning.data.decoded import decode_store
 from fer_lightning.data.images import read_grey, resize_grey
+from fer_lightning.data.preprocessing import Preprocessing
 from fer_lightning.data.sources.jaffe import scan_jaffe
-from fer_lightning.data.store import decode_store
 from fer_lightning.data.synthetic import ensure_synthetic
 from fer_lightning.features import HandcraftedFeatures
 
@@ -35,7 +36,7 @@ def inputs(n: int, size: int, kind: str = "mixed") -> tuple[torch.Tensor, str]:
     parts, what = [], []
     if kind in ("mixed", "synthetic"):
         with tempfile.TemporaryDirectory() as tmp:
-            faces = decode_store(scan_jaffe(ensure_synthetic(tmp)), size, None).images
+            faces = decode_store(scan_jaffe(ensure_synthetic(tmp)), Preprocessing(size), None).images
         parts.append(faces)
         what.append(f"{len(faces)} synthetic faces")
     if kind in ("mixed", "photos"):

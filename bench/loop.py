@@ -29,9 +29,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from pytorch_lightning.callbacks import Callback
 
-from fer_lightning.config import config_dir
 from fer_lightning.data.augment import FaceAugment
-from fer_lightning.training import build
+from fer_lightning.engine.build import build
+from fer_lightning.engine.configs import config_dir
 
 
 def config(size: int, epochs: int, device: str, cache: str):

@@ -24,9 +24,9 @@ from hydra import compose, initialize_config_dir
 
 import fer_lightning.data.datamodule as datamodule
 import fer_lightning.data.sources.jaffe as jaffe_source
+import fer_lightning.engine.pipeline as pipeline
 import fer_lightning.models.hybrid as hybrid
-import fer_lightning.pipeline as pipeline
-from fer_lightning.config import config_dir
+from fer_lightning.engine.configs import config_dir
 
 
 class Clock:

@@ -53,7 +53,7 @@ class PeakAnon:
 def datamodule(csv: Path, cache: Path, image_size: int, workers: int | None = None):
     from fer_lightning.data import FERDataModule
 
-    return FERDataModule(source="fer2013", root=str(csv), image_size=image_size, cache_dir=str(cache),
+    return FERDataModule.from_options(source="fer2013", root=str(csv), image_size=image_size, cache_dir=str(cache),
                          split="official", batch_size=16, decode_workers=workers, duplicates="warn")
 
 

@@ -12,8 +12,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from fer_lightning.config import config_dir
 from fer_lightning.data.synthetic import ensure_synthetic
+from fer_lightning.engine.configs import config_dir
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -64,6 +64,16 @@ TINY = [
 ]
 
 
+LONDON_FIXTURES = Path(__file__).parent / "fixtures" / "london-faces"
+
+
+def london_folder(dest: Path, happy: str = "happy", neutral: str = "neutral") -> Path:
+    """A class-folder dataset of the 12 London-faces fixture photos, its class folders named ``happy`` / ``neutral``."""
+    shutil.copytree(LONDON_FIXTURES / "happiness", dest / happy)
+    shutil.copytree(LONDON_FIXTURES / "neutral", dest / neutral)
+    return dest
+
+
 @pytest.fixture
 def make_cfg(tmp_path, cache_dir):
     """Compose the training config as Hydra would, with tiny settings and a fresh output dir."""
@@ -97,7 +107,7 @@ class _TinyCheckpoints(dict):
         self.out, self.cache_dir = out, cache_dir
 
     def __missing__(self, model: str) -> Path:
-        from fer_lightning.training import train
+        from fer_lightning.engine.training import train
 
         overrides = [*TINY, "trainer.max_epochs=1", "logger=none", f"model={model}",
                      f"data.cache_dir={self.cache_dir}", f"paths.output_dir={self.out / model}"]

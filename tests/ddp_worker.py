@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import torch
 import torch.distributed as dist
 
-from fer_lightning.distributed import agree_on_fitted, fitted_digest, gather_outputs
-from fer_lightning.layers import PCAProjection, ZScore
+from fer_lightning.models.components.fitted import PCAProjection, ZScore, agree_on_fitted, fitted_digest
+from fer_lightning.runtime.collectives import gather_outputs
 
 
 class Broadcasting(SimpleNamespace):

@@ -15,10 +15,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 import fer_lightning.data.datamodule as datamodule_mod
-from fer_lightning.config import config_dir
 from fer_lightning.data.splits import inner_split, paper_split
-from fer_lightning.pipeline import run_pipeline
-from fer_lightning.report import find_runs, select_on_validation
+from fer_lightning.engine.configs import config_dir
+from fer_lightning.engine.pipeline import run_pipeline
+from fer_lightning.reporting.tables import select_on_validation
+from fer_lightning.runs.survey import find_runs
 
 from .conftest import TINY
 
@@ -132,7 +133,7 @@ def test_out_of_fold_features_come_from_backbones_that_never_saw_the_image(ablat
         assert {parts[names[j]] for j in dm.split.test} == {"unused"}  # the outer test images took no part
     hybrid = HybridFER(list(dm.class_names), {"hog": {"scales": [64]}, "lbp": {"scales": [64]}},
                        backbone={"weights": "none", "oof_folds": 2, "oof_checkpoints": ckpts})
-    table = hybrid._out_of_fold(dm, torch.zeros(len(dm.decoded.labels), 1280), torch.device("cpu"))
+    table = hybrid._out_of_fold(dm.model_data(), torch.zeros(len(dm.decoded.labels), 1280), torch.device("cpu"))
     for i, ckpt in enumerate(ckpts):
         held = torch.as_tensor(inner_split(dm.split, dm.decoded.labels, dm.decoded.subjects, folds=2, fold=i).test)
         fold_bb = MobileNetV2Backbone(weights="none", trainable=False, checkpoint=ckpt)

@@ -12,11 +12,12 @@ from PIL import Image
 from fer_lightning.data.align import LandmarkDetector, eye_transform
 from fer_lightning.data.crop import FaceCropper
 from fer_lightning.data.images import read_grey
+from fer_lightning.deploy.exporters import metadata
+from fer_lightning.deploy.prediction import predict
+from fer_lightning.engine.training import train
 from fer_lightning.errors import FERError
-from fer_lightning.export import metadata
 from fer_lightning.models import load_model
-from fer_lightning.predict import predict
-from fer_lightning.training import train
+from fer_lightning.runs.checkpoints import read_checkpoint
 
 from .test_predict import assert_reproduces_run, rows_of
 
@@ -86,9 +87,9 @@ def test_train_predict_video_and_export_share_the_alignment(make_cfg, tmp_path):
     rows, _ = predict(ckpt, faces)
     assert assert_reproduces_run(tmp_path / "run", rows, root=faces) == len(rows_of(tmp_path / "run" /
                                                                                    "predictions.csv")) > 0
-    assert metadata(ckpt, load_model(ckpt), "uint8")["face_crop"] == SETTINGS
+    assert metadata(read_checkpoint(ckpt), ckpt, load_model(ckpt), "uint8")["face_crop"] == SETTINGS
     av = pytest.importorskip("av")
-    from fer_lightning.video import video_rows
+    from fer_lightning.deploy.video import video_rows
 
     from .test_video import write_video
 

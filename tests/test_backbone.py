@@ -7,13 +7,13 @@ import torch
 from skimage.data import chelsea
 
 from fer_lightning.errors import FERError
-from fer_lightning.heads import MLPHead
 from fer_lightning.models.backbone import (
     IMAGENET_WEIGHTS,
     MobileNetV2Backbone,
     imagenet_weights_file,
     load_mobilenet_v2,
 )
+from fer_lightning.models.components.heads import MLPHead
 
 
 def _imagenet_or_skip():

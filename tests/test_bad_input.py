@@ -13,11 +13,11 @@ from omegaconf import OmegaConf
 
 from fer_lightning.data import FolderDataModule, JAFFEDataModule
 from fer_lightning.data.splits import loso_split
+from fer_lightning.deploy.prediction import predict
+from fer_lightning.engine.training import train
 from fer_lightning.errors import FERError
-from fer_lightning.predict import predict
-from fer_lightning.training import train
 
-from .conftest import run_cli
+from .conftest import london_folder, run_cli
 
 FIXTURES = Path(__file__).parent / "fixtures" / "london-faces"
 
@@ -36,10 +36,7 @@ def bomb_png(path: Path, side: int = 20000) -> Path:
 
 @pytest.fixture
 def faces(tmp_path) -> Path:
-    root = tmp_path / "faces"
-    shutil.copytree(FIXTURES / "happiness", root / "happy")
-    shutil.copytree(FIXTURES / "neutral", root / "neutral")
-    return root
+    return london_folder(tmp_path / "faces")
 
 
 def test_unreadable_data_folders(jaffe_dir, faces, monkeypatch):
@@ -102,7 +99,8 @@ def test_one_subject_loso():
         (["data.batch_size=0"], "data.batch_size=0 is not valid: give a positive whole number"),
         # the option the user set is named, not features.hog.scales that follows it
         (["model=handcrafted", "data.image_size=abc"], "data.image_size='abc' is not valid: give a whole number"),
-        (["+data.unknown_key=1"], r"data.unknown_key is not an option of fer_lightning.data.FERDataModule; "
+        (["+data.unknown_key=1"], r"data.unknown_key is not an option of "
+                                  r"fer_lightning.data.FERDataModule.from_options; "
                                   r"valid keys: augment, batch_size, .*val_size"),
         (["+model.depth=3"], "model.depth is not an option of fer_lightning.models.deep.DeepFER"),
         (["+trainer.max_epoch=3"], "trainer.max_epoch is not an option of pytorch_lightning.Trainer"),
@@ -116,7 +114,7 @@ def test_bad_options_name_the_option(make_cfg, tmp_path, overrides, message):
 
 
 def test_good_configs_pass(make_cfg):
-    from fer_lightning.checks import check_config
+    from fer_lightning.engine.checks import check_config
 
     for model in ("deep", "handcrafted", "hybrid"):
         check_config(make_cfg(f"model={model}"))
@@ -142,7 +140,7 @@ def latin1_run(tmp_path_factory, cache_dir):
     """A handcrafted run on a folder whose file names include one that is not UTF-8 (Latin-1 'café')."""
     from hydra import compose, initialize_config_dir
 
-    from fer_lightning.config import config_dir
+    from fer_lightning.engine.configs import config_dir
 
     from .conftest import TINY
 
@@ -197,7 +195,7 @@ def test_predict_outputs_never_destroy_and_never_lose(latin1_run, tmp_path, caps
     assert code == 2 and "cannot be written" in cap.err.strip().splitlines()[-1]
     lines = cap.out.strip().splitlines()
     assert len(lines) == 12 and any(line.startswith(str(faces / "happy" / "caf\\xe9.jpg\t")) for line in lines)
-    from fer_lightning.predict import check_output
+    from fer_lightning.deploy.prediction import check_output
 
     check_output(tmp_path / "new.csv", [image])  # a new file, or an existing CSV file, is fine
 

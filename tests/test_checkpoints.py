@@ -8,13 +8,13 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from fer_lightning.config import config_dir
+from fer_lightning.deploy.prediction import predict
+from fer_lightning.engine.configs import config_dir
+from fer_lightning.engine.training import train
 from fer_lightning.errors import FERError
 from fer_lightning.evaluate import evaluate
 from fer_lightning.models import HandcraftedFER
 from fer_lightning.models.backbone import imagenet_weights_file, load_mobilenet_v2
-from fer_lightning.predict import predict
-from fer_lightning.training import train
 
 pytestmark = pytest.mark.slow
 LIMITS = ["+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1"]

@@ -9,11 +9,11 @@ import pytest
 from hydra.utils import instantiate
 from pytorch_lightning import callbacks as plc
 
-from fer_lightning.callbacks import LastCheckpoint, TrainingPictures
+from fer_lightning.engine.callbacks import LastCheckpoint, TrainingPictures
+from fer_lightning.engine.resume import ExactResume
+from fer_lightning.engine.training import train
 from fer_lightning.errors import FERError
-from fer_lightning.extras import check_config
-from fer_lightning.resume import ExactResume
-from fer_lightning.training import train
+from fer_lightning.runtime.optional import check_config
 
 LIMITS = ["+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1"]
 

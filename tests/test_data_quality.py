@@ -14,7 +14,7 @@ from .test_folder import FIXTURES
 
 
 def dm(tmp_path, **kw):
-    return FERDataModule(image_size=48, cache_dir=str(tmp_path / "c"), decode_workers=0, **kw)
+    return FERDataModule.from_options(image_size=48, cache_dir=str(tmp_path / "c"), decode_workers=0, **kw)
 
 
 def _part(d, i):

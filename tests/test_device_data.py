@@ -5,11 +5,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from fer_lightning.chunked import open_or_build
-from fer_lightning.data.datamodule import IndexedImages, JAFFEDataModule
+from fer_lightning.data.datamodule import JAFFEDataModule
+from fer_lightning.data.dataset import IndexedImages
 from fer_lightning.data.device import DeviceBatches
+from fer_lightning.engine.training import train
 from fer_lightning.errors import FERError
-from fer_lightning.training import train
+from fer_lightning.io.chunked import open_or_build
 
 from .test_train import VOLATILE
 
@@ -71,13 +72,13 @@ def test_same_results_as_the_host_path(make_cfg, tmp_path, caplog):
 def test_on_device_option(tmp_path):
     with pytest.raises(FERError, match="data.on_device=gpu is unknown"):
         JAFFEDataModule(on_device="gpu", cache_dir=str(tmp_path))
-    assert JAFFEDataModule(on_device=True, cache_dir=str(tmp_path)).on_device == "true"
+    assert JAFFEDataModule(on_device=True, cache_dir=str(tmp_path)).loader.on_device == "true"
 
 
 def test_an_epoch_order_of_its_own_draws_nothing_from_the_global_generator():
-    """With the training order of fer_lightning.seeding (what exact resume needs), both paths give the same
+    """With the training order of fer_lightning.runtime.seeding (what exact resume needs), both paths give the same
     batches, a function of (seed, epoch) only, and leave torch's global generator as it was."""
-    from fer_lightning.seeding import EpochShuffle
+    from fer_lightning.runtime.seeding import EpochShuffle
 
     images, targets, features = store()
     split = torch.arange(3, 23)

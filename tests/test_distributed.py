@@ -15,20 +15,16 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 
-from fer_lightning import distributed
-from fer_lightning.config import config_dir
-from fer_lightning.data.datamodule import lone_last_batch
-from fer_lightning.distributed import (
-    end_job,
-    is_global_zero,
-    job_command,
-    one_at_a_time,
-    process_rank,
-    unique_by_index,
-)
+from fer_lightning.data.dataset import lone_last_batch
+from fer_lightning.engine import ddp as distributed
+from fer_lightning.engine.configs import config_dir
+from fer_lightning.engine.ddp import end_job, job_command
 from fer_lightning.evaluate import evaluate
-from fer_lightning.features.store import block_store, blocks_of
+from fer_lightning.features.tables import block_store, blocks_of
+from fer_lightning.io.lock import one_at_a_time
 from fer_lightning.models.backbone import imagenet_weights_file
+from fer_lightning.runtime.collectives import unique_by_index
+from fer_lightning.runtime.ranks import is_global_zero, process_rank
 
 from .conftest import run_cli
 from .test_evaluate import SCALARS, eval_cfg
@@ -133,7 +129,7 @@ def test_fitted_statistics_same_on_every_rank_and_once_in_checkpoint(ddp_paper, 
     dm = instantiate(cfg.data, features=cfg.features)
     dm.setup()
     model = instantiate(cfg.model, class_names=list(dm.class_names))
-    model.fusion.fit(dm.train_features(model.extractor))
+    model.fusion.fit(model.train_blocks(dm.model_data(), dm.split.train))
     for k, v in model.state_dict().items():
         if k in fitted and v.is_floating_point():
             assert torch.allclose(v, fitted[k], atol=1e-5), k

@@ -9,10 +9,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from fer_lightning.config import config_dir
+from fer_lightning.engine.configs import config_dir
+from fer_lightning.engine.training import train
 from fer_lightning.errors import FERError
 from fer_lightning.evaluate import evaluate
-from fer_lightning.training import train
 
 from .conftest import run_cli
 
@@ -161,6 +161,29 @@ def test_every_kind_of_data_override_applies(hc_run, tmp_path, cache_dir):
     limited = ["++data.batch_size=4", "+trainer.limit_test_batches=1"]
     e = evaluate(eval_cfg(tmp_path / "t", cache_dir, m["best_checkpoint"], *limited), overrides=limited)
     assert e["n_test"] == 4
-    with pytest.raises(FERError, match=r"data.unknown_key is not an option of .*FERDataModule; valid keys: .*root"):
+    with pytest.raises(FERError, match=r"data.unknown_key is not an option of .*from_options; valid keys: .*root"):
         evaluate(eval_cfg(tmp_path / "u", cache_dir, m["best_checkpoint"], "+data.unknown_key=1"),
                  overrides=["+data.unknown_key=1"])
+
+
+@pytest.mark.parametrize("old", ["fer_lightning.data.FERDataModule", "fer_lightning.data.JAFFEDataModule"])
+def test_run_folders_of_0_1_evaluate_and_reproduce_their_run(hc_run, tmp_path, cache_dir, old):
+    """A 0.1.x run folder names its data module and callbacks by their old paths (dated shim:
+    fer_lightning.runs.legacy): evaluating it reads its settings and reproduces its test metrics."""
+    run, _, m = hc_run
+    ckpt = copy_run(run, tmp_path / "old", m["best_checkpoint"])
+    config = OmegaConf.load(tmp_path / "old" / "config.yaml")
+    config.data._target_ = old
+    config.callbacks.exact_resume._target_ = "fer_lightning.resume.ExactResume"
+    (tmp_path / "old" / "config.yaml").write_text(OmegaConf.to_yaml(config))
+    e = evaluate(eval_cfg(tmp_path, cache_dir, ckpt))
+    assert [e[k] for k in SCALARS] == [m[k] for k in SCALARS] and e["confusion_matrix"] == m["confusion_matrix"]
+
+
+def test_a_0_1_target_in_a_config_names_its_new_spelling(make_cfg):
+    from fer_lightning.engine.checks import check_config
+
+    old, new = "fer_lightning.callbacks.LastCheckpoint", "fer_lightning.engine.callbacks.LastCheckpoint"
+    with pytest.raises(FERError, match=rf"callbacks.last_checkpoint._target_={old} is a fer-lightning 0.1 name; "
+                                       rf"write .*={new}"):
+        check_config(make_cfg(f"callbacks.last_checkpoint._target_={old}"))

@@ -9,12 +9,14 @@ from skimage.feature import hog as sk_hog
 from skimage.feature import local_binary_pattern
 from torch import nn
 
+from fer_lightning.data.decoded import decode_store
+from fer_lightning.data.preprocessing import Preprocessing
 from fer_lightning.data.sources.jaffe import scan_jaffe
-from fer_lightning.data.store import decode_store
+from fer_lightning.deploy.exported import ExportedModel
+from fer_lightning.deploy.exporters import OPSET, export, metadata
 from fer_lightning.errors import FERError
-from fer_lightning.export import OPSET, ExportedModel, export, metadata
-from fer_lightning.features.hog import hog_graph
-from fer_lightning.features.lbp import lbp_codes, lbp_codes_graph, lbp_histograms, lbp_histograms_graph
+from fer_lightning.features.graph import hog_graph, lbp_codes_graph, lbp_histograms_graph
+from fer_lightning.features.lbp import lbp_codes, lbp_histograms
 from fer_lightning.models import load_model
 
 from .conftest import run_cli
@@ -32,7 +34,7 @@ def parity_images(synthetic_dir):
 def faces(synthetic_dir, cache_dir) -> torch.Tensor:
     """24 synthetic faces at the tiny checkpoints' 64 px, every expression."""
     records = scan_jaffe(synthetic_dir)[::9][:24]
-    return decode_store(records, 64, cache_dir, name="export-faces").images
+    return decode_store(records, Preprocessing(64), cache_dir, name="export-faces").images
 
 
 @pytest.mark.filterwarnings("ignore:Applying `local_binary_pattern` to floating-point")
@@ -142,7 +144,8 @@ def test_export_errors(tiny_checkpoints, tmp_path):
 
 def test_metadata_records_the_checkpoints_preprocessing(tiny_checkpoints):
     ckpt = tiny_checkpoints["deep"]
-    meta = metadata(ckpt, load_model(str(ckpt)), "uint8")
-    record = torch.load(ckpt, weights_only=True)["fer_lightning"]
+    record = torch.load(ckpt, weights_only=True)
+    meta = metadata(record, ckpt, load_model(record), "uint8")
+    record = record["fer_lightning"]
     assert meta["face_crop"] == record["preprocessing"]["face_crop"] and meta["image_size"] == 64
     assert meta["checkpoint"]["file"] == ckpt.name and len(meta["checkpoint"]["sha256"]) == 64

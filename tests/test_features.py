@@ -6,9 +6,10 @@ import torch
 from skimage.feature import hog as sk_hog
 from skimage.feature import local_binary_pattern
 
+from fer_lightning.data.decoded import decode_store
 from fer_lightning.data.images import read_grey, resize_grey
+from fer_lightning.data.preprocessing import Preprocessing
 from fer_lightning.data.sources.jaffe import scan_jaffe
-from fer_lightning.data.store import decode_store
 from fer_lightning.errors import FERError
 from fer_lightning.features import HandcraftedFeatures, hog, hog_dim, lbp_codes, lbp_histograms
 from fer_lightning.features.lbp import grid_edges
@@ -22,7 +23,7 @@ def _images(synthetic_dir) -> dict[str, np.ndarray]:
     """Test images: synthetic faces, real photos, noise, flat and few-level (tie-heavy) images, odd sizes."""
     rng = np.random.default_rng(0)
     recs = scan_jaffe(synthetic_dir)
-    faces = decode_store([recs[0], recs[100]], 224, None).images[:, 0].numpy()
+    faces = decode_store([recs[0], recs[100]], Preprocessing(224), None).images[:, 0].numpy()
     out = {"synthetic_face_0": faces[0], "synthetic_face_1": faces[1]}
     if LONDON.is_dir():
         for cls, stem in (("neutral", "001"), ("happiness", "144")):

@@ -2,7 +2,6 @@
 
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,14 +10,15 @@ import torch
 
 from fer_lightning.data import FolderDataModule
 from fer_lightning.data.crop import FaceCropper
+from fer_lightning.data.decoded import decode_store
 from fer_lightning.data.images import read_grey
+from fer_lightning.data.preprocessing import Preprocessing
 from fer_lightning.data.sources.folder import scan_folder
 from fer_lightning.data.splits import subject_kfold_split
-from fer_lightning.data.store import decode_store
+from fer_lightning.engine.training import train
 from fer_lightning.errors import FERError
-from fer_lightning.training import train
 
-from .conftest import LONDON
+from .conftest import LONDON, london_folder
 
 FIXTURES = Path(__file__).parent / "fixtures" / "london-faces"
 
@@ -26,10 +26,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "london-faces"
 @pytest.fixture
 def faces(tmp_path) -> Path:
     """A folder dataset with aliased, oddly cased class folders: Happy/ and NEUTRAL/ (6 people each)."""
-    root = tmp_path / "faces"
-    shutil.copytree(FIXTURES / "happiness", root / "Happy")
-    shutil.copytree(FIXTURES / "neutral", root / "NEUTRAL")
-    return root
+    return london_folder(tmp_path / "faces", "Happy", "NEUTRAL")
 
 
 def test_aliases_subjects_and_present_classes(faces):
@@ -140,9 +137,9 @@ def test_detect_on_all_london_photos():
 
 def test_crop_settings_are_part_of_the_cache_key(faces, tmp_path):
     recs = scan_folder(faces)
-    plain = decode_store(recs, 48, tmp_path / "c")
-    cropped = decode_store(recs, 48, tmp_path / "c", crop=FaceCropper("detect"))
-    wider = decode_store(recs, 48, tmp_path / "c", crop=FaceCropper("detect", margin=0.4))
+    plain = decode_store(recs, Preprocessing(48), tmp_path / "c")
+    cropped = decode_store(recs, Preprocessing(48, FaceCropper("detect").settings()), tmp_path / "c")
+    wider = decode_store(recs, Preprocessing(48, FaceCropper("detect", margin=0.4).settings()), tmp_path / "c")
     assert len({plain.fingerprint, cropped.fingerprint, wider.fingerprint}) == 3
     assert len([p for p in (tmp_path / "c").iterdir() if p.is_dir()]) == 3
     assert not torch.equal(plain.images, cropped.images)

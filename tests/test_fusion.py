@@ -11,12 +11,14 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from sklearn.decomposition import PCA
 
-from fer_lightning.config import config_dir
 from fer_lightning.data.splits import inner_split, loso_split, paper_split
+from fer_lightning.engine.configs import config_dir
 from fer_lightning.errors import FERError
-from fer_lightning.heads import FusionHead
-from fer_lightning.optim import OptimSettings
-from fer_lightning.report import BEST_ON_VAL, Run, paired_tests, report, select_on_validation
+from fer_lightning.models.components.fusion import FusionHead
+from fer_lightning.models.components.optim import OptimSettings
+from fer_lightning.reporting.document import report
+from fer_lightning.reporting.tables import BEST_ON_VAL, paired_tests, select_on_validation
+from fer_lightning.runs.survey import Run
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +147,7 @@ def test_paper_experiment_keeps_the_paper_recipe_and_the_ablation_holds_every_va
         assert models[stage].augment.copies == 0
     assert models.hybrid_augmented.fusion.balance == "block"
     assert list(models.late_fusion_augmented.members) == ["deep", "handcrafted_augmented"]
-    assert abl.hydra.callbacks.report._target_ == "fer_lightning.report.ReportWhenSweepEnds"
+    assert abl.hydra.callbacks.report._target_ == "fer_lightning.reporting.document.ReportWhenSweepEnds"
     assert abl.hydra.sweeper.params["data.seed"] == "range(10)"
 
 

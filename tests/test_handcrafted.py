@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from fer_lightning.data import JAFFEDataModule
+from fer_lightning.engine.training import train
 from fer_lightning.features import HandcraftedFeatures
 from fer_lightning.models.handcrafted import HandcraftedFER
-from fer_lightning.training import train
 
 pytestmark = pytest.mark.slow
 FEATURES = {"hog": {"scales": [64]}, "lbp": {"scales": [64], "grid": [4, 4]}}
@@ -74,12 +74,12 @@ def test_fitting_sees_the_training_split_only(cache_dir):
     """Changing every validation and test feature leaves the fitted z-score and PCA untouched."""
     dm = JAFFEDataModule(root=None, image_size=64, cache_dir=str(cache_dir), features=FEATURES)
     dm.setup()
-    train_blocks = dm.train_features()
+    train_blocks = dm.model_data().precomputed(dm.split.train)
     assert all(len(v) == len(dm.split.train) == 130 for v in train_blocks.values())
 
     def fitted(datamodule):
         model = HandcraftedFER(list(dm.class_names), FEATURES, pca={"n_components": 0.9})
-        model.fusion.fit(datamodule.train_features(model.extractor))
+        model.fusion.fit(model.train_blocks(datamodule.model_data(), datamodule.split.train))
         return {k: v.clone() for k, v in model.fusion.state_dict().items() if not k.startswith("mlp")}
 
     before = fitted(dm)
@@ -93,7 +93,7 @@ def test_fitting_sees_the_training_split_only(cache_dir):
     # and the un-augmented online route fits on the same training images
     online = JAFFEDataModule(root=None, image_size=64, cache_dir=str(cache_dir))
     online.setup()
-    computed = online.train_features(HandcraftedFeatures(**FEATURES))
+    computed = HandcraftedFER(list(online.class_names), FEATURES).train_blocks(online.model_data(), online.split.train)
     for k in computed:
         torch.testing.assert_close(computed[k], train_blocks[k])
 
@@ -126,7 +126,7 @@ def test_float16_feature_store_gives_the_same_classifier(cache_dir):
         dm.setup()
         torch.manual_seed(0)
         model = HandcraftedFER(list(CLASS_NAMES), FEATURES, pca={"n_components": 20}).eval()
-        model.fusion.fit(dm.train_features())
+        model.fusion.fit(dm.model_data().precomputed(dm.split.train))
         test = torch.as_tensor(dm.split.test)
         with torch.no_grad():
             probs[dtype] = model.fusion({k: v[test].float() for k, v in dm.features.items()}).softmax(-1)

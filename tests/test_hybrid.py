@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from fer_lightning.data.classes import CLASS_NAMES
+from fer_lightning.engine.training import train
 from fer_lightning.models.backbone import MobileNetV2Backbone, load_mobilenet_v2
 from fer_lightning.models.hybrid import HybridFER
-from fer_lightning.training import train
 
 from .conftest import run_cli
 

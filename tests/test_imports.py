@@ -135,6 +135,7 @@ def test_importing_any_module_changes_no_global_state():
                          capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
-    assert {"fer_lightning.train", "fer_lightning.plots", "fer_lightning.report", "fer_lightning.models.hybrid",
-            "fer_lightning.cli"} <= set(out["modules"])
+    assert {"fer_lightning.train", "fer_lightning.reporting.figures", "fer_lightning.report",
+            "fer_lightning.models.hybrid",
+            "fer_lightning.engine.startup"} <= set(out["modules"])
     assert out["changed"] == {}

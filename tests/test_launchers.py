@@ -11,8 +11,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 
-from fer_lightning.cli import check_objective
-from fer_lightning.config import config_dir
+from fer_lightning.engine.configs import config_dir
+from fer_lightning.engine.startup import check_objective
 from fer_lightning.errors import FERError
 
 from .conftest import run_cli
@@ -119,7 +119,7 @@ def test_slurm_configs_render_without_slurm(tmp_path, monkeypatch, launcher, exp
 
 def test_one_gpu_per_parallel_job():
     """``trainer.devices='${job_gpu:4}'``: job k of a multirun uses GPU k mod 4."""
-    from fer_lightning.cli import start_command
+    from fer_lightning.engine.startup import start_command
 
     start_command()
     cfg = hydra_cfg("trainer=gpu", "trainer.devices=${job_gpu:4}")

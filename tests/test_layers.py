@@ -7,8 +7,8 @@ from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler
 
 from fer_lightning.errors import FERError
-from fer_lightning.heads import FusionHead
-from fer_lightning.layers import PCAProjection, ZScore
+from fer_lightning.models.components.fitted import PCAProjection, ZScore
+from fer_lightning.models.components.fusion import FusionHead
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_fusion_head_fits_only_what_it_is_given(data):
 
 
 def test_zscore_in_chunks_equals_standard_scaler(data, monkeypatch):
-    import fer_lightning.layers as layers
+    import fer_lightning.models.components.fitted as layers
 
     monkeypatch.setattr(layers, "CHUNK_ROWS", 16)  # 120 rows: eight chunks, two passes
     train, other = data
@@ -104,7 +104,7 @@ def test_zscore_in_chunks_equals_standard_scaler(data, monkeypatch):
 def test_randomized_pca_matches_sklearn(data, monkeypatch, n):
     """Above PCA_EXACT_MAX the PCA is randomized (torch.pca_lowrank): same components, projections and
     explained-variance ratios as sklearn's exact PCA where the spectrum has a gap."""
-    import fer_lightning.layers as layers
+    import fer_lightning.models.components.fitted as layers
 
     monkeypatch.setattr(layers, "PCA_EXACT_MAX", 50)
     monkeypatch.setattr(layers, "CHUNK_ROWS", 32)

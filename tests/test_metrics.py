@@ -5,7 +5,7 @@ import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score, recall_score, roc_auc_score
 
 from fer_lightning.data.classes import CLASS_NAMES
-from fer_lightning.metrics import ClassificationMetrics
+from fer_lightning.models.components.metrics import ClassificationMetrics
 
 
 def test_against_sklearn():

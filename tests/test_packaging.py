@@ -10,6 +10,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -116,9 +117,10 @@ def test_the_default_install_is_lean(uv):
 
 def test_fer_train_from_the_wheel_outside_the_repo(venv, smoke_run):
     cwd, out, _, env = smoke_run
-    probe = run([venv / "bin" / "python", "-c", "import fer_lightning as f, fer_lightning.config as c; "
+    probe = run([venv / "bin" / "python", "-c", "import fer_lightning as f, fer_lightning.engine.configs as c; "
                  "print(f.__file__, c.config_dir(), f.__version__)"], cwd, env).stdout.split()
-    assert all(Path(p).is_relative_to(venv) for p in probe[:2]) and probe[2] == "0.1.0"
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    assert all(Path(p).is_relative_to(venv) for p in probe[:2]) and probe[2] == version
     m = json.loads((out / "metrics.json").read_text())
     assert (m["model"], m["n_test"], m["epochs"]) == ("deep", 32, 1)  # debug=limit: 2 test batches of 16
     sources = yaml.safe_load((out / ".hydra" / "hydra.yaml").read_text())["hydra"]["runtime"]["config_sources"]

@@ -14,10 +14,10 @@ from skimage.feature import local_binary_pattern
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
-from fer_lightning.callbacks import TrainingPictures
-from fer_lightning.explain import GradCAM, cam_layer
+from fer_lightning.engine.callbacks import TrainingPictures
 from fer_lightning.models.deep import DeepFER
-from fer_lightning.pictures import (
+from fer_lightning.reporting.explain import GradCAM, cam_layer
+from fer_lightning.reporting.faces import (
     Labelled,
     grad_cam_figure,
     hog_figure,
@@ -224,8 +224,8 @@ def pipeline_run(tmp_path_factory, cache_dir):
     """The three models, 1 epoch at 64 px, through the default configs (callbacks=default, TensorBoard)."""
     from hydra import compose, initialize_config_dir
 
-    from fer_lightning.config import config_dir
-    from fer_lightning.pipeline import run_pipeline
+    from fer_lightning.engine.configs import config_dir
+    from fer_lightning.engine.pipeline import run_pipeline
 
     from .conftest import TINY
 
@@ -258,8 +258,9 @@ def test_default_training_logs_the_pictures(pipeline_run, synthetic_dir):
 
 @pytest.mark.slow
 def test_report_pictures_from_run_folders(pipeline_run, tmp_path, caplog):
-    from fer_lightning.report import find_runs, report
-    from fer_lightning.report_pictures import grad_cam_of_run
+    from fer_lightning.reporting.document import report
+    from fer_lightning.reporting.run_pictures import grad_cam_of_run
+    from fer_lightning.runs.survey import find_runs
 
     out = report([pipeline_run], tmp_path / "report")
     made = {p.stem for p in out.glob("*.png")}

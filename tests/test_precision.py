@@ -6,10 +6,10 @@ import logging
 import pytest
 import torch
 
+from fer_lightning.engine.training import train
 from fer_lightning.features.extractor import HandcraftedFeatures
-from fer_lightning.heads import FusionHead
+from fer_lightning.models.components.fusion import FusionHead
 from fer_lightning.models.deep import DeepFER
-from fer_lightning.training import train
 
 CUDA = torch.cuda.is_available()
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from fer_lightning.deploy.prediction import predict
+from fer_lightning.engine.training import train
 from fer_lightning.errors import FERError
-from fer_lightning.predict import predict
-from fer_lightning.training import train
 
 from .conftest import run_cli
 

@@ -11,7 +11,9 @@ import pytest
 from scipy import stats
 
 from fer_lightning.errors import FERError
-from fer_lightning.report import main, mcnemar, mean_ci, report
+from fer_lightning.report import main
+from fer_lightning.reporting.document import report
+from fer_lightning.reporting.statistics import mcnemar, mean_ci
 
 CLASSES = ["happiness", "neutral"]
 FILES = [f"{c}/{i:03d}.jpg" for c in CLASSES for i in range(5)]  # 10 test images, 5 per class
@@ -112,7 +114,7 @@ def test_cli_and_errors(multirun, tmp_path, capsys):
 def test_sweep_configs_compose():
     from hydra import compose, initialize_config_dir
 
-    from fer_lightning.config import config_dir
+    from fer_lightning.engine.configs import config_dir
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         seeds = compose("train", overrides=["experiment=paper_seeds"], return_hydra_config=True)
@@ -184,7 +186,7 @@ def test_a_sweep_ends_with_its_report(multirun):
     picks, per seed, the variant with the highest validation accuracy."""
     from omegaconf import OmegaConf
 
-    from fer_lightning.report import ReportWhenSweepEnds
+    from fer_lightning.reporting.document import ReportWhenSweepEnds
 
     for seed, (deep_val, hybrid_val) in enumerate([(0.9, 0.8), (0.5, 0.7), (0.6, 0.6)]):
         for model, val in (("deep", deep_val), ("hybrid", hybrid_val)):

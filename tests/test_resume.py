@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from fer_lightning.engine.training import train
 from fer_lightning.errors import FERError
-from fer_lightning.training import train
 
 from .conftest import REPO, TINY, run_cli
 
@@ -70,7 +70,7 @@ def same_run(a: Path, b: Path) -> None:
 def uninterrupted(tmp_path_factory, cache_dir):
     from hydra import compose, initialize_config_dir
 
-    from fer_lightning.config import config_dir
+    from fer_lightning.engine.configs import config_dir
 
     out = tmp_path_factory.mktemp("uninterrupted") / "run"
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
@@ -80,7 +80,7 @@ def uninterrupted(tmp_path_factory, cache_dir):
 
 
 def test_epoch_seeds_depend_on_seed_epoch_and_rank_only():
-    from fer_lightning.seeding import epoch_seed
+    from fer_lightning.runtime.seeding import epoch_seed
 
     seeds = {epoch_seed(s, e, r) for s in (0, 1) for e in range(3) for r in (0, 1)}
     assert len(seeds) == 12 and epoch_seed(0, 2) == epoch_seed(0, 2, 0)

@@ -18,7 +18,7 @@ def interrupted_run(folder):
 
 
 def test_interrupted_run_folder_takes_only_its_own_resume(tmp_path):
-    from fer_lightning.run_dirs import check_output_dir
+    from fer_lightning.runs.guard import check_output_dir
 
     run = interrupted_run(tmp_path / "run")
     check_output_dir(tmp_path / "new")  # a new folder: fine
@@ -58,12 +58,13 @@ def test_refused_runs_leave_the_folder_untouched(tmp_path, cache_dir):
             assert (done / name).read_text() == text and os.stat(done / name).st_mtime == 1, name
 
 
-def test_a_sweep_folder_holding_finished_runs_is_refused(tmp_path, capsys):
+def test_a_sweep_folder_holding_finished_runs_is_refused(tmp_path):
+    """The guard raises (it never prints or exits itself); the command prints the refusal as its one error line."""
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
 
-    from fer_lightning.config import config_dir
-    from fer_lightning.run_dirs import RunDirGuard
+    from fer_lightning.engine.configs import config_dir
+    from fer_lightning.runs.guard import RunDirGuard, RunFolderRefused
 
     (tmp_path / "3_job" / "deep").mkdir(parents=True)
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
@@ -71,11 +72,11 @@ def test_a_sweep_folder_holding_finished_runs_is_refused(tmp_path, capsys):
     try:
         RunDirGuard().on_multirun_start(cfg)  # no finished run there yet
         (tmp_path / "3_job" / "deep" / "metrics.json").write_text("{}")
-        with pytest.raises(SystemExit) as e:
+        with pytest.raises(RunFolderRefused) as e:
             RunDirGuard().on_multirun_start(cfg)
     finally:
         HydraConfig.instance().cfg = None  # what the guard set for Hydra, which is not running here
-    assert e.value.code == 2 and f"hydra.sweep.dir={tmp_path} already holds finished runs" in capsys.readouterr().err
+    assert e.value.code == 2 and str(e.value).startswith(f"hydra.sweep.dir={tmp_path} already holds finished runs")
 
 
 def test_a_sweep_of_pipelines_may_be_finished_in_its_folder(tmp_path):
@@ -83,8 +84,8 @@ def test_a_sweep_of_pipelines_may_be_finished_in_its_folder(tmp_path):
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
 
-    from fer_lightning.config import config_dir
-    from fer_lightning.run_dirs import RunDirGuard
+    from fer_lightning.engine.configs import config_dir
+    from fer_lightning.runs.guard import RunDirGuard
 
     (tmp_path / "0_paper_fold0_seed0" / "deep").mkdir(parents=True)
     (tmp_path / "0_paper_fold0_seed0" / "deep" / "metrics.json").write_text("{}")
@@ -99,7 +100,7 @@ def test_a_sweep_of_pipelines_may_be_finished_in_its_folder(tmp_path):
 def test_a_pipeline_stage_interrupted_earlier_resumes_from_its_own_last_checkpoint(tmp_path, monkeypatch):
     from omegaconf import OmegaConf
 
-    import fer_lightning.pipeline as pipeline
+    import fer_lightning.engine.pipeline as pipeline
 
     stage = OmegaConf.create({"paths": {"output_dir": str(tmp_path / "deep")}, "variant": "deep", "ckpt_path": None})
     seen = []
@@ -115,8 +116,8 @@ def test_the_resume_command_of_a_run_and_of_a_pipeline_stage(tmp_path):
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from fer_lightning.config import config_dir
-    from fer_lightning.resume import resume_hint
+    from fer_lightning.engine.configs import config_dir
+    from fer_lightning.engine.resume import resume_hint
 
     run = interrupted_run(tmp_path / "run")
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):

@@ -17,7 +17,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "london-faces"
 
 
 def dm(tmp_path, **kw):
-    return FERDataModule(image_size=48, cache_dir=str(tmp_path / "c"), decode_workers=0, **kw)
+    return FERDataModule.from_options(image_size=48, cache_dir=str(tmp_path / "c"), decode_workers=0, **kw)
 
 
 def test_fer2013_official_split_labels_and_counts(fer2013_csv, tmp_path):
@@ -240,14 +240,14 @@ def test_balanced_sampler_draws_classes_equally(skewed_csv, tmp_path):
     happy = d.class_names.index("happiness")
     assert shares["random"][happy] > 0.6 and shares["balanced"][happy] < 0.25
     assert shares["balanced"].min() > 0.07  # every class drawn about 1/7 of the time
-    counts = d.class_counts("train")
+    counts = d.model_data().class_counts("train")
     assert counts.sum() == 480 and counts[happy] > 300
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["deep", "handcrafted", "hybrid"])
 def test_three_models_train_on_fer2013(make_cfg, skewed_csv, tmp_path, model):
-    from fer_lightning.training import train
+    from fer_lightning.engine.training import train
 
     m = train(make_cfg("data=fer2013", f"data.root={skewed_csv}", f"model={model}", "data.image_size=48",
                        "model.class_weights=balanced", "data.sampler=balanced", "trainer.max_epochs=1",

@@ -5,10 +5,10 @@ import os
 import stat
 
 import pytest
-import torch
 
-from fer_lightning.results import write_csv, write_json
-from fer_lightning.storage import atomic_torch_save, atomic_write_text, escape_surrogates
+from fer_lightning.errors import FERError
+from fer_lightning.io import atomic
+from fer_lightning.io.atomic import atomic_write_bytes, atomic_write_text, escape_surrogates, write_csv, write_json
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def test_atomic_writes_honour_the_umask(tmp_path, umask):
         atomic_write_text(tmp_path / f"a{mask}.txt", "x")
         write_json(tmp_path / f"m{mask}.json", {"a": 1})
         write_csv(tmp_path / f"p{mask}.csv", [{"f": "x"}], ["f"])
-        atomic_torch_save({"t": torch.zeros(2)}, tmp_path / f"c{mask}.pt")
+        atomic_write_bytes(tmp_path / f"c{mask}.pt", b"\x80\x02")
         with open(tmp_path / f"plain{mask}", "w"):  # what open() gives, the reference
             pass
         for name in (f"a{mask}.txt", f"m{mask}.json", f"p{mask}.csv", f"c{mask}.pt", f"plain{mask}"):
@@ -60,3 +60,42 @@ def test_caches_honour_the_umask(tmp_path, umask):
     wrong = {str(p.relative_to(tmp_path)): oct(mode(p)) for p in written
              if mode(p) != (0o755 if p.is_dir() else 0o644)}
     assert not wrong
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
+    """No room left: one FERError line naming the file, the earlier file unchanged, no temporary file left."""
+    import errno
+
+    write_json(tmp_path / "metrics.json", {"test/acc": 0.5})
+    real_open = open
+
+    def full(path, mode="r", *args, **kwargs):
+        if "w" in mode and str(path).endswith(".tmp"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(atomic, "open", full, raising=False)
+    with pytest.raises(FERError, match=r"metrics.json: the disk is full .* free some space in"):
+        write_json(tmp_path / "metrics.json", {"test/acc": 0.9})
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"test/acc": 0.5}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+
+
+def test_a_full_disk_during_training_ends_with_one_line_and_leaves_no_checkpoint(make_cfg, tmp_path, monkeypatch):
+    """The first checkpoint finds no room: one FERError line naming it, no partial checkpoint, no metrics.json."""
+    import errno
+
+    from fer_lightning.engine.training import train
+
+    real_open = open
+
+    def full(path, mode="r", *args, **kwargs):
+        if "w" in mode and ".ckpt" in str(path):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(atomic, "open", full, raising=False)
+    with pytest.raises(FERError, match=r"epoch_000.ckpt: the disk is full .* free some space in .*checkpoints"):
+        train(make_cfg("model=handcrafted", "trainer.max_epochs=1", "logger=none", "callbacks.training_pictures=null"))
+    run = tmp_path / "run"
+    assert not list(run.rglob("*.ckpt")) and not list(run.rglob("*.tmp")) and not (run / "metrics.json").exists()

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from fer_lightning import chunked
+from fer_lightning.data.decoded import decode_store
+from fer_lightning.data.preprocessing import Preprocessing
 from fer_lightning.data.sources.base import Record
 from fer_lightning.data.sources.jaffe import scan_jaffe
-from fer_lightning.data.store import decode_store
+from fer_lightning.io import chunked
 
 
 def _forbid_decoding(monkeypatch):
@@ -28,33 +29,33 @@ def _forbid_decoding(monkeypatch):
 
 def test_second_load_does_not_decode(jaffe_dir, tmp_path, monkeypatch):
     cdir = tmp_path / "c"
-    first = decode_store(scan_jaffe(jaffe_dir), 48, cdir, name="jaffe")
+    first = decode_store(scan_jaffe(jaffe_dir), Preprocessing(48), cdir, name="jaffe")
     assert first.images.shape == (210, 1, 48, 48) and first.images.dtype == torch.uint8
     assert [p.name for p in cdir.iterdir() if p.is_dir()] == [f"jaffe-48px-{first.fingerprint}"]
     _forbid_decoding(monkeypatch)
-    second = decode_store(scan_jaffe(jaffe_dir), 48, cdir, name="jaffe")
+    second = decode_store(scan_jaffe(jaffe_dir), Preprocessing(48), cdir, name="jaffe")
     assert torch.equal(first.images, second.images) and first.fingerprint == second.fingerprint
     assert second.labels == first.labels and second.files == first.files
 
 
 def test_changes_invalidate(jaffe_dir, tmp_path):
     cdir = tmp_path / "c"
-    base = decode_store(scan_jaffe(jaffe_dir), 48, cdir)
-    assert decode_store(scan_jaffe(jaffe_dir), 32, cdir).fingerprint != base.fingerprint  # image size
+    base = decode_store(scan_jaffe(jaffe_dir), Preprocessing(48), cdir)
+    assert decode_store(scan_jaffe(jaffe_dir), Preprocessing(32), cdir).fingerprint != base.fingerprint  # image size
     f = next(iter(sorted(jaffe_dir.iterdir())))
     st = f.stat()
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a touched file
-    assert decode_store(scan_jaffe(jaffe_dir), 48, cdir).fingerprint != base.fingerprint
+    assert decode_store(scan_jaffe(jaffe_dir), Preprocessing(48), cdir).fingerprint != base.fingerprint
     f.unlink()  # a removed file
-    assert len(decode_store(scan_jaffe(jaffe_dir), 48, cdir).labels) == 209
+    assert len(decode_store(scan_jaffe(jaffe_dir), Preprocessing(48), cdir).labels) == 209
 
 
 def test_parallel_decode_equals_serial(jaffe_dir, tmp_path, monkeypatch):
-    import fer_lightning.data.store as store_mod
+    import fer_lightning.data.decoded as store_mod
 
     monkeypatch.setattr(store_mod, "POOL_MIN_ROWS", 1)
-    serial = decode_store(scan_jaffe(jaffe_dir), 48, tmp_path / "a", workers=0)
-    parallel = decode_store(scan_jaffe(jaffe_dir), 48, tmp_path / "b", workers=2)
+    serial = decode_store(scan_jaffe(jaffe_dir), Preprocessing(48), tmp_path / "a", workers=0)
+    parallel = decode_store(scan_jaffe(jaffe_dir), Preprocessing(48), tmp_path / "b", workers=2)
     assert torch.equal(serial.images, parallel.images)
     assert np.array_equal(serial.hashes, parallel.hashes) and np.array_equal(serial.sizes, parallel.sizes)
     assert serial.sizes.tolist()[0] == [256, 256]
@@ -63,18 +64,18 @@ def test_parallel_decode_equals_serial(jaffe_dir, tmp_path, monkeypatch):
 def test_flipped_byte_is_detected_and_rebuilt(jaffe_dir, tmp_path, caplog):
     """issue 10, item 14: a flipped byte inside a store file is caught by its checksum and rebuilt, saying so."""
     cdir = tmp_path / "c"
-    good = decode_store(scan_jaffe(jaffe_dir), 48, cdir).images.clone()
+    good = decode_store(scan_jaffe(jaffe_dir), Preprocessing(48), cdir).images.clone()
     (store,) = [p for p in cdir.iterdir() if p.is_dir()]
     raw = bytearray((store / "images.npy").read_bytes())
     raw[-1000] ^= 0xFF
     (store / "images.npy").write_bytes(bytes(raw))
     with caplog.at_level(logging.WARNING):
-        again = decode_store(scan_jaffe(jaffe_dir), 48, cdir)
+        again = decode_store(scan_jaffe(jaffe_dir), Preprocessing(48), cdir)
     assert torch.equal(again.images, good)
     assert any("does not match its checksum; rebuilding it" in r.message for r in caplog.records)
     (store / "meta.json").write_text("{ truncated")  # an unreadable record is rebuilt too
     with caplog.at_level(logging.WARNING):
-        assert torch.equal(decode_store(scan_jaffe(jaffe_dir), 48, cdir).images, good)
+        assert torch.equal(decode_store(scan_jaffe(jaffe_dir), Preprocessing(48), cdir).images, good)
     assert any("unreadable or written with other settings" in r.message for r in caplog.records)
 
 
@@ -141,7 +142,7 @@ def test_one_process_builds_the_others_wait(tmp_path):
 KILLED_BUILD = """
 import sys, time
 import numpy as np
-from fer_lightning.chunked import open_or_build
+from fer_lightning.io.chunked import open_or_build
 
 def fill(start, stop, arrays):
     time.sleep(0.05)
@@ -180,22 +181,22 @@ def test_sigkill_halfway_then_resume(tmp_path):
 def test_datamodule_reuses_store(jaffe_dir, tmp_path, monkeypatch):
     from fer_lightning.data import FERDataModule
 
-    FERDataModule(root=str(jaffe_dir), image_size=48, cache_dir=str(tmp_path / "c")).prepare_data()
+    FERDataModule.from_options(root=str(jaffe_dir), image_size=48, cache_dir=str(tmp_path / "c")).prepare_data()
     _forbid_decoding(monkeypatch)
-    dm = FERDataModule(root=str(jaffe_dir), image_size=48, cache_dir=str(tmp_path / "c"))
+    dm = FERDataModule.from_options(root=str(jaffe_dir), image_size=48, cache_dir=str(tmp_path / "c"))
     dm.prepare_data()
     dm.setup()
     assert len(dm.split.test) == 57
 
 
 def test_no_cache_dir_still_works(jaffe_dir):
-    assert decode_store(scan_jaffe(jaffe_dir), 48, None).images.shape[0] == 210
+    assert decode_store(scan_jaffe(jaffe_dir), Preprocessing(48), None).images.shape[0] == 210
 
 
 def test_store_pickles_as_its_folder(jaffe_dir, tmp_path):
     import pickle
 
-    d = decode_store(scan_jaffe(jaffe_dir), 48, tmp_path / "c")
+    d = decode_store(scan_jaffe(jaffe_dir), Preprocessing(48), tmp_path / "c")
     d.images.sum()  # mapped in this process
     blob = pickle.dumps(d.store)
     assert len(blob) < 20_000  # the folder and its metadata, not 210 x 48 x 48 pixels

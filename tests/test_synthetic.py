@@ -11,8 +11,9 @@ from sklearn.metrics import confusion_matrix
 from sklearn.model_selection import GroupKFold, cross_val_predict
 
 from fer_lightning.data.classes import CLASS_NAMES
+from fer_lightning.data.decoded import decode_store
+from fer_lightning.data.preprocessing import Preprocessing
 from fer_lightning.data.sources.jaffe import scan_jaffe
-from fer_lightning.data.store import decode_store
 from fer_lightning.data.synthetic import ensure_synthetic, generate
 
 
@@ -48,7 +49,7 @@ def test_ensure_is_idempotent(synthetic_dir, cache_dir):
 def test_learnable_but_not_trivial(synthetic_dir):
     """Subject-independent HOG + logistic regression: well above chance (1/7), far from perfect, and with the
     designed confusions (anger/disgust, fear/surprise)."""
-    d = decode_store(scan_jaffe(synthetic_dir), 64, None)
+    d = decode_store(scan_jaffe(synthetic_dir), Preprocessing(64), None)
     x = np.stack([hog(im[0].numpy(), 9, (8, 8), (2, 2)) for im in d.images])
     y, groups = np.asarray(d.labels), np.asarray(d.subjects)
     pred = cross_val_predict(LogisticRegression(max_iter=2000, C=0.1), x, y, groups=groups, cv=GroupKFold(5))

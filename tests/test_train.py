@@ -11,8 +11,8 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fer_lightning.data.classes import CLASS_NAMES
+from fer_lightning.engine.training import train
 from fer_lightning.errors import FERError
-from fer_lightning.training import train
 
 from .conftest import run_cli
 
@@ -36,7 +36,7 @@ def finished_run(tmp_path_factory, cache_dir):
     """One tiny 2-epoch deep run shared by the output tests."""
     from hydra import compose, initialize_config_dir
 
-    from fer_lightning.config import config_dir
+    from fer_lightning.engine.configs import config_dir
 
     from .conftest import TINY
 

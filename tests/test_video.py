@@ -10,12 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
+from fer_lightning.data.decoded import decode_store
 from fer_lightning.data.images import resize_grey
+from fer_lightning.data.preprocessing import Preprocessing
 from fer_lightning.data.sources.jaffe import scan_jaffe
-from fer_lightning.data.store import decode_store
+from fer_lightning.deploy.video import BOX_COLOUR, Smoother, is_video, video_rows
 from fer_lightning.errors import FERError
 from fer_lightning.models import load_model
-from fer_lightning.video import BOX_COLOUR, Smoother, is_video, video_rows
 
 from .conftest import run_cli
 
@@ -43,7 +44,8 @@ def read_frames(path) -> list[np.ndarray]:
 def clip(synthetic_dir, cache_dir, tmp_path_factory):
     """A 12-frame, 10 fps video: one synthetic face for six frames, then another expression of the same person."""
     records = [r for r in scan_jaffe(synthetic_dir) if r.subject == scan_jaffe(synthetic_dir)[0].subject]
-    a, b = decode_store([records[0], records[-1]], SIDE, cache_dir, name="video-faces").images[:, 0].numpy()
+    store = decode_store([records[0], records[-1]], Preprocessing(SIDE), cache_dir, name="video-faces")
+    a, b = store.images[:, 0].numpy()
     frames = [np.repeat((a if i < N_FRAMES // 2 else b)[:, :, None], 3, axis=2) for i in range(N_FRAMES)]
     path = tmp_path_factory.mktemp("video") / "clip.mp4"
     write_video(path, frames)

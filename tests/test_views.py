@@ -119,8 +119,9 @@ def test_a_model_with_copies_fits_its_layers_on_them_and_trains_on_views(make_cf
     assert sorted(views.rows.tolist()) == train
     outside = torch.as_tensor(list(dm.split.val) + list(dm.split.test))
     assert bool((views.position[outside] < 0).all())  # no validation or test image has a view
-    rows = dm.fit_rows(model.fit_samples)
-    fit = views.fit_blocks(rows, dm.train_features(model.extractor, rows))
+    data = dm.model_data()
+    rows = data.fit_rows(model.fit_samples)
+    fit = views.fit_blocks(rows, model.train_blocks(data, rows))
     for k, z in model.fusion.zscore.items():  # z-score fitted on the training images and their copies
         torch.testing.assert_close(z.mean, fit[k].mean(0))
     shown = torch.cat([b["hog@64"] for b in seen])
@@ -138,7 +139,7 @@ def test_copies_that_would_not_fit_in_memory_are_refused(make_cfg, monkeypatch):
     monkeypatch.setattr(handcrafted_mod, "MAX_VIEW_BYTES", 1000)
     with pytest.raises(FERError, match=r"model.augment.copies=3 needs .* GiB for the augmented copies of 130 "
                                        r"training images .* set model.augment.copies=0"):
-        model._augmented_views(dm)
+        model._augmented_views(dm.model_data())
 
 
 def test_copies_options_are_checked():

@@ -12,9 +12,25 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class FaceAugment(nn.Module):
-    """The paper's training augmentation: horizontal flip, rotation, zoom in/out and brightness.
+    """The paper's training augmentation: horizontal flip, rotation, zoom in/out and brightness, batch-wise on the
+    batch's device (kornia), drawn from torch's global generator.
 
-    Input and output: ``(B, C, H, W)`` float in ``[0, 1]``; same shape, values clipped to ``[0, 1]``.
+    Args:
+        hflip: probability of a horizontal flip.
+        degrees: rotations drawn from ``[-degrees, degrees]``.
+        zoom: scale factors drawn from ``[zoom[0], zoom[1]]``.
+        brightness: brightness jitter (kornia's ``ColorJitter``); 0: none.
+        p_affine: probability of the rotation and zoom.
+
+    Shape:
+        - Input: :math:`(B, C, H, W)` float in ``[0, 1]``.
+        - Output: :math:`(B, C, H, W)`, clipped to ``[0, 1]``.
+
+    Examples:
+        >>> _ = torch.manual_seed(0)
+        >>> out = FaceAugment()(torch.rand(4, 1, 32, 32))
+        >>> out.shape, bool(out.min() >= 0) and bool(out.max() <= 1)
+        (torch.Size([4, 1, 32, 32]), True)
     """
 
     def __init__(
@@ -37,7 +53,16 @@ class FaceAugment(nn.Module):
 
 
 def grey_to_imagenet() -> nn.Module:
-    """``(B, 1, H, W)`` grey in ``[0, 1]`` -> ``(B, 3, H, W)`` normalised with the ImageNet mean and std."""
+    """Grey images as an ImageNet network's input: repeated to RGB and normalised with the ImageNet mean and std.
+
+    Shape:
+        - Input: :math:`(B, 1, H, W)` in ``[0, 1]``.
+        - Output: :math:`(B, 3, H, W)`.
+
+    Examples:
+        >>> grey_to_imagenet()(torch.full((1, 1, 2, 2), 0.485))[0, :, 0, 0]
+        tensor([0.0000, 0.1295, 0.3511])
+    """
     return nn.Sequential(
         kornia.color.GrayscaleToRgb(),
         kornia.enhance.Normalize(mean=torch.tensor(IMAGENET_MEAN), std=torch.tensor(IMAGENET_STD)),

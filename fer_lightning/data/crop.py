@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from fer_lightning.errors import FERError
+from fer_lightning.runtime.registry import choose
 
 log = logging.getLogger(__name__)
 MODES = ("none", "detect", "box", "align")
@@ -45,8 +46,7 @@ class FaceCropper:
     def __init__(self, mode: str = "none", margin: float = 0.2, box: Sequence[int] | None = None,
                  min_face: float = 0.15, fallback: float = 0.6, eye_distance: float = 0.3,
                  eye_height: float = 0.4) -> None:
-        if mode not in MODES:
-            raise FERError(f"data.face_crop={mode} is unknown; choose one of: {', '.join(MODES)}")
+        choose(mode, MODES, "data.face_crop")
         if mode == "box" and (box is None or len(box) != 4 or min(box[2:]) <= 0):
             raise FERError("data.face_crop=box needs data.crop_box=[top, left, height, width] in pixels")
         self.mode, self.margin, self.box = mode, float(margin), None if box is None else [int(v) for v in box]

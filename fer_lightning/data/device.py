@@ -6,19 +6,20 @@ on the device (JAFFE at 224 px: 213 x 224 x 224 bytes = 10.7 MB). It yields the 
 as a ``DataLoader(dataset, batch_size, shuffle, drop_last, num_workers=0)`` over :class:`IndexedImages`, and draws
 from torch's global random number generator exactly as that loader does in training (one draw for an epoch's
 iterator, then the shuffling seed), so a seeded run gives the same results on either path. Given a ``sampler``
-(the training order of :class:`~fer_lightning.seeding.EpochShuffle`), it follows that order instead and draws
+(the training order of :class:`~fer_lightning.runtime.seeding.EpochShuffle`), it follows that order instead and draws
 nothing from the global generator, as the DataLoader given the same sampler.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch.utils.data import Sampler
 
-ON_DEVICE = ("auto", "true", "false")
+log = logging.getLogger(__name__)
 
 
 def store_bytes(*tensors: torch.Tensor | dict[str, torch.Tensor] | None) -> int:
@@ -99,3 +100,27 @@ class DeviceBatches:
             if self.features is not None:
                 batch["features"] = {k: v[j] for k, v in self.features.items()}
             yield batch
+
+
+class ResidentStore:
+    """The whole store (images, targets, precomputed features) on the training device, moved there once.
+
+    ``mode``: ``auto`` (when it fits: :func:`fits_on` with ``max_mb``), ``true`` (always) or ``false`` (never).
+    """
+
+    def __init__(self, mode: str = "auto", max_mb: float = 1024.0) -> None:
+        self.mode, self.max_mb = mode, float(max_mb)
+        self._held: tuple | None = None  # (device, images, targets, features)
+
+    def on(self, device: torch.device, images: torch.Tensor, targets: torch.Tensor,
+           features: dict[str, torch.Tensor] | None) -> tuple | None:
+        """``(images, targets, features)`` on ``device``, or None where they stay on the host."""
+        if self.mode == "false":
+            return None
+        if self.mode == "auto" and not fits_on(device, store_bytes(images, targets, features), self.max_mb):
+            return None
+        if self._held is None or self._held[0] != device:
+            moved = None if features is None else {k: v.to(device) for k, v in features.items()}
+            self._held = (device, images.to(device), targets.to(device), moved)
+            log.info("data on %s: %d images, batches drawn there", device, len(images))
+        return self._held[1:]

@@ -3,13 +3,18 @@ a dataset's published split, and keeping copies of one image (duplicates) on one
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
+from fer_lightning.data.settings import SplitSettings
+from fer_lightning.data.sources.base import Source
 from fer_lightning.errors import FERError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -233,3 +238,40 @@ def inner_split(
         parts = list(cv.split(np.zeros(len(y)), y))
     keep, held = parts[fold]
     return Split(train=np.sort(split.train[keep]), val=split.val, test=np.sort(split.train[held]))
+
+
+def draw_split(settings: SplitSettings, source: Source, labels: Sequence[str], subjects: Sequence[str],
+               groups: np.ndarray) -> Split:
+    """The split ``settings`` asks for on a source's images (copies of one image kept on one side, an inner fold
+    where asked); every class must keep training images."""
+    s, name = settings, settings.name
+    if name == "paper":
+        split = paper_split(labels, test_size=s.test_size, val_size=s.val_size, train_size=s.train_size, seed=s.seed,
+                            groups=groups)
+    else:
+        if s.subject_independent and not source.has_subjects:
+            raise FERError(f"data.split={name} needs a subject id for every image, and {source.name} has "
+                           "none; use data.split=paper (random) or data.split=official where the dataset has one")
+        if name in ("official", "manifest") and not source.has_split:
+            raise FERError(f"data.split={name} needs the dataset's own split (FER2013's Usage, RAF-DB, AffectNet, a "
+                           f"manifest's split column), and {source.name} has none; use data.split=paper")
+        if name == "loso":
+            split = loso_split(labels, subjects, fold=s.fold, val_size=s.val_size, seed=s.seed)
+        elif name == "subject_kfold":
+            split = subject_kfold_split(labels, subjects, folds=s.folds, fold=s.fold, val_size=s.val_size, seed=s.seed)
+        else:
+            split = official_split([r.split for r in source.records], labels, val_size=s.val_size, seed=s.seed,
+                                   option=f"data.split={name}")
+        split, dropped = separate_copies(split, groups)
+        if dropped:
+            log.warning("dropped %d validation/test image(s) that copy an image of an earlier part of the split",
+                        dropped)
+    if s.inner_folds:
+        split = inner_split(split, labels, subjects, folds=s.inner_folds, fold=s.inner_fold, seed=s.seed,
+                            by_subject=s.subject_independent)
+        log.info("inner fold %d of %d: the held-out training images are this run's test set (outer test unused)",
+                 s.inner_fold, s.inner_folds)
+    for c in sorted(set(labels) - {labels[i] for i in split.train}):
+        raise FERError(f"class '{c}' has no training images in the {name} split of {source.name}; choose another "
+                       "split or add images of it")
+    return split

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 from skimage.transform import AffineTransform, warp
 
-from fer_lightning.storage import current_umask
+from fer_lightning.io.atomic import current_umask
 
 log = logging.getLogger(__name__)
 

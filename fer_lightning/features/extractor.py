@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -12,8 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from fer_lightning.errors import FERError
-from fer_lightning.features.hog import hog, hog_dim, hog_graph
-from fer_lightning.features.lbp import lbp_codes, lbp_codes_graph, lbp_histograms, lbp_histograms_graph
+from fer_lightning.features.graph import hog_graph, lbp_codes_graph, lbp_histograms_graph
+from fer_lightning.features.hog import hog, hog_dim
+from fer_lightning.features.lbp import lbp_codes, lbp_histograms
+from fer_lightning.runtime.registry import choose
 
 log = logging.getLogger(__name__)
 BACKENDS = ("torch", "skimage")
@@ -33,7 +35,16 @@ def _normalised(cfg: dict[str, Any], int_keys: Sequence[str]) -> dict[str, Any]:
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """Float images in ``[0, 1]`` -> uint8 0..255 (rounded); uint8 stays as it is."""
+    """Float images in ``[0, 1]`` -> uint8 0..255 (rounded); uint8 stays as it is.
+
+    Shape:
+        - Input: :math:`(*)` float in ``[0, 1]`` or uint8.
+        - Output: :math:`(*)` uint8.
+
+    Examples:
+        >>> to_uint8(torch.tensor([0.0, 0.5, 1.0]))
+        tensor([  0, 128, 255], dtype=torch.uint8)
+    """
     if x.dtype == torch.uint8:
         return x
     if not x.is_floating_point():
@@ -41,8 +52,33 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return x.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
 
 
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> float32 in ``[0, 1]`` (``x / 255``); float images are returned as they are.
+
+    Shape:
+        - Input: :math:`(*)` uint8 or float.
+        - Output: :math:`(*)` float32 (or the input's float dtype).
+
+    Examples:
+        >>> to_unit(torch.tensor([0, 51, 255], dtype=torch.uint8))
+        tensor([0.0000, 0.2000, 1.0000])
+    """
+    if images.dtype == torch.uint8:
+        return images.float().div(255.0)
+    return images
+
+
 def resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
-    """``(B, 1, H, W)`` uint8 -> ``(B, 1, size, size)`` uint8 (antialiased bilinear, rounded)."""
+    """Resize 8-bit images (antialiased bilinear, rounded), as the multi-scale descriptors do.
+
+    Shape:
+        - Input: :math:`(B, 1, H, W)` uint8.
+        - Output: :math:`(B, 1, size, size)` uint8.
+
+    Examples:
+        >>> resize_uint8(torch.full((1, 1, 8, 8), 200, dtype=torch.uint8), 4).unique()
+        tensor([200], dtype=torch.uint8)
+    """
     if x.shape[-2:] == (size, size):
         return x
     y = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
@@ -58,6 +94,26 @@ class HandcraftedFeatures(nn.Module):
     computes the same blocks with scikit-image, one image at a time, as the reference; ``source`` says whether
     the data module precomputes them once (``precomputed``) or a model computes them on each augmented batch on
     its device (``online``).
+
+    Args:
+        hog: HOG settings (``orientations``, ``pixels_per_cell``, ``cells_per_block``, ``block_norm``, ``scales``),
+            or None for no HOG.
+        lbp: LBP settings (``P``, ``R``, ``grid``, ``scales``), or None for no LBP.
+        backend: ``torch`` (batched, CPU or CUDA) or ``skimage`` (the reference).
+        source: ``precomputed`` or ``online``.
+        batch_size: images per batch when a whole dataset's blocks are computed.
+        store_dtype: ``float32`` or ``float16`` for precomputed blocks on disk.
+
+    Shape:
+        - Input: :math:`(B, 1, H, W)` uint8 or float in ``[0, 1]``.
+        - Output: ``{"hog@<s>": (B, D_hog), "lbp@<s>": (B, gy * gx * (P + 2))}`` float32.
+
+    Examples:
+        >>> extractor = HandcraftedFeatures(hog={"scales": [48]}, lbp={"scales": [48]})
+        >>> extractor.block_dims()
+        {'hog@48': 900, 'lbp@48': 490}
+        >>> {k: tuple(v.shape) for k, v in extractor(torch.zeros(2, 1, 48, 48, dtype=torch.uint8)).items()}
+        {'hog@48': (2, 900), 'lbp@48': (2, 490)}
     """
 
     def __init__(
@@ -70,10 +126,8 @@ class HandcraftedFeatures(nn.Module):
         store_dtype: str = "float32",
     ) -> None:
         super().__init__()
-        if backend not in BACKENDS:
-            raise FERError(f"features.backend={backend} is unknown; choose one of: {', '.join(BACKENDS)}")
-        if source not in SOURCES:
-            raise FERError(f"features.source={source} is unknown; choose one of: {', '.join(SOURCES)}")
+        choose(backend, BACKENDS, "features.backend")
+        choose(source, SOURCES, "features.source")
         if source == "online" and backend != "torch":
             raise FERError("features.source=online needs features.backend=torch (scikit-image runs on the CPU only)")
         self.hog_cfg = None if hog is None else _normalised({**HOG_DEFAULTS, **hog}, ("orientations", "pixels_per_cell",
@@ -180,19 +234,33 @@ class HandcraftedFeatures(nn.Module):
             for k, v in out.items()
         }
 
-    @torch.no_grad()
-    def compute(self, images: torch.Tensor, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-        """Blocks for a whole dataset ``(N, 1, H, W)``, ``batch_size`` images at a time on ``device``; on the CPU."""
-        parts: dict[str, list[torch.Tensor]] = {}
-        for i in range(0, len(images), self.batch_size):
-            blocks = self(images[i : i + self.batch_size].to(device))
-            for k, v in blocks.items():
-                parts.setdefault(k, []).append(v.cpu())
-        return {k: torch.cat(v) for k, v in parts.items()}
 
+@torch.no_grad()
+def blocks_in_batches(
+    compute: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+    images: torch.Tensor,
+    batch_size: int,
+    device: torch.device | str = "cpu",
+) -> dict[str, torch.Tensor]:
+    """Named blocks of many images, ``batch_size`` at a time on ``device``, gathered on the CPU as float32.
 
-def resolve_device(device: str | None) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    Args:
+        compute: ``(b, 1, S, S)`` images on ``device`` -> ``{block: (b, D)}`` (an extractor, a backbone's GAP, ...).
+        images: the images, on any device (a memory-mapped store stays where it is; each batch is moved).
+        batch_size: images per call of ``compute``.
+        device: where ``compute`` runs.
+
+    Shape:
+        - images: :math:`(N, 1, S, S)`.
+        - Output: ``{block: (N, D_block)}`` float32 on the CPU.
+
+    Examples:
+        >>> x = torch.arange(6, dtype=torch.uint8).view(6, 1, 1, 1)
+        >>> blocks_in_batches(lambda b: {"sum": b.flatten(1).float()}, x, batch_size=4)["sum"].flatten()
+        tensor([0., 1., 2., 3., 4., 5.])
+    """
+    parts: dict[str, list[torch.Tensor]] = {}
+    for i in range(0, len(images), batch_size):
+        for k, v in compute(images[i : i + batch_size].to(device)).items():
+            parts.setdefault(k, []).append(v.detach().float().cpu())
+    return {k: torch.cat(v) for k, v in parts.items()}

@@ -19,7 +19,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-_INT_RANGE = 255  # 8-bit images: gradients lie in -255..255
+INT_RANGE = 255  # 8-bit images: gradients lie in -255..255
 _CPU_CHUNK = 16
 
 
@@ -28,7 +28,7 @@ def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads()), thread_name_prefix="fer-hog")
 
 
-def _orientation_table(orientations: int) -> torch.Tensor:
+def orientation_table(orientations: int) -> torch.Tensor:
     """``table[(g_row + 255) * 511 + g_col + 255]`` = scikit-image's bin of that gradient, or ``orientations``
     when it votes nowhere (an orientation that rounds to 180 degrees). Cached as a NumPy array (a tensor cached
     while ``torch.export`` traces would be a fake one)."""
@@ -37,7 +37,7 @@ def _orientation_table(orientations: int) -> torch.Tensor:
 
 @lru_cache(maxsize=8)
 def _orientation_bins(orientations: int) -> np.ndarray:
-    g = np.arange(-_INT_RANGE, _INT_RANGE + 1, dtype=np.float64)
+    g = np.arange(-INT_RANGE, INT_RANGE + 1, dtype=np.float64)
     g_row, g_col = np.meshgrid(g, g, indexing="ij")
     ori = np.rad2deg(np.arctan2(g_row, g_col)) % 180
     per = 180.0 / orientations
@@ -50,7 +50,14 @@ def _orientation_bins(orientations: int) -> np.ndarray:
 
 
 def hog_dim(height: int, width: int, orientations: int = 9, pixels_per_cell: int = 8, cells_per_block: int = 2) -> int:
-    """Length of the HOG vector of a ``height x width`` image."""
+    """Length of the HOG vector of a ``height x width`` image.
+
+    Examples:
+        >>> hog_dim(224, 224)
+        26244
+        >>> hog_dim(48, 48, orientations=8)
+        800
+    """
     n_r, n_c = height // pixels_per_cell - cells_per_block + 1, width // pixels_per_cell - cells_per_block + 1
     return max(n_r, 0) * max(n_c, 0) * cells_per_block**2 * orientations
 
@@ -79,12 +86,12 @@ def _cell_histograms(x: torch.Tensor, orientations: int, cell: int) -> torch.Ten
     hh, ww = n_r * cell, n_c * cell
     bins_total = orientations + 1  # the last bin collects "no vote"
     if not x.is_floating_point():
-        if int(x.min()) < 0 or int(x.max()) > _INT_RANGE:
+        if int(x.min()) < 0 or int(x.max()) > INT_RANGE:
             raise ValueError("integer images for HOG must hold values in 0..255")
         g_row, g_col = _gradients(x, torch.int32)
         g_row, g_col = g_row[:, :hh, :ww], g_col[:, :hh, :ww]
-        table = _orientation_table(orientations).to(x.device)
-        index = (g_row + _INT_RANGE).mul_(2 * _INT_RANGE + 1).add_(g_col + _INT_RANGE)
+        table = orientation_table(orientations).to(x.device)
+        index = (g_row + INT_RANGE).mul_(2 * INT_RANGE + 1).add_(g_col + INT_RANGE)
         key = table[index.long()]
         magnitude = torch.hypot(g_row.float(), g_col.float())
     else:
@@ -105,7 +112,7 @@ def _cell_histograms(x: torch.Tensor, orientations: int, cell: int) -> torch.Ten
     return hist.view(b, n_r, n_c, bins_total)[..., :orientations] / float(cell * cell)
 
 
-def _normalize_blocks(blocks: torch.Tensor, method: str, eps: float) -> torch.Tensor:
+def normalize_blocks(blocks: torch.Tensor, method: str, eps: float) -> torch.Tensor:
     """Normalise ``(..., D)`` block vectors like scikit-image's ``_hog_normalize_block``."""
     if method == "L1":
         return blocks / (blocks.abs().sum(-1, keepdim=True) + eps)
@@ -132,10 +139,33 @@ def hog(
     block_norm: str = "L2-Hys",
     eps: float = 1e-5,
 ) -> torch.Tensor:
-    """HOG of each image: ``(B, 1, H, W)`` (uint8 0..255, or float) -> ``(B, D)`` float32 (float64 for float64 input).
+    """Histogram of oriented gradients of each image, equal to scikit-image's.
 
     Equals ``skimage.feature.hog(img, orientations, (ppc, ppc), (cpb, cpb), block_norm, feature_vector=True)`` on
-    the same image (26,244 values at 224x224 with the defaults).
+    the same image (26,244 values at 224x224 with the defaults). Integer images take an exact path; float images a
+    differentiable one.
+
+    Args:
+        x: grey images, uint8 0..255 or float.
+        orientations: orientation bins over 0..180 degrees.
+        pixels_per_cell: side of a square cell in pixels.
+        cells_per_block: side of a square block in cells (blocks overlap with a one-cell stride).
+        block_norm: ``L1``, ``L1-sqrt``, ``L2`` or ``L2-Hys`` (scikit-image's names).
+        eps: the normalisation's epsilon.
+
+    Shape:
+        - Input: :math:`(B, 1, H, W)`.
+        - Output: :math:`(B, D)` float32 (float64 for float64 input), ``D = hog_dim(H, W, ...)``.
+
+    Examples:
+        >>> from skimage.feature import hog as sk_hog
+        >>> x = torch.randint(0, 256, (2, 1, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+        >>> h = hog(x)
+        >>> h.shape
+        torch.Size([2, 324])
+        >>> reference = sk_hog(x[0, 0].numpy(), orientations=9, pixels_per_cell=(8, 8), cells_per_block=(2, 2))
+        >>> bool(torch.allclose(h[0].double(), torch.from_numpy(reference), atol=1e-6))
+        True
     """
     if x.ndim != 4 or x.shape[1] != 1:
         raise ValueError(f"hog expects (B, 1, H, W) grey images, got {tuple(x.shape)}")
@@ -149,7 +179,7 @@ def hog(
         n_r, n_c = hist.shape[1] - k + 1, hist.shape[2] - k + 1
         # block vector = its cells in (cell_row, cell_col, orientation) order, as scikit-image ravels it
         blocks = torch.cat([hist[:, dy : dy + n_r, dx : dx + n_c] for dy in range(k) for dx in range(k)], dim=-1)
-        return _normalize_blocks(blocks, block_norm, eps).reshape(blocks.shape[0], -1)
+        return normalize_blocks(blocks, block_norm, eps).reshape(blocks.shape[0], -1)
 
     if x.is_cuda or x.requires_grad or x.shape[0] <= _CPU_CHUNK:
         chunk = x.shape[0]
@@ -160,31 +190,26 @@ def hog(
     return torch.cat(list(_pool().map(one_chunk, range(0, x.shape[0], chunk))))
 
 
-def hog_graph(x: torch.Tensor, orientations: int = 9, pixels_per_cell: int = 8, cells_per_block: int = 2,
-              block_norm: str = "L2-Hys", eps: float = 1e-5) -> torch.Tensor:
-    """:func:`hog` of 8-bit images as one static graph (for ``torch.export`` and ONNX): ``(B, 1, H, W)`` uint8
-    -> ``(B, D)`` float32, equal to :func:`hog` up to float32 summation order.
+class HOG(torch.nn.Module):
+    """:func:`hog` as a module (no parameters): the HOG of each image, equal to scikit-image's.
 
-    The same exact orientation table (no ``atan2``); the per-cell histograms come from a one-hot of the bins
-    average-pooled over each cell instead of a scatter-add, with no data-dependent control flow.
+    Args:
+        orientations, pixels_per_cell, cells_per_block, block_norm: as :func:`hog`.
+
+    Shape:
+        - Input: :math:`(B, 1, H, W)` uint8 or float.
+        - Output: :math:`(B, D)`.
+
+    Examples:
+        >>> HOG(orientations=8)(torch.zeros(3, 1, 48, 48, dtype=torch.uint8)).shape
+        torch.Size([3, 800])
     """
-    if x.ndim != 4 or x.shape[1] != 1:
-        raise ValueError(f"hog expects (B, 1, H, W) grey images, got {tuple(x.shape)}")
-    cell = pixels_per_cell
-    h, w = x.shape[-2:]
-    n_r, n_c = h // cell, w // cell
-    hh, ww = n_r * cell, n_c * cell
-    v = x[:, 0].to(torch.float32)  # integers: exact in float32
-    zero_row, zero_col = v.new_zeros(v.shape[0], 1, w), v.new_zeros(v.shape[0], h, 1)
-    g_row = torch.cat([zero_row, v[:, 2:, :] - v[:, :-2, :], zero_row], dim=1)[:, :hh, :ww]
-    g_col = torch.cat([zero_col, v[:, :, 2:] - v[:, :, :-2], zero_col], dim=2)[:, :hh, :ww]
-    index = ((g_row + _INT_RANGE) * (2 * _INT_RANGE + 1) + (g_col + _INT_RANGE)).to(torch.int64)
-    key = _orientation_table(orientations).to(torch.uint8 if orientations < 255 else torch.int64)[index]
-    magnitude = torch.sqrt(g_row * g_row + g_col * g_col)
-    bins = torch.arange(orientations, dtype=key.dtype).view(1, orientations, 1, 1)
-    votes = (key.unsqueeze(1) == bins).to(torch.float32) * magnitude.unsqueeze(1)  # (B, O, hh, ww)
-    hist = torch.nn.functional.avg_pool2d(votes, cell).permute(0, 2, 3, 1)  # (B, nR, nC, O): sums / cell area
-    k = cells_per_block
-    n_r, n_c = n_r - k + 1, n_c - k + 1
-    blocks = torch.cat([hist[:, dy : dy + n_r, dx : dx + n_c] for dy in range(k) for dx in range(k)], dim=-1)
-    return _normalize_blocks(blocks, block_norm, eps).reshape(blocks.shape[0], -1)
+
+    def __init__(self, orientations: int = 9, pixels_per_cell: int = 8, cells_per_block: int = 2,
+                 block_norm: str = "L2-Hys") -> None:
+        super().__init__()
+        self.orientations, self.pixels_per_cell = int(orientations), int(pixels_per_cell)
+        self.cells_per_block, self.block_norm = int(cells_per_block), block_norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return hog(x, self.orientations, self.pixels_per_cell, self.cells_per_block, self.block_norm)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 _FIXED_POINT = 1 << 17
 
 
-def _offsets(P: int, R: float) -> list[tuple[float, float]]:
+def offsets(P: int, R: float) -> list[tuple[float, float]]:
     angles = [2 * math.pi * i / P for i in range(P)]
     return [(round(-R * math.sin(a), 5), round(R * math.cos(a), 5)) for a in angles]
 
@@ -78,14 +78,14 @@ def _codes_general(x: torch.Tensor, P: int, R: float) -> torch.Tensor:
     cols = torch.arange(w, device=x.device).view(1, 1, w).expand(b, h, w)
     batch = torch.arange(b, device=x.device).view(b, 1, 1).expand(b, h, w)
     pattern = torch.zeros(b, h, w, dtype=torch.int32, device=x.device)
-    for i, (rp, cp) in enumerate(_offsets(P, R)):
+    for i, (rp, cp) in enumerate(offsets(P, R)):
         bit = _bilinear_minus_centre(xpad, pad, batch, rows, cols, rp, cp) >= 0
         pattern |= bit.to(torch.int32) << i
     return uniform_table(P).to(x.device)[pattern.long()]
 
 
 @lru_cache(maxsize=64)
-def _fractions_np(n: int, offset: float) -> tuple[int, int, np.ndarray]:
+def fractions_np(n: int, offset: float) -> tuple[int, int, np.ndarray]:
     pos = np.arange(n, dtype=np.float64) + offset
     low = np.floor(pos)
     frac = pos - low
@@ -97,7 +97,7 @@ def _fractions_np(n: int, offset: float) -> tuple[int, int, np.ndarray]:
 def _fractions(n: int, offset: float, device: str) -> tuple[int, int, torch.Tensor]:
     """For positions ``0..n-1`` shifted by ``offset``: (floor offset, ceil offset, scikit-image's float64
     fraction ``(p + offset) - floor(p + offset)`` per position)."""
-    low, high, frac = _fractions_np(n, offset)
+    low, high, frac = fractions_np(n, offset)
     return low, high, torch.from_numpy(frac.copy()).to(device)
 
 
@@ -151,7 +151,7 @@ def _resolve_ties(xpad, centre, ties, side1, h, w, rp, cp) -> torch.Tensor:
 def _fast_plan() -> list[tuple]:
     """For P=8, R=1: per neighbour either ('axis', (dy, dx)) or ('diag', side1, side2, far, rho_fixed_point)."""
     plan = []
-    for rp, cp in _offsets(8, 1):
+    for rp, cp in offsets(8, 1):
         r0, r1, c0, c1 = math.floor(rp), math.ceil(rp), math.floor(cp), math.ceil(cp)
         if r0 == r1 and c0 == c1:
             plan.append(("axis", (r0, c0)))
@@ -190,16 +190,36 @@ def _codes_uint8_p8r1(x: torch.Tensor) -> torch.Tensor:
             bit = u >= 0
             ties = (u == 0).view(-1).nonzero().squeeze(1)
             if len(ties):  # exact ties: scikit-image's float64 rounding decides
-                bit.view(-1)[ties] = _resolve_ties(xpad, centre, ties, side1, h, w, *_offsets(8, 1)[i])
+                bit.view(-1)[ties] = _resolve_ties(xpad, centre, ties, side1, h, w, *offsets(8, 1)[i])
         pattern.add_(bit.view(torch.uint8), alpha=1 << i)
     return uniform_table(8).to(x.device)[pattern.long()]
 
 
 def lbp_codes(x: torch.Tensor, P: int = 8, R: float = 1.0, chunk: int = 16) -> torch.Tensor:
-    """Uniform LBP codes: ``(B, 1, H, W)`` -> ``(B, 1, H, W)`` uint8 in ``0..P+1`` (not differentiable).
+    """Uniform local binary pattern codes of each image (not differentiable), equal to scikit-image's.
 
     Equals ``skimage.feature.local_binary_pattern(img, P, R, method='uniform')`` on the same image, for 8-bit
     images exactly (``P=8, R=1`` through the fast path). Images are processed ``chunk`` at a time to stay in cache.
+
+    Args:
+        x: grey images, uint8 or float.
+        P: neighbours on the circle.
+        R: the circle's radius in pixels.
+        chunk: images per step on the CPU.
+
+    Shape:
+        - Input: :math:`(B, 1, H, W)`.
+        - Output: :math:`(B, 1, H, W)` uint8 codes in ``0..P+1`` (``P + 1``: not uniform).
+
+    Examples:
+        >>> from skimage.feature import local_binary_pattern
+        >>> x = torch.randint(0, 256, (2, 1, 20, 24), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+        >>> codes = lbp_codes(x)
+        >>> codes.shape, codes.dtype
+        (torch.Size([2, 1, 20, 24]), torch.uint8)
+        >>> reference = local_binary_pattern(x[1, 0].numpy(), 8, 1.0, method="uniform")
+        >>> bool((codes[1, 0].numpy() == reference).all())
+        True
     """
     if x.ndim != 4 or x.shape[1] != 1:
         raise ValueError(f"lbp_codes expects (B, 1, H, W) grey images, got {tuple(x.shape)}")
@@ -211,17 +231,40 @@ def lbp_codes(x: torch.Tensor, P: int = 8, R: float = 1.0, chunk: int = 16) -> t
 
 
 def grid_edges(size: int, cells: int) -> list[int]:
-    """Cell boundaries of a ``cells``-way split of ``size`` pixels: ``[0, ..., size]`` (``floor(k * size / cells)``)."""
+    """Cell boundaries of a ``cells``-way split of ``size`` pixels: ``[0, ..., size]`` (``floor(k * size / cells)``).
+
+    Examples:
+        >>> grid_edges(10, 3)
+        [0, 3, 6, 10]
+    """
     if not 1 <= cells <= size:
         raise ValueError(f"cannot split {size} pixels into {cells} LBP cells")
     return [k * size // cells for k in range(cells + 1)]
 
 
 def lbp_histograms(codes: torch.Tensor, n_codes: int, grid: tuple[int, int] = (7, 7)) -> torch.Tensor:
-    """Per-cell normalised histograms of LBP codes: ``(B, 1, H, W)`` -> ``(B, gy * gx * n_codes)`` float32.
+    """Per-cell normalised histograms of LBP codes.
 
     The image is split into a ``gy x gx`` grid (boundaries :func:`grid_edges`); each cell's histogram sums to 1.
     Order: cell row, cell column, code.
+
+    Args:
+        codes: LBP codes (:func:`lbp_codes`).
+        n_codes: codes per histogram (``P + 2`` for uniform LBP).
+        grid: cells per column and per row ``(gy, gx)``.
+
+    Shape:
+        - Input: :math:`(B, 1, H, W)` integer codes in ``0..n_codes-1``.
+        - Output: :math:`(B, gy \\cdot gx \\cdot n\\_codes)` float32.
+
+    Examples:
+        >>> codes = torch.zeros(1, 1, 4, 4, dtype=torch.uint8)
+        >>> codes[0, 0, :2, :2] = 3
+        >>> lbp_histograms(codes, n_codes=4, grid=(2, 2)).view(4, 4)
+        tensor([[0., 0., 0., 1.],
+                [1., 0., 0., 0.],
+                [1., 0., 0., 0.],
+                [1., 0., 0., 0.]])
     """
     b, _, h, w = codes.shape
     gy, gx = grid
@@ -243,51 +286,25 @@ def lbp_histograms(codes: torch.Tensor, n_codes: int, grid: tuple[int, int] = (7
     return (counts.to(torch.float32) / area.view(1, -1, 1)).reshape(b, -1)
 
 
-def lbp_codes_graph(x: torch.Tensor, P: int = 8, R: float = 1.0) -> torch.Tensor:
-    """:func:`lbp_codes` as one static graph (for ``torch.export`` and ONNX), still exact: ``(B, 1, H, W)``
-    (uint8 or float) -> ``(B, 1, H, W)`` uint8 codes equal to scikit-image's.
+class LBP(torch.nn.Module):
+    """Uniform-LBP histograms as a module (no parameters): :func:`lbp_codes` then :func:`lbp_histograms`.
 
-    It replays scikit-image's float64 arithmetic at every pixel like the general path, with shifted slices of
-    the zero-padded image instead of gathers and each position's interpolation fractions as constants (a
-    function of the image size only), so there is no tie search and no data-dependent shape.
+    Args:
+        P, R: as :func:`lbp_codes`.
+        grid: as :func:`lbp_histograms`.
+
+    Shape:
+        - Input: :math:`(B, 1, H, W)` uint8 or float.
+        - Output: :math:`(B, gy \\cdot gx \\cdot (P + 2))` float32.
+
+    Examples:
+        >>> LBP(grid=(7, 7))(torch.zeros(2, 1, 48, 48, dtype=torch.uint8)).shape
+        torch.Size([2, 490])
     """
-    if x.ndim != 4 or x.shape[1] != 1:
-        raise ValueError(f"lbp_codes expects (B, 1, H, W) grey images, got {tuple(x.shape)}")
-    h, w = x.shape[-2:]
-    pad = int(math.ceil(R)) + 1
-    centre = x.to(torch.float64)
-    xpad = F.pad(centre, (pad, pad, pad, pad))
 
-    def shifted(dy: int, dx: int) -> torch.Tensor:
-        return xpad[:, :, pad + dy : pad + dy + h, pad + dx : pad + dx + w]
+    def __init__(self, P: int = 8, R: float = 1.0, grid: tuple[int, int] = (7, 7)) -> None:  # noqa: N803
+        super().__init__()
+        self.P, self.R, self.grid = int(P), float(R), (int(grid[0]), int(grid[1]))
 
-    pattern = torch.zeros(x.shape, dtype=torch.int64, device=x.device)
-    for i, (rp, cp) in enumerate(_offsets(P, R)):
-        r0, r1, dr = _fractions_np(h, rp)
-        c0, c1, dc = _fractions_np(w, cp)
-        dr = torch.from_numpy(dr.copy()).to(x.device).view(1, 1, h, 1)
-        dc = torch.from_numpy(dc.copy()).to(x.device).view(1, 1, 1, w)
-        top = (1 - dc) * shifted(r0, c0) + dc * shifted(r0, c1)
-        bottom = (1 - dc) * shifted(r1, c0) + dc * shifted(r1, c1)
-        bit = ((1 - dr) * top + dr * bottom) - centre >= 0
-        pattern = pattern + bit.to(torch.int64) * (1 << i)
-    return uniform_table(P).to(x.device)[pattern]
-
-
-def lbp_histograms_graph(codes: torch.Tensor, n_codes: int, grid: tuple[int, int] = (7, 7)) -> torch.Tensor:
-    """:func:`lbp_histograms` as one static graph: a one-hot of the codes summed over each cell by two 0/1
-    matrix products (exact integer counts in float32), divided by the cell areas: the same values."""
-    _, _, h, w = codes.shape
-    gy, gx = grid
-    ey, ex = grid_edges(h, gy), grid_edges(w, gx)
-    rows = torch.zeros(gy, h)
-    for k in range(gy):
-        rows[k, ey[k] : ey[k + 1]] = 1
-    cols = torch.zeros(w, gx)
-    for k in range(gx):
-        cols[ex[k] : ex[k + 1], k] = 1
-    rows, cols = rows.to(codes.device), cols.to(codes.device)
-    area = rows.sum(1).view(gy, 1) * cols.sum(0).view(1, gx)
-    onehot = (codes == torch.arange(n_codes, dtype=codes.dtype, device=codes.device).view(1, n_codes, 1, 1))
-    counts = rows @ onehot.to(torch.float32) @ cols  # (B, n_codes, gy, gx)
-    return (counts / area).permute(0, 2, 3, 1).reshape(codes.shape[0], -1)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return lbp_histograms(lbp_codes(x, self.P, self.R), self.P + 2, self.grid)

@@ -22,8 +22,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from fer_lightning.features.extractor import to_uint8
-from fer_lightning.seeding import epoch_seed
+from fer_lightning.features.extractor import blocks_in_batches, to_uint8, to_unit
+from fer_lightning.runtime.seeding import epoch_seed
 
 log = logging.getLogger(__name__)
 # offsets the seed of the views from the seed of everything else drawn from data.seed
@@ -59,10 +59,10 @@ class AugmentedViews:
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             torch.manual_seed(epoch_seed(self.seed ^ VIEW_SEED_SALT, 0))
             for _ in range(self.copies):
-                for i in range(0, len(self.rows), batch_size):
-                    x = images[self.rows[i : i + batch_size]].float().div_(255.0)
-                    for k, v in compute(to_uint8(augment(x))).items():
-                        parts.setdefault(k, []).append(v.detach().float().cpu())
+                copy = blocks_in_batches(lambda x: compute(to_uint8(augment(to_unit(x)))),
+                                         images[self.rows], batch_size)
+                for k, v in copy.items():
+                    parts.setdefault(k, []).append(v)
         n = len(self.rows)
         self.blocks = {k: torch.cat(v).view(self.copies, n, -1) for k, v in parts.items()}
         self._drawn: tuple[int, torch.Tensor] | None = None

@@ -11,7 +11,9 @@ from torch import nn
 from torchvision.models import MobileNet_V2_Weights, MobileNetV2, mobilenet_v2
 
 from fer_lightning.data.augment import grey_to_imagenet
+from fer_lightning.data.preprocessing import to_unit
 from fer_lightning.errors import FERError
+from fer_lightning.features.extractor import blocks_in_batches
 
 IMAGENET_WEIGHTS = MobileNet_V2_Weights.IMAGENET1K_V1
 _PREFIXES = ("module.", "model.", "net.", "backbone.")
@@ -72,7 +74,7 @@ def _load_state_dict_file(path: Path) -> MobileNetV2:
 
 def backbone_state_from_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """The fine-tuned MobileNetV2 ``features.*`` tensors of a fer-lightning ``deep`` run's checkpoint."""
-    from fer_lightning.checkpoints import read_checkpoint
+    from fer_lightning.runs.checkpoints import read_checkpoint
 
     ckpt = read_checkpoint(path, option="model.backbone.checkpoint")
     kind = ckpt["fer_lightning"].get("model")
@@ -100,6 +102,21 @@ class MobileNetV2Backbone(nn.Module):
     The grey input is repeated to 3 channels and ImageNet-normalised inside, on the input's device. With
     ``trainable=False`` the parameters are frozen and BatchNorm statistics stay fixed (the module stays in eval
     mode even when its parent is put in training mode).
+
+    Args:
+        weights: ``imagenet`` (torchvision's IMAGENET1K_V1, offline from ``$TORCH_HOME``), ``none`` (random) or a
+            path to a MobileNetV2 state dict.
+        trainable: fine-tune it (True) or keep it frozen.
+        checkpoint: a deep run's checkpoint whose fine-tuned backbone to take (instead of ``weights``).
+
+    Shape:
+        - Input: :math:`(B, 1, H, W)` grey in ``[0, 1]``, ``H, W >= 32``.
+        - Output: :math:`(B, 1280)` global-average-pooled features.
+
+    Examples:
+        >>> backbone = MobileNetV2Backbone(weights="none", trainable=False)
+        >>> backbone(torch.rand(2, 1, 64, 64)).shape
+        torch.Size([2, 1280])
     """
 
     out_features = 1280
@@ -140,7 +157,6 @@ class MobileNetV2Backbone(nn.Module):
         """``(N, 1, H, W)`` uint8 -> ``(N, 1280)`` GAP features (eval mode, on ``device``, returned on the CPU)."""
         was_training = self.training
         self.eval().to(device)
-        out = [self(images[i : i + batch_size].to(device).float().div_(255.0)).cpu()
-               for i in range(0, len(images), batch_size)]
+        out = blocks_in_batches(lambda x: {"gap": self(to_unit(x))}, images, batch_size, device)["gap"]
         self.train(was_training)
-        return torch.cat(out)
+        return out

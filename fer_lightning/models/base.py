@@ -6,19 +6,19 @@ import inspect
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.loggers import TensorBoardLogger
 from torch import nn
 
-from fer_lightning.checkpoints import FORMAT_KEY, check_record, read_checkpoint
-from fer_lightning.distributed import gather_outputs
+from fer_lightning.data.contract import DataNeeds, ModelData, ProvidesModelData
 from fer_lightning.errors import FERError
-from fer_lightning.metrics import ClassificationMetrics
-from fer_lightning.optim import OptimSettings
-from fer_lightning.plots import confusion_matrix_figure
+from fer_lightning.models.components.metrics import ClassificationMetrics, mean_nll
+from fer_lightning.models.components.optim import OptimSettings
+from fer_lightning.runs.checkpoints import FORMAT_KEY, check_record, read_checkpoint
+from fer_lightning.runtime.collectives import gather_outputs
+from fer_lightning.runtime.registry import choose
 
 log = logging.getLogger(__name__)
 STAGES = ("train", "val", "test")
@@ -26,7 +26,9 @@ CLASS_WEIGHTS = ("none", "balanced")
 
 
 class FERClassifier(pl.LightningModule):
-    """Subclasses build their network in ``__init__`` and implement ``forward(images) -> logits``.
+    """Subclasses build their network in ``__init__`` and implement ``forward(images) -> logits``; what they need
+    from the data beyond batches is declared in ``needs`` (:class:`~fer_lightning.data.contract.DataNeeds`) and
+    handed to :meth:`prepare` at setup as one :class:`~fer_lightning.data.contract.ModelData`.
 
     Batches are dicts with ``image`` ``(B, 1, H, W)`` float, ``label`` ``(B,)`` and ``index`` ``(B,)``. Metrics
     are logged as ``train/*``, ``val/*``, ``test/*`` at epoch end; val/test loss and metrics are computed from
@@ -36,6 +38,7 @@ class FERClassifier(pl.LightningModule):
     """
 
     model_name = "classifier"
+    needs: ClassVar[DataNeeds] = DataNeeds()
 
     def __init__(
         self,
@@ -45,15 +48,15 @@ class FERClassifier(pl.LightningModule):
         channels_last: bool = False,
         compile: bool | str = False,
     ) -> None:
-        """``optim``: :class:`~fer_lightning.optim.OptimSettings` keys (a recipe section; defaults: the paper's
+        """``optim``: :class:`~fer_lightning.models.components.optim.OptimSettings` keys (a recipe section;
+        defaults: the paper's
         Adam 1e-4); ``class_weights``: ``none`` or ``balanced`` (loss weights inverse to the training split's
         class frequencies); ``channels_last``, ``compile``: speed options for a CNN backbone
         (:meth:`configure_model`)."""
         super().__init__()
         self.class_names = tuple(class_names)
         self.optim = OptimSettings.from_config(optim)
-        if class_weights not in CLASS_WEIGHTS:
-            raise FERError(f"model.class_weights={class_weights} is unknown; choose one of: {', '.join(CLASS_WEIGHTS)}")
+        choose(class_weights, CLASS_WEIGHTS, "model.class_weights")
         self.class_weights = class_weights
         self.channels_last, self.compile_backbone = bool(channels_last), compile
         self.criterion = nn.CrossEntropyLoss(label_smoothing=self.optim.label_smoothing)
@@ -69,6 +72,7 @@ class FERClassifier(pl.LightningModule):
         self.confusion: dict[str, torch.Tensor] = {}
         self.outputs: dict[str, dict[str, torch.Tensor]] = {}
         self._collected: dict[str, list[dict[str, torch.Tensor]]] = {"val": [], "test": []}
+        self.data: ModelData | None = None  # handed over at setup by a data module that provides it
 
     @property
     def num_classes(self) -> int:
@@ -95,10 +99,21 @@ class FERClassifier(pl.LightningModule):
                  sync_dist=True)
         return loss
 
+    def setup(self, stage: str) -> None:
+        """Take the data module's :class:`~fer_lightning.data.contract.ModelData` (when it provides one) and hand it
+        to :meth:`prepare`."""
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if isinstance(dm, ProvidesModelData):
+            self.data = dm.model_data()
+            self.prepare(self.data, stage)
+
+    def prepare(self, data: ModelData, stage: str) -> None:
+        """Fit what depends on the training data (fixed layers, feature tables, weights of a fusion): nothing
+        here."""
+
     def on_fit_start(self) -> None:
-        dm = self.trainer.datamodule
-        if self.class_weights == "balanced" and dm is not None and self.class_weight is None:
-            counts = dm.class_counts("train").double()
+        if self.class_weights == "balanced" and self.data is not None and self.class_weight is None:
+            counts = self.data.class_counts("train").double()
             weight = torch.where(counts > 0, counts.sum() / (len(counts) * counts.clamp_min(1)), 0.0)
             self.class_weight = weight.float().to(self.device)
             log.info("model.class_weights=balanced: loss weights %s",
@@ -135,7 +150,6 @@ class FERClassifier(pl.LightningModule):
             self.results[stage] = {k: float(v) for k, v in values.items()}
             self.results[stage]["nll"] = mean_nll(self.outputs[stage]["probs"], self.outputs[stage]["target"])
             self.confusion[stage] = cm
-            self._log_figure(f"{stage}/confusion_matrix", cm, f"{stage} confusion matrix (epoch {self.current_epoch})")
         metrics.reset()
 
     def on_train_epoch_end(self) -> None:
@@ -146,14 +160,6 @@ class FERClassifier(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._epoch_end("test")
-
-    def _log_figure(self, tag: str, cm: torch.Tensor, title: str) -> None:
-        loggers = [lg for lg in self.loggers if isinstance(lg, TensorBoardLogger)]
-        if not loggers:
-            return
-        fig = confusion_matrix_figure(cm.numpy(), self.class_names, title)
-        for lg in loggers:
-            lg.experiment.add_figure(tag, fig, global_step=self.global_step, close=False)
 
     def configure_model(self) -> None:
         """Speed options, applied when a Trainer sets the model up (every model with a ``backbone``): its weights
@@ -174,7 +180,7 @@ class FERClassifier(pl.LightningModule):
         cls, checkpoint: str | Path | Mapping[str, Any], map_location: str | torch.device = "cpu"
     ) -> FERClassifier:
         """This model from a checkpoint file, or from a checkpoint already read with
-        :func:`~fer_lightning.checkpoints.read_checkpoint` (so a command reads the file once), with nothing
+        :func:`~fer_lightning.runs.checkpoints.read_checkpoint` (so a command reads the file once), with nothing
         else: no data, no cache, no ImageNet file and no deep-run checkpoint (the backbone weights are in the
         checkpoint itself)."""
         ckpt = checkpoint if isinstance(checkpoint, Mapping) else read_checkpoint(checkpoint)
@@ -216,9 +222,8 @@ class FERClassifier(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         record = {"model": self.model_name, "class_names": list(self.class_names), "format": 1}
-        dm = self.trainer.datamodule if self._trainer is not None else None
-        if dm is not None and hasattr(dm, "preprocessing"):
-            record["preprocessing"] = dm.preprocessing()  # how raw images become inputs (used by predict)
+        if self.data is not None:  # how raw images become inputs (predict, evaluate, export read it back)
+            record["preprocessing"] = self.data.preprocessing.record()
         checkpoint[FORMAT_KEY] = record
 
     def configure_optimizers(self) -> Any:
@@ -226,8 +231,3 @@ class FERClassifier(pl.LightningModule):
         return self.optim.configure((p for p in self.parameters() if p.requires_grad), max_epochs)
 
 
-def mean_nll(probs: torch.Tensor, target: torch.Tensor) -> float:
-    """Mean negative log-likelihood of the true classes (plain, without label smoothing): what model selection
-    and late-fusion weighting compare."""
-    p = probs.double().gather(1, target.long().view(-1, 1)).clamp_min(1e-12)
-    return float(-p.log().mean())

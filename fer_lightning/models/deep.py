@@ -7,16 +7,17 @@ from typing import Any
 
 import torch
 
-from fer_lightning.heads import MLPHead
 from fer_lightning.models.backbone import MobileNetV2Backbone
 from fer_lightning.models.base import FERClassifier
+from fer_lightning.models.components.heads import MLPHead
 
 
 class DeepFER(FERClassifier):
     """``(B, 1, H, W)`` grey in ``[0, 1]`` -> ``(B, num_classes)`` logits, trained end to end.
 
     ``backbone``: ``{"weights": "imagenet" | "none" | path, "trainable": bool}``;
-    ``head``: keyword arguments of :class:`~fer_lightning.heads.MLPHead` (default: the paper's 256 / 0.5).
+    ``head``: keyword arguments of :class:`~fer_lightning.models.components.heads.MLPHead` (default: the paper's
+    256 / 0.5).
     """
 
     model_name = "deep"

@@ -9,14 +9,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
-from fer_lightning.distributed import agree_on_fitted, one_at_a_time
+from fer_lightning.data.contract import DataNeeds, ModelData
 from fer_lightning.errors import FERError
-from fer_lightning.features.extractor import HandcraftedFeatures, resolve_device
+from fer_lightning.features.extractor import HandcraftedFeatures, blocks_in_batches
 from fer_lightning.features.views import AugmentedViews
-from fer_lightning.heads import FusionHead
+from fer_lightning.io.lock import one_at_a_time
 from fer_lightning.models.base import FERClassifier
+from fer_lightning.models.components.fitted import agree_on_fitted
+from fer_lightning.models.components.fusion import FusionHead
 
 # the augmented copies of model.augment.copies are held in memory: refuse more than this (float32 values)
 MAX_VIEW_BYTES = 8 * 2**30
@@ -26,13 +29,13 @@ class HandcraftedFER(FERClassifier):
     """``[HOG, LBP] -> z-score each -> concat -> PCA -> Dropout 0.5 -> BatchNorm -> 512 -> ReLU -> Dropout 0.5
     -> 256 -> ReLU -> Dropout 0.3 -> num_classes``.
 
-    The z-score and PCA layers are fitted from the training split in :meth:`setup`, before training. Batches
+    The z-score and PCA layers are fitted from the training split in :meth:`prepare`, before training. Batches
     carry precomputed blocks under ``features`` (``features.source=precomputed``); otherwise, and when
     classifying raw images with ``forward``, the blocks are computed here on the module's device.
     """
 
     model_name = "handcrafted"
-    uses_features = True  # the data module precomputes the handcrafted blocks for it
+    needs = DataNeeds(handcrafted_blocks=True)  # the data module precomputes the handcrafted blocks for it
 
     def __init__(
         self,
@@ -49,9 +52,11 @@ class HandcraftedFER(FERClassifier):
         compile: bool | str = False,
     ) -> None:
         """``pca``: ``{"n_components": 0.95}`` (a count, a variance fraction, or None for no PCA of the fused
-        blocks); ``head``: :class:`~fer_lightning.heads.MLPHead` keywords (``hidden=[]``: a linear head);
+        blocks); ``head``: :class:`~fer_lightning.models.components.heads.MLPHead` keywords (``hidden=[]``: a
+        linear head);
         ``fusion``: ``{"balance": "none" | "block", "per_block_pca": None | count | fraction}`` (see
-        :class:`~fer_lightning.heads.FusionHead`); ``optim``: a recipe section; ``augment``: ``{"copies": k}``, the
+        :class:`~fer_lightning.models.components.fusion.FusionHead`); ``optim``: a recipe section; ``augment``:
+        ``{"copies": k}``, the
         fitted layers and the head also see k augmented copies of each training image
         (:class:`~fer_lightning.features.views.AugmentedViews`; 0: the paper, no copies); ``pca.fit_samples``: the
         z-score and PCA layers are fitted on a seeded sample of at most this many training images (all when fewer);
@@ -91,8 +96,8 @@ class HandcraftedFER(FERClassifier):
         """Blocks besides the handcrafted ones, fused in front of them."""
         return {}
 
-    def extra_train_blocks(self, datamodule: Any, rows: Any) -> dict[str, torch.Tensor]:
-        """Those blocks for the training images ``rows`` (prepared in :meth:`setup`)."""
+    def extra_train_blocks(self, data: ModelData, rows: Any) -> dict[str, torch.Tensor]:
+        """Those blocks for the training images ``rows`` (prepared in :meth:`prepare`)."""
         return {}
 
     def extra_blocks(self, batch: dict[str, Any] | None, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -104,43 +109,49 @@ class HandcraftedFER(FERClassifier):
         return {}
 
     # ---------------------------------------------------------------------------------
-    def setup(self, stage: str) -> None:
-        if self._trainer is None or self.trainer.datamodule is None:
-            return
-        dm = self.trainer.datamodule
+    def prepare(self, data: ModelData, stage: str) -> None:
+        """Build the augmented copies (``model.augment.copies``) and fit the fixed layers on the training split."""
         if self.copies and self.views is None and (stage == "fit" or not self.fusion.fitted):
-            self.views = self._augmented_views(dm)
+            self.views = self._augmented_views(data)
         if self.fusion.fitted:
             return
-        with one_at_a_time(getattr(dm, "cache_dir", None)):  # DDP: one process builds a feature cache
-            rows = dm.fit_rows(self.fit_samples)
-            blocks = {**self.extra_train_blocks(dm, rows), **dm.train_features(self.extractor, rows)}
+        with one_at_a_time(data.cache_dir):  # DDP: one process builds a feature cache
+            rows = data.fit_rows(self.fit_samples)
+            blocks = {**self.extra_train_blocks(data, rows), **self.train_blocks(data, rows)}
         if self.views is not None:
             blocks = self.views.fit_blocks(rows, blocks)
         self.hparams["fitted_components"] = self.fusion.fit(blocks)
         agree_on_fitted(self.fusion, self.trainer.strategy)  # DDP: the same statistics on every process
 
-    def _augmented_views(self, dm: Any) -> AugmentedViews:
+    def train_blocks(self, data: ModelData, rows: Any) -> dict[str, torch.Tensor]:
+        """The handcrafted blocks of the training images ``rows`` (un-augmented), float32: the data module's
+        precomputed ones, or computed here on the feature device."""
+        blocks = data.precomputed(rows)
+        if blocks is not None:
+            return blocks
+        images = data.images[torch.as_tensor(np.asarray(rows), dtype=torch.long)]
+        return blocks_in_batches(self.extractor, images, self.extractor.batch_size, data.feature_device)
+
+    def _augmented_views(self, data: ModelData) -> AugmentedViews:
         """``model.augment.copies`` augmented copies of every training image, as blocks (see
         :class:`~fer_lightning.features.views.AugmentedViews`), drawn with the data module's training augmentation."""
-        dm.setup()
         width = sum({**self.extra_block_dims(), **self.extractor.block_dims()}.values())
-        need = self.copies * len(dm.split.train) * width * 4
+        need = self.copies * len(data.split.train) * width * 4
         if need > MAX_VIEW_BYTES:
             raise FERError(
                 f"model.augment.copies={self.copies} needs {need / 2**30:.1f} GiB for the augmented copies of "
-                f"{len(dm.split.train):,} training images ({width:,} features each; at most "
+                f"{len(data.split.train):,} training images ({width:,} features each; at most "
                 f"{MAX_VIEW_BYTES / 2**30:.0f} GiB): copies help small datasets, set model.augment.copies=0 here"
             )
-        device = resolve_device(getattr(dm, "feature_device", None))
-        augment = dm.augment.to(device)
+        device = data.feature_device
+        augment = data.augment.to(device)
 
         def blocks(x: torch.Tensor) -> dict[str, torch.Tensor]:
             x = x.to(device)
             return {**self.extra_view_blocks(x, device), **self.extractor(x)}
 
-        return AugmentedViews(dm.decoded.images, dm.split.train, lambda x: augment(x.to(device)), blocks,
-                              self.copies, dm.seed, batch_size=self.extractor.batch_size)
+        return AugmentedViews(data.images, data.split.train, lambda x: augment(x.to(device)), blocks,
+                              self.copies, data.seed, batch_size=self.extractor.batch_size)
 
     def handcrafted_blocks(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         if self.extractor.source == "precomputed" and "features" in batch:

@@ -8,10 +8,11 @@ from typing import Any
 
 import torch
 
+from fer_lightning.data.contract import DataNeeds, ModelData
 from fer_lightning.data.splits import inner_split
 from fer_lightning.errors import FERError
 from fer_lightning.features.extractor import HandcraftedFeatures
-from fer_lightning.features.store import block_store
+from fer_lightning.features.tables import block_store
 from fer_lightning.models.backbone import MobileNetV2Backbone
 from fer_lightning.models.handcrafted import HandcraftedFER
 
@@ -26,14 +27,15 @@ class HybridFER(HandcraftedFER):
     ``backbone``: ``{"weights": "imagenet" | "none" | path, "checkpoint": a deep run's checkpoint or None,
     "trainable": bool, "oof_folds": k, "oof_checkpoints": [k deep checkpoints]}`` (out-of-fold training
     features, see :meth:`_out_of_fold`). Frozen (the default), the backbone's GAP features of every image are
-    computed once in :meth:`setup` (in batches, into a memory-mapped store under a digest of the weights) and
+    computed once in :meth:`prepare` (in batches, into a memory-mapped store under a digest of the weights) and
     looked up by image index; trainable, they are computed on each (augmented) batch and the backbone is
-    fine-tuned through the fixed PCA. The z-score and PCA layers are fitted once in :meth:`setup`, on (a sample
+    fine-tuned through the fixed PCA. The z-score and PCA layers are fitted once in :meth:`prepare`, on (a sample
     of) the training split only, before training.
     """
 
     model_name = "hybrid"
-    fuses_backbone = True  # in a pipeline, it takes the deep stage's fine-tuned backbone
+    # the handcrafted blocks come from the data module; in a pipeline, it takes the deep stage's fine-tuned backbone
+    needs = DataNeeds(handcrafted_blocks=True, fuses_backbone=True)
 
     def __init__(
         self,
@@ -66,26 +68,25 @@ class HybridFER(HandcraftedFER):
     def extra_block_dims(self) -> dict[str, int]:
         return {DEEP_BLOCK: MobileNetV2Backbone.out_features}
 
-    def extra_train_blocks(self, datamodule: Any, rows: Any) -> dict[str, torch.Tensor]:
-        datamodule.setup()
-        images = datamodule.decoded.images
+    def extra_train_blocks(self, data: ModelData, rows: Any) -> dict[str, torch.Tensor]:
+        images = data.images
         device = self.trainer.strategy.root_device
         if self.frozen and self.gap_table is None:
-            spec = {"dataset": datamodule.fingerprint, "image_size": int(images.shape[-1]),
+            spec = {"dataset": data.fingerprint, "image_size": int(images.shape[-1]),
                     "backbone": self.backbone.fingerprint()}
             store = block_store(
-                "gap", spec, self.extra_block_dims(), len(images), datamodule.cache_dir,
+                "gap", spec, self.extra_block_dims(), len(images), data.cache_dir,
                 lambda a, b: {DEEP_BLOCK: self.backbone.gap_features(images[a:b], device)}, batch_size=256,
             )
             self.gap_table = store.tensor(DEEP_BLOCK)
             if self.oof_folds:
-                self.gap_table = self._out_of_fold(datamodule, self.gap_table.clone(), device)
+                self.gap_table = self._out_of_fold(data, self.gap_table.clone(), device)
         train_idx = torch.as_tensor(rows, dtype=torch.long)
         if self.gap_table is not None:
             return {DEEP_BLOCK: self.gap_table[train_idx]}
         return {DEEP_BLOCK: self.backbone.gap_features(images[train_idx], device)}
 
-    def _out_of_fold(self, datamodule: Any, table: torch.Tensor, device: torch.device) -> torch.Tensor:
+    def _out_of_fold(self, data: ModelData, table: torch.Tensor, device: torch.device) -> torch.Tensor:
         """``table`` with each training image's GAP features taken from the backbone fine-tuned without it:
         ``oof_checkpoints[i]`` is the deep run of inner fold ``i`` (``data.inner_folds=oof_folds``), whose held-out
         images are exactly that fold, so the head trains on features that behave like test features."""
@@ -95,14 +96,14 @@ class HybridFER(HandcraftedFER):
                 f"(model.backbone.oof_checkpoints, got {len(self.oof_checkpoints)}); the pipeline "
                 "(experiment=paper or fusion_ablation) fine-tunes them for you"
             )
-        d, split = datamodule.decoded, datamodule.split
+        split = data.split
         covered = torch.zeros(len(table), dtype=torch.bool)
         for i, ckpt in enumerate(self.oof_checkpoints):
-            held = inner_split(split, d.labels, d.subjects, folds=self.oof_folds, fold=i, seed=datamodule.seed,
-                               by_subject=datamodule.subject_independent).test
+            held = inner_split(split, data.labels, data.subjects, folds=self.oof_folds, fold=i, seed=data.seed,
+                               by_subject=data.subject_independent).test
             held = torch.as_tensor(held, dtype=torch.long)
             fold_backbone = MobileNetV2Backbone(weights="none", trainable=False, checkpoint=ckpt)
-            table[held] = fold_backbone.gap_features(d.images[held], device)
+            table[held] = fold_backbone.gap_features(data.images[held], device)
             covered[held] = True
         if not bool(covered[torch.as_tensor(split.train, dtype=torch.long)].all()):
             raise RuntimeError("out-of-fold GAP features do not cover every training image")

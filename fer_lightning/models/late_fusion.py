@@ -10,10 +10,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from fer_lightning.data.contract import DataNeeds, ModelData
+from fer_lightning.data.preprocessing import to_unit
 from fer_lightning.errors import FERError
-from fer_lightning.models.base import FERClassifier, mean_nll
-
-WEIGHTINGS = ("mean", "loglik")
+from fer_lightning.features.extractor import blocks_in_batches
+from fer_lightning.models.base import FERClassifier
+from fer_lightning.models.components.fusion import WEIGHTINGS, EqualWeights
+from fer_lightning.models.registry import MODELS, load_model
 
 
 class LateFusionFER(FERClassifier):
@@ -27,8 +30,8 @@ class LateFusionFER(FERClassifier):
     """
 
     model_name = "late_fusion"
-    trains = False  # nothing to fit: training validates (fixing the weights) and tests
-    members_from_stages = True  # in a pipeline, members name earlier stages
+    # nothing to fit: training validates (fixing the weights) and tests; in a pipeline, members name earlier stages
+    needs = DataNeeds(trains=False, members_from_stages=True)
 
     def __init__(
         self,
@@ -39,9 +42,7 @@ class LateFusionFER(FERClassifier):
         optim: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(class_names, optim=optim)
-        if weights not in WEIGHTINGS:
-            raise FERError(f"model.weights={weights} is unknown; choose one of: {', '.join(WEIGHTINGS)}")
-        self.weighting = weights
+        self.weighting = WEIGHTINGS.get(weights)()
         if member_specs is None:
             member_specs = self._load_members(members)
         if len(member_specs) < 2:
@@ -57,8 +58,6 @@ class LateFusionFER(FERClassifier):
 
     # ------------------------------------------------------------------ members
     def _load_members(self, members: Mapping[str, str] | Sequence[str] | None) -> dict[str, dict[str, Any]]:
-        from fer_lightning.models import load_model
-
         if not members:
             raise FERError("model=late_fusion needs model.members={name: checkpoint, ...} (two or more)")
         if not isinstance(members, Mapping):
@@ -74,14 +73,11 @@ class LateFusionFER(FERClassifier):
 
     @staticmethod
     def _build(name: str, spec: dict[str, Any]) -> FERClassifier:
-        from fer_lightning.models import model_classes
-
         if "module" in spec:
             return spec.pop("module")
-        classes = model_classes()
-        if spec["model"] not in classes:
+        if spec["model"] not in MODELS:
             raise FERError(f"late fusion member {name}: unknown model '{spec['model']}'")
-        cls = classes[spec["model"]]
+        cls = MODELS.get(spec["model"])
         hparams = {**spec["hparams"], **cls.offline_overrides(spec["hparams"])}
         return cls(**hparams)
 
@@ -102,27 +98,24 @@ class LateFusionFER(FERClassifier):
     @torch.no_grad()
     def fit_weights(self, images: torch.Tensor, targets: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
         """Set the weights from validation images ``(N, 1, H, W)`` uint8 and their labels; returns them."""
-        if self.weighting == "mean" or len(images) == 0:
-            w = torch.full((len(self.members),), 1.0 / len(self.members))
-        else:
-            device = self.weights.device
+        probs = torch.zeros(len(self.members), 0, self.num_classes)
+        if self.weighting.uses_validation and len(images):
             self.members.eval()  # fixed members: dropout off, BatchNorm statistics untouched
-            probs = torch.cat([self.member_probs(images[i : i + batch_size].to(device).float().div(255.0)).cpu()
-                               for i in range(0, len(images), batch_size)], dim=1)
-            nll = torch.tensor([mean_nll(p, targets) for p in probs], dtype=torch.float64)
-            w = torch.softmax(-nll, 0)  # proportional to exp(-NLL_m)
+            per_image = blocks_in_batches(lambda x: {"p": self.member_probs(to_unit(x)).transpose(0, 1)}, images,
+                                          batch_size, self.weights.device)["p"]
+            probs = per_image.transpose(0, 1)  # (M, N, C)
+        w = (self.weighting if len(images) else EqualWeights())(probs, targets)
         self.weights = w.to(self.weights.device, self.weights.dtype)
         self.fitted.fill_(True)
         self.hparams["fitted_weights"] = {n: round(float(v), 6) for n, v in zip(self.members, w, strict=True)}
         return self.weights
 
-    def setup(self, stage: str) -> None:
-        if bool(self.fitted) or self._trainer is None or self.trainer.datamodule is None:
+    def prepare(self, data: ModelData, stage: str) -> None:
+        """Fix the weights on the validation split (once)."""
+        if bool(self.fitted):
             return
-        dm = self.trainer.datamodule
-        dm.setup()
-        val = torch.as_tensor(dm.split.val, dtype=torch.long)
-        self.fit_weights(dm.decoded.images[val], dm.targets[val])
+        val = torch.as_tensor(data.split.val, dtype=torch.long)
+        self.fit_weights(data.images[val], data.targets[val])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         p = torch.einsum("m,mbc->bc", self.weights.float(), self.member_probs(images))

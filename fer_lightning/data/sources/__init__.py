@@ -15,20 +15,19 @@ from fer_lightning.data.sources.folder import FolderSource
 from fer_lightning.data.sources.jaffe import JAFFESource
 from fer_lightning.data.sources.manifest import ManifestSource
 from fer_lightning.errors import FERError
+from fer_lightning.runtime.registry import Registry
 
-SOURCES: dict[str, type[Source]] = {
+SOURCES: Registry[type[Source]] = Registry("data.source", {
     "jaffe": JAFFESource,
     "folder": FolderSource,
     "fer2013": FER2013Source,
     "manifest": ManifestSource,
-}
+})
 
 
 def make_source(kind: str, root: str | Path | None, cache_dir: str | Path | None, **options: Any) -> Source:
     """The source ``kind`` with its own options; one line naming the option when one is not its own."""
-    if kind not in SOURCES:
-        raise FERError(f"data.source={kind} is unknown; choose one of: {', '.join(SOURCES)}")
-    cls = SOURCES[kind]
+    cls = SOURCES.get(kind)
     accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "root", "cache_dir")]
     unknown = sorted(set(options) - set(accepted))
     if unknown:

@@ -1,7 +1,7 @@
 """What a source gives the data module: one :class:`Record` per labelled image, and the dataset's classes.
 
 A source only reads the dataset's index (file names, label files, CSV columns); decoding pixels is the store's
-job (:mod:`fer_lightning.data.store`), done once and in parallel, through :meth:`Record.read`.
+job (:mod:`fer_lightning.data.decoded`), done once and in parallel, through :meth:`Record.read`.
 """
 
 from __future__ import annotations

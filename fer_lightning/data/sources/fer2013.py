@@ -18,6 +18,7 @@ from pathlib import Path
 from fer_lightning.data.classes import ALL_CLASS_NAMES
 from fer_lightning.data.sources.base import Record, Source
 from fer_lightning.errors import FERError
+from fer_lightning.runtime.registry import choose
 
 log = logging.getLogger(__name__)
 FER2013_CODES = ("anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral")
@@ -134,8 +135,7 @@ class FER2013Source(Source):
         if root is None:
             raise FERError("data=fer2013 needs data.root=/path/to/fer2013.csv (or the folder holding it)")
         super().__init__(root, cache_dir)
-        if ferplus_mode not in FERPLUS_MODES:
-            raise FERError(f"data.ferplus_mode={ferplus_mode} is unknown; choose one of: {', '.join(FERPLUS_MODES)}")
+        choose(ferplus_mode, FERPLUS_MODES, "data.ferplus_mode")
         self.ferplus = None if ferplus is None else Path(ferplus).expanduser()
         self.ferplus_mode = ferplus_mode
 

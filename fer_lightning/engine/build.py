@@ -1,0 +1,69 @@
+"""Building a job's parts from its composed config: data module, model, callbacks, loggers and trainer.
+
+Every part is a ``_target_`` node instantiated by Hydra; a user-facing :class:`FERError` raised inside a constructor
+comes through as it is (Hydra wraps constructor errors), so it reaches the user as its one line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.errors import InstantiationException
+from hydra.utils import get_object, instantiate
+from omegaconf import DictConfig
+
+from fer_lightning.data.contract import DataNeeds
+from fer_lightning.engine.callbacks import ConfusionFigures
+from fer_lightning.errors import FERError
+from fer_lightning.runs.checkpoints import CheckedCheckpointIO
+
+
+def build(node: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate``, letting a user-facing :class:`FERError` raised inside a constructor through
+    (Hydra wraps every constructor error in an ``InstantiationException``)."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        while cause is not None and not isinstance(cause, FERError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise
+
+
+def model_needs(model_cfg: Any) -> DataNeeds:
+    """What the configured model's class declares it needs from the data (without building the model)."""
+    needs = getattr(get_object(str(model_cfg._target_)), "needs", None)
+    if not isinstance(needs, DataNeeds):
+        raise FERError(f"model._target_={model_cfg._target_} is not a fer-lightning model: its class declares no "
+                       "`needs` (subclass fer_lightning.models.base.FERClassifier)")
+    return needs
+
+
+def build_data(cfg: DictConfig) -> Any:
+    """The data module, with the handcrafted blocks precomputed when the model declares it uses them (and
+    ``features.source=precomputed``)."""
+    precompute = model_needs(cfg.model).handcrafted_blocks and cfg.features.source == "precomputed"
+    return build(cfg.data, features=cfg.features if precompute else None)
+
+
+def readable_name(logger_cfg: Any, model: Any, dm: Any, seed: int) -> dict[str, str]:
+    """TensorBoard runs named ``<model>/<split>[/fold<k>]/seed<s>`` (what a run is, at a glance)."""
+    if not str(logger_cfg.get("_target_", "")).endswith("TensorBoardLogger") or logger_cfg.get("name"):
+        return {}
+    split = dm.split_settings
+    fold = f"/fold{split.fold}" if split.name != "paper" else ""
+    return {"name": f"{model.model_name}/{split.name}{fold}/seed{seed}"}
+
+
+def build_trainer(cfg: DictConfig, model: Any, dm: Any) -> pl.Trainer:
+    """The trainer with the configured callbacks and loggers (plus the confusion-matrix figures), reading
+    checkpoints only with ``weights_only`` (:class:`~fer_lightning.runs.checkpoints.CheckedCheckpointIO`)."""
+    callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    loggers = [build(c, **readable_name(c, model, dm, cfg.seed)) for c in (cfg.get("logger") or {}).values()
+               if c is not None]
+    trainer: pl.Trainer = build(cfg.trainer, callbacks=[*callbacks, ConfusionFigures()], logger=loggers or False)
+    CheckedCheckpointIO.guard(trainer)
+    return trainer

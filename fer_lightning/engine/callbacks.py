@@ -1,0 +1,108 @@
+"""Lightning callbacks of the project: :class:`TrainingPictures` (TensorBoard pictures when training starts),
+:class:`ConfusionFigures` (the validation and test confusion matrices as TensorBoard figures) and
+:class:`LastCheckpoint` (``checkpoints/last.ckpt`` every epoch)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.loggers import TensorBoardLogger
+
+from fer_lightning.features.extractor import HandcraftedFeatures, resize_uint8
+from fer_lightning.reporting.faces import hog_figure, image_grid_figure, lbp_figure
+from fer_lightning.reporting.figures import confusion_matrix_figure
+
+log = logging.getLogger(__name__)
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """A :class:`~pytorch_lightning.callbacks.ModelCheckpoint` for ``last.ckpt`` at the end of every epoch (the
+    resume point; ``conf/callbacks/last_checkpoint.yaml``). A class of its own so that its state key never equals
+    another ModelCheckpoint's: ``callbacks.model_checkpoint.monitor=null`` would otherwise give two checkpoint
+    callbacks with the same key, which Lightning refuses."""
+
+
+class TrainingPictures(Callback):
+    """Logs, once when training starts, to every TensorBoard logger (tab IMAGES, tags ``pictures/*``):
+
+    * ``pictures/augmented_batch``: ``n_images`` random training images as the model receives them, after the
+      data module's on-device augmentation (they pass through the trainer's own batch transfer), titled with
+      their labels;
+    * for models with handcrafted features (``handcrafted``, ``hybrid``): ``pictures/hog`` and ``pictures/lbp``,
+      the HOG and uniform-LBP visualisations of ``n_faces`` of those images un-augmented, at the first scale of
+      the model's own descriptor settings.
+
+    The random draws happen on forked random-number generators, so a run's training is the same with or without
+    this callback. Nothing is computed without a TensorBoard logger (or on other ranks than 0).
+    """
+
+    def __init__(self, n_images: int = 16, n_faces: int = 4) -> None:
+        self.n_images, self.n_faces = int(n_images), int(n_faces)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        writers = [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        if not writers or not trainer.is_global_zero or self.n_images < 1:
+            return
+        figures = self.figures(trainer, pl_module)
+        for tag, fig in figures.items():
+            for w in writers:
+                w.add_figure(tag, fig, global_step=trainer.global_step, close=False)
+        log.info("TensorBoard pictures logged: %s", ", ".join(figures))
+
+    def figures(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        """``tag -> Figure`` for this run (what :meth:`on_train_start` logs)."""
+        device = pl_module.device
+        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+            batch = self._sample(trainer)
+            raw = batch["image"].clone()  # uint8, as stored
+            seen = trainer.strategy.batch_to_device(batch, dataloader_idx=0)["image"]  # augmented, on the device
+        names = getattr(pl_module, "class_names", None)
+        titles = [names[int(t)] if names else str(int(t)) for t in batch["label"]]
+        out = {"pictures/augmented_batch": image_grid_figure(
+            seen[:, 0].float().cpu().numpy(), titles,
+            f"What the model sees: {len(titles)} augmented training images ({seen.shape[-1]} px)")}
+        extractor = getattr(pl_module, "extractor", None)
+        if isinstance(extractor, HandcraftedFeatures):
+            faces = raw[: self.n_faces]
+            for name, cfg, build in (("hog", extractor.hog_cfg, hog_figure), ("lbp", extractor.lbp_cfg, lbp_figure)):
+                if cfg is not None:
+                    scale = int(cfg["scales"][0])
+                    out[f"pictures/{name}"] = build(resize_uint8(faces, scale)[:, 0].numpy(), cfg)
+        return out
+
+    def _sample(self, trainer: pl.Trainer) -> dict[str, Any]:
+        """A random batch of training items straight from the dataset (the training loader's own iterator and
+        workers are left alone), collated as the loader does."""
+        loader = trainer.train_dataloader
+        dataset = getattr(loader, "dataset", None)
+        if dataset is None:  # device-resident batches (data.on_device): the first shuffled batch, moved to the CPU
+            batch = next(iter(loader))
+            return {k: v[: self.n_images].cpu() if torch.is_tensor(v) else v for k, v in batch.items()}
+        pick = torch.randperm(len(dataset))[: self.n_images].tolist()
+        return loader.collate_fn([dataset[i] for i in pick])
+
+
+class ConfusionFigures(Callback):
+    """Logs the model's confusion matrix of every validation epoch and of the test (``val/confusion_matrix``,
+    ``test/confusion_matrix``) as a figure to every TensorBoard logger. The model computes the matrix
+    (``pl_module.confusion[stage]``); nothing is drawn without a TensorBoard logger."""
+
+    def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        writers = [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        cm = getattr(pl_module, "confusion", {}).get(stage)
+        if not writers or cm is None or trainer.sanity_checking:
+            return
+        fig = confusion_matrix_figure(cm.numpy(), pl_module.class_names,
+                                      f"{stage} confusion matrix (epoch {trainer.current_epoch})")
+        for w in writers:
+            w.add_figure(f"{stage}/confusion_matrix", fig, global_step=trainer.global_step, close=False)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._log(trainer, pl_module, "val")
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._log(trainer, pl_module, "test")

@@ -1,0 +1,158 @@
+"""Several models trained in one job, in order, on the same split: the paper's pipeline (fine-tune the deep model,
+fuse its backbone in the hybrid model, train the handcrafted model) and the fusion ablation (more fusion variants,
+out-of-fold features, late fusion), with a Table-2-style summary.
+
+Selected by a config with a ``pipeline`` node (``experiment=paper``, ``experiment=fusion_ablation``). Every
+stage trains on the job's own split (``data.seed`` / ``data.fold``), so in a Hydra multirun over seeds or
+leave-one-subject-out folds each job fine-tunes the backbone of its own split, and no backbone sees its job's test
+images.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from fer_lightning.engine.build import model_needs
+from fer_lightning.engine.checks import check_config
+from fer_lightning.engine.training import train
+from fer_lightning.errors import FERError
+from fer_lightning.reporting.summary import COLUMNS, summary_markdown, summary_rows
+from fer_lightning.runs.folder import METRICS, SUMMARY_JSON, RunFolder
+from fer_lightning.runs.legacy import renamed_targets
+from fer_lightning.runtime.ranks import is_global_zero
+
+log = logging.getLogger(__name__)
+
+
+def _stage_config(cfg: DictConfig, stage: str, out: Path) -> DictConfig:
+    stage_cfg = cfg.copy()
+    with open_dict(stage_cfg):
+        stage_cfg.model = cfg.pipeline.models[stage]
+        stage_cfg.paths.output_dir = str(out / stage)
+        stage_cfg.variant = stage
+        stage_cfg.pipeline = None
+    return stage_cfg
+
+
+def _plan(cfg: DictConfig) -> dict[str, dict[str, Any]]:
+    """What each stage needs from earlier ones, checked before anything trains: ``{stage: {"backbone_from":
+    stage | None, "members": [stages]}}``."""
+    stages = list(cfg.pipeline.models)
+    deep_stage = cfg.pipeline.get("deep_stage", "deep")
+    plan: dict[str, dict[str, Any]] = {}
+    for i, stage in enumerate(stages):
+        node = cfg.pipeline.models[stage]
+        traits = model_needs(node)
+        needs: dict[str, Any] = {"backbone_from": None, "members": []}
+        if traits.fuses_backbone and cfg.pipeline.get("hybrid_from_deep", True):
+            if deep_stage not in stages[:i]:
+                raise FERError(f"pipeline: stage '{stage}' fuses the backbone of stage '{deep_stage}', which must "
+                               f"run before it (stages in order: {', '.join(stages)})")
+            needs["backbone_from"] = deep_stage
+        if traits.members_from_stages:
+            members = list(node.get("members") or [])
+            missing = [m for m in members if m not in stages[:i]]
+            if len(members) < 2 or missing:
+                raise FERError(f"pipeline: stage '{stage}' combines stages {members}; give two or more stages that "
+                               f"run before it (missing: {', '.join(missing) or 'none'})")
+            needs["members"] = members
+        plan[stage] = needs
+    return plan
+
+
+def _finished(stage_cfg: DictConfig) -> dict[str, Any] | None:
+    """The metrics of a stage that already finished in this job's folder with exactly this configuration (a
+    re-run of an interrupted pipeline goes on from there); None if it has not run."""
+    run = RunFolder(stage_cfg.paths.output_dir)
+    if not (run / METRICS).is_file():
+        return None
+    before = run.read_config()
+    now = OmegaConf.create(OmegaConf.to_yaml(stage_cfg, resolve=True))
+    if before is None or renamed_targets(before) != now:
+        raise FERError(f"{run.path} holds a finished stage with another configuration; give hydra.run.dir a new "
+                       "folder")
+    log.info("pipeline: %s already finished in %s; reusing its results", stage_cfg.variant, run.path)
+    return run.read_metrics()
+
+
+def _train_stage(stage_cfg: DictConfig) -> dict[str, Any]:
+    finished = _finished(stage_cfg)
+    if finished is not None:
+        return finished
+    last = RunFolder(stage_cfg.paths.output_dir).last_checkpoint
+    if last.is_file() and not stage_cfg.get("ckpt_path"):  # a stage interrupted in an earlier attempt: go on
+        log.info("pipeline: %s was interrupted in %s; resuming it from %s", stage_cfg.variant, last.parent.parent,
+                 last)
+        with open_dict(stage_cfg):
+            stage_cfg.ckpt_path = str(last)
+    return train(stage_cfg)
+
+
+def _best(result: dict[str, Any], stage_dir: Path) -> str:
+    return result.get("best_checkpoint") or str(RunFolder(stage_dir).last_checkpoint)
+
+
+def out_of_fold_backbones(cfg: DictConfig, deep_stage: str, folds: int, out: Path) -> list[str]:
+    """Fine-tune the deep stage ``folds`` times, each time without one inner fold of the training images
+    (``data.inner_folds``), in ``<job>/<deep_stage>_oof<folds>/fold<i>/``; returns their best checkpoints."""
+    ckpts = []
+    for i in range(folds):
+        stage_cfg = _stage_config(cfg, deep_stage, out)
+        with open_dict(stage_cfg):
+            stage_cfg.data.inner_folds = folds
+            stage_cfg.data.inner_fold = i
+            stage_cfg.variant = f"{deep_stage}_oof"
+            stage_cfg.paths.output_dir = str(out / f"{deep_stage}_oof{folds}" / f"fold{i}")
+        log.info("pipeline: out-of-fold backbone %d of %d", i + 1, folds)
+        ckpts.append(_best(_train_stage(stage_cfg), Path(stage_cfg.paths.output_dir)))
+    return ckpts
+
+
+def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
+    """Train the stages of ``cfg.pipeline.models`` in order, each in ``<output_dir>/<stage>``; returns
+    ``{"<stage>/<metric>": value}`` and writes ``summary.md``, ``summary.csv`` and ``summary.json``.
+
+    A model that fuses a backbone (hybrid) gets the deep stage's fine-tuned one (``pipeline.hybrid_from_deep``)
+    and, with ``model.backbone.oof_folds=k``, out-of-fold training features from k more fine-tunings (shared by
+    every stage with the same k); a late-fusion stage combines the best checkpoints of the stages it names.
+    Stages already finished in the job's folder with the same configuration are reused.
+    """
+    out = Path(cfg.paths.output_dir)
+    if (out / SUMMARY_JSON).exists():
+        raise FERError(f"{out} already holds a finished pipeline; give hydra.run.dir a new folder")
+    plan = _plan(cfg)
+    for stage in plan:  # every stage's options, before the first stage trains
+        check_config(_stage_config(cfg, stage, out))
+    results: dict[str, dict[str, Any]] = {}
+    oof: dict[int, list[str]] = {}
+    for n, (stage, needs) in enumerate(plan.items(), start=1):
+        stage_cfg = _stage_config(cfg, stage, out)
+        with open_dict(stage_cfg):
+            if needs["backbone_from"]:
+                source = needs["backbone_from"]
+                stage_cfg.model.backbone.checkpoint = _best(results[source], out / source)
+                log.info("pipeline: %s uses the fine-tuned backbone of %s", stage, stage_cfg.model.backbone.checkpoint)
+                k = int(stage_cfg.model.backbone.get("oof_folds") or 0)
+                if k:
+                    if k not in oof:
+                        oof[k] = out_of_fold_backbones(cfg, source, k, out)
+                    stage_cfg.model.backbone.oof_checkpoints = oof[k]
+            if needs["members"]:
+                stage_cfg.model.members = {m: _best(results[m], out / m) for m in needs["members"]}
+        log.info("pipeline: stage %s (%d of %d)", stage, n, len(plan))
+        results[stage] = _train_stage(stage_cfg)
+
+    any_run = next(iter(results.values()))
+    meta = {k: any_run[k] for k in ("dataset", "split", "fold", "seed")}
+    rows = summary_rows(results)
+    if is_global_zero():
+        fields = ["model", "label", *[k for k, _ in COLUMNS], "n_test"]
+        markdown = summary_markdown(rows, meta)
+        RunFolder(out).write_summary(rows, fields, {"meta": meta, "rows": rows,
+                                                    "config": OmegaConf.to_container(cfg.pipeline)}, markdown)
+        log.info("pipeline summary:\n%s", markdown)
+    return {f"{stage}/{k}": v for stage, m in results.items() for k, v in m.items()}

@@ -1,0 +1,104 @@
+"""What every command's entry point shares: quieting known warnings, one-line errors, multirun awareness.
+
+Nothing here runs at import time; entry points call these functions from their ``main``.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import warnings
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+
+from fer_lightning.errors import FERError
+from fer_lightning.runs.guard import RunFolderRefused
+from fer_lightning.runtime.ranks import quiet_other_ranks
+
+# Messages that say nothing actionable in this project (each with its reason).
+KNOWN_WARNINGS = (
+    r".*does not have many workers.*",  # the data are in-memory tensors: workers would only add overhead
+    r".*No positive samples in targets.*",  # AUROC on tiny validation batches
+    r".*module\(s\) in eval mode at the start of training.*",  # the frozen backbone stays in eval mode on purpose
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",  # Lightning internals
+    # DDP: val/test outputs are gathered from every process and counted once per image (models/base.py)
+    r".*it is recommended to use `Trainer\(devices=1, num_nodes=1\)` to ensure each sample/batch gets evaluated.*",
+)
+
+
+def start_command(cfg: Any = None) -> None:
+    """Process-wide settings for a command, applied when it starts (never at import): TF32-class matmuls on
+    GPUs that have them, known warnings silenced unless ``extras.ignore_warnings=false``, file names that are not
+    UTF-8 printed escaped instead of failing the command, and on the other processes of a DDP job only warnings
+    and errors logged; the ``${job_gpu:N}`` resolver."""
+    from omegaconf import OmegaConf
+
+    torch.set_float32_matmul_precision("high")
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+    quiet_other_ranks()
+    OmegaConf.register_new_resolver("job_gpu", job_gpu, replace=True)
+    extras = (cfg.get("extras") if cfg is not None else None) or {}
+    if extras.get("ignore_warnings", True):
+        for message in KNOWN_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
+
+
+def job_gpu(n_gpus: int | str) -> list[int]:
+    """``[k mod n_gpus]`` for job ``k`` of a multirun (``[0]`` in a single run): the resolver ``${job_gpu:4}``,
+    for ``trainer.devices`` when parallel jobs (``hydra/launcher=joblib``) should each use one GPU."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    num = OmegaConf.select(HydraConfig.get(), "job.num", default=0, throw_on_missing=False) if (
+        HydraConfig.initialized()) else 0
+    return [int(num or 0) % int(n_gpus)]
+
+
+def fail(error: FERError | str, code: int = 2) -> NoReturn:
+    """Print the one-line error and exit (code 2 for a problem the user can fix)."""
+    print(f"fer-lightning: error: {error}", file=sys.stderr)
+    sys.exit(code)
+
+
+def check_objective(name: str | None) -> None:
+    """A sweeper that chooses (an optimiser such as Optuna, any but Hydra's basic one) may only read validation
+    metrics: ``optimized_metric`` naming a test metric is refused, so the test split never picks hyperparameters."""
+    if not name or "test/" not in f"/{name}":
+        return
+    try:
+        sweeper = str(HydraConfig.get().sweeper.get("_target_", ""))
+    except ValueError:
+        return
+    if sweeper and not sweeper.endswith("BasicSweeper"):
+        raise FERError(
+            f"optimized_metric={name}: a hyperparameter search ({sweeper.rsplit('.', 1)[-1]}) may only read "
+            "validation metrics; choose a val/* metric (e.g. val/acc) so the test split never picks hyperparameters"
+        )
+
+
+def is_multirun() -> bool:
+    try:
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:
+        return False
+
+
+def command(hydra_main: Callable[..., Any]) -> Callable[..., Any]:
+    """A command's entry point around its Hydra main: a run folder refused before Hydra writes into it
+    (:class:`~fer_lightning.runs.guard.RunFolderRefused`) ends the command with its one line and exit code 2, like
+    every other problem the user can fix."""
+
+    @functools.wraps(hydra_main)
+    def main(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return hydra_main(*args, **kwargs)
+        except RunFolderRefused as e:
+            fail(e.message)
+
+    return main

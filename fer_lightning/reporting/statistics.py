@@ -1,0 +1,29 @@
+"""Statistics of a report: confidence intervals of a mean over runs, McNemar's exact test on paired predictions."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import numpy as np
+from scipy import stats
+
+
+def mean_ci(values: list[float], level: float = 0.95) -> tuple[float, float, float, float]:
+    """Mean, sample SD, and the ``level`` confidence interval of the mean (Student's t; a point for one run)."""
+    n = len(values)
+    mean = statistics.fmean(values)
+    if n < 2:
+        return mean, 0.0, mean, mean
+    sd = statistics.stdev(values)
+    half = stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
+    return mean, sd, mean - half, mean + half
+
+
+def mcnemar(a_correct: np.ndarray, b_correct: np.ndarray) -> tuple[int, int, float]:
+    """McNemar's exact (binomial) test: (a right & b wrong, a wrong & b right, two-sided p-value)."""
+    b = int(np.sum(a_correct & ~b_correct))
+    c = int(np.sum(~a_correct & b_correct))
+    p = 1.0 if b + c == 0 else float(stats.binomtest(b, b + c, 0.5).pvalue)
+    return b, c, p
+
