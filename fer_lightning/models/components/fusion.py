@@ -8,6 +8,7 @@ layer registered here. Late fusion (the probabilities of trained models) is :mod
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 import torch
@@ -133,7 +134,7 @@ class FusionHead(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------- late fusion
-class LateFusionWeights:
+class LateFusionWeights(ABC):
     """How late fusion weights its members' class probabilities, from their predictions on validation images.
 
     ``uses_validation``: whether the weights depend on the validation predictions at all (when not, the members
@@ -142,10 +143,10 @@ class LateFusionWeights:
 
     uses_validation = True
 
+    @abstractmethod
     def __call__(self, probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """``probs`` :math:`(M, N, C)` of the M members on N validation images, ``targets`` :math:`(N,)` ->
         the weights :math:`(M,)`, summing to 1."""
-        raise NotImplementedError
 
 
 class EqualWeights(LateFusionWeights):
