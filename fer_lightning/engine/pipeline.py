@@ -29,9 +29,16 @@ log = logging.getLogger(__name__)
 
 
 def _stage_config(cfg: DictConfig, stage: str, out: Path) -> DictConfig:
+    """The job's config for one stage: its model, folder and name; ``model.init_from`` (the job's, e.g.
+    ``experiment=paper model.init_from=...``) goes to every stage whose model takes it and does not fuse the deep
+    stage's backbone (that stage follows from the deep stage's checkpoint instead)."""
     stage_cfg = cfg.copy()
+    init_from = (cfg.get("model") or {}).get("init_from")
     with open_dict(stage_cfg):
         stage_cfg.model = cfg.pipeline.models[stage]
+        follows_deep = model_needs(stage_cfg.model).fuses_backbone and cfg.pipeline.get("hybrid_from_deep", True)
+        if init_from and "init_from" in stage_cfg.model and not stage_cfg.model.init_from and not follows_deep:
+            stage_cfg.model.init_from = init_from
         stage_cfg.paths.output_dir = str(out / stage)
         stage_cfg.variant = stage
         stage_cfg.pipeline = None

@@ -23,6 +23,7 @@ from fer_lightning.engine.outputs import metrics_of_test, write_test_outputs
 from fer_lightning.engine.resume import check_same_split, record_resume, resume_hint
 from fer_lightning.errors import FERError
 from fer_lightning.io.lock import one_at_a_time
+from fer_lightning.models.init_from import start_from
 from fer_lightning.runs.checkpoints import checkpoint_file, read_checkpoint
 from fer_lightning.runs.folder import RunFolder
 from fer_lightning.runs.guard import check_output_dir
@@ -32,7 +33,8 @@ from fer_lightning.runtime.ranks import is_global_zero
 log = logging.getLogger("fer_lightning.training")
 
 
-def write_run_description(cfg: DictConfig, dm: Any, run: RunFolder) -> None:
+def write_run_description(cfg: DictConfig, dm: Any, run: RunFolder, started_from: dict[str, Any] | None = None
+                          ) -> None:
     """Resolved config, versions, dataset fingerprint and the split assignment, before training starts; resuming in
     the run's own folder, the resume is recorded instead."""
     if cfg.get("ckpt_path") and run.holds(cfg.ckpt_path):
@@ -49,6 +51,7 @@ def write_run_description(cfg: DictConfig, dm: Any, run: RunFolder) -> None:
         "image_root": None if dm.image_root() is None else str(dm.image_root()),
         "dataset_fingerprint": dm.fingerprint,
         "n_images": len(dm.decoded.labels),
+        **({"init_from": started_from} if started_from else {}),
     })
     run.write_splits(dm.split_rows())
 
@@ -114,9 +117,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("ckpt_path"):  # read once, by Lightning in fit (safely: CheckedCheckpointIO); the model checks it
         checkpoint_file(cfg.ckpt_path, option="ckpt_path")
         check_same_split(cfg.ckpt_path, dm.split_rows())
+        if cfg.model.get("init_from"):
+            log.info("model.init_from is not applied on a resume: ckpt_path=%s holds the weights", cfg.ckpt_path)
+    elif cfg.model.get("init_from"):  # only when training starts: a resumed checkpoint holds the weights
+        start_from(model, cfg.model.init_from)
     trainer = build_trainer(cfg, model, dm)
     if is_global_zero():
-        write_run_description(cfg, dm, run)
+        write_run_description(cfg, dm, run, model.started_from)
 
     start = time.perf_counter()
     best = fit(cfg, trainer, model, dm, run)
@@ -136,6 +143,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "fit_seconds": round(fit_seconds, 2),
         }
     )
+    if model.started_from:  # model.init_from (restored from the checkpoint on a resume)
+        metrics["init_from"] = model.started_from["checkpoint"]
     if is_global_zero():
         write_test_outputs(run, model, dm, metrics)
 

@@ -73,6 +73,8 @@ class FERClassifier(pl.LightningModule):
         self.outputs: dict[str, dict[str, torch.Tensor]] = {}
         self._collected: dict[str, list[dict[str, torch.Tensor]]] = {"val": [], "test": []}
         self.data: ModelData | None = None  # handed over at setup by a data module that provides it
+        # the checkpoint this model started from (model.init_from), recorded in its checkpoints
+        self.started_from: dict[str, Any] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -209,6 +211,7 @@ class FERClassifier(pl.LightningModule):
         checkpoint of this kind of model with these classes."""
         path = self._trainer.ckpt_path if self._trainer is not None else None
         check_record(checkpoint, self, f"ckpt_path={path}" if path else "the checkpoint")
+        self.started_from = checkpoint[FORMAT_KEY].get("init_from", self.started_from)
 
     @classmethod
     def offline_overrides(cls, hparams: dict[str, Any]) -> dict[str, Any]:
@@ -224,6 +227,8 @@ class FERClassifier(pl.LightningModule):
         record = {"model": self.model_name, "class_names": list(self.class_names), "format": 1}
         if self.data is not None:  # how raw images become inputs (predict, evaluate, export read it back)
             record["preprocessing"] = self.data.preprocessing.record()
+        if self.started_from is not None:  # model.init_from: the checkpoint it started from
+            record["init_from"] = self.started_from
         checkpoint[FORMAT_KEY] = record
 
     def configure_optimizers(self) -> Any:

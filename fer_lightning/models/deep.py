@@ -17,7 +17,8 @@ class DeepFER(FERClassifier):
 
     ``backbone``: ``{"weights": "imagenet" | "none" | path, "trainable": bool}``;
     ``head``: keyword arguments of :class:`~fer_lightning.models.components.heads.MLPHead` (default: the paper's
-    256 / 0.5).
+    256 / 0.5); ``init_from``: another run's checkpoint to start from, applied by the training command before
+    training starts (:func:`~fer_lightning.models.init_from.start_from`; recorded here, never read by the model).
     """
 
     model_name = "deep"
@@ -31,10 +32,12 @@ class DeepFER(FERClassifier):
         class_weights: str = "none",
         channels_last: bool = False,
         compile: bool | str = False,
+        init_from: str | None = None,
     ) -> None:
         super().__init__(class_names, optim=optim, class_weights=class_weights, channels_last=channels_last,
                          compile=compile)
         self.save_hyperparameters()
+        self.init_from = init_from
         backbone = {"weights": "imagenet", "trainable": True, **(backbone or {})}
         head = {"hidden": [256], "dropout": [0.5], **(head or {})}
         self.backbone = MobileNetV2Backbone(**backbone)

@@ -42,12 +42,18 @@ class HybridFER(HandcraftedFER):
         class_names: Sequence[str],
         features: HandcraftedFeatures | dict[str, Any],
         backbone: dict[str, Any] | None = None,
+        init_from: str | None = None,
         **kwargs: Any,
     ) -> None:
-        """``kwargs``: the handcrafted model's ``pca``, ``head``, ``fusion``, ``optim``, ``fitted_components``,
-        ``channels_last``, ``compile``."""
+        """``init_from``: another run's checkpoint whose backbone to start from, applied by the training command
+        (:func:`~fer_lightning.models.init_from.start_from`); ``kwargs``: the handcrafted model's ``pca``,
+        ``head``, ``fusion``, ``optim``, ``fitted_components``, ``channels_last``, ``compile``."""
         super().__init__(class_names, features, **kwargs)
         backbone = {"weights": "imagenet", "checkpoint": None, "trainable": False, **(backbone or {})}
+        if init_from and backbone["checkpoint"]:
+            raise FERError(f"model.init_from={init_from} and model.backbone.checkpoint={backbone['checkpoint']} both "
+                           "name the backbone to start from; give one of them")
+        self.init_from = init_from
         self.oof_folds = int(backbone.pop("oof_folds", 0) or 0)
         self.oof_checkpoints = list(backbone.pop("oof_checkpoints", None) or [])
         if self.oof_folds and backbone["trainable"]:

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from fer_lightning.errors import FERError
 from fer_lightning.io.atomic import atomic_write_text, write_csv, write_json
 
 CONFIG, RUN_INFO, SPLITS = "config.yaml", "run_info.json", "splits.csv"
@@ -117,6 +118,18 @@ class RunFolder:
 
     def checkpoints(self) -> list[Path]:
         return sorted(self.checkpoint_dir.glob("*.ckpt"))
+
+    def best_checkpoint(self, option: str = "ckpt_path") -> Path:
+        """The run's best checkpoint: the one its ``metrics.json`` names (looked up in this folder, which may have
+        moved), else its only ``epoch_*.ckpt``; one line naming ``option`` when there is none or several."""
+        named = (_read_json(self.path / METRICS) or {}).get("best_checkpoint")
+        if named and (self.checkpoint_dir / Path(named).name).is_file():
+            return self.checkpoint_dir / Path(named).name
+        best = [p for p in self.checkpoints() if p.name != LAST]
+        if len(best) != 1:
+            raise FERError(f"{option}={self.path}: {'no' if not best else len(best)} best checkpoints in "
+                           f"{self.checkpoint_dir}; give the .ckpt file itself")
+        return best[0]
 
     def holds(self, ckpt_path: str | Path) -> bool:
         """Whether ``ckpt_path`` is one of this run's checkpoints (a resume in place)."""
