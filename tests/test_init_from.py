@@ -235,3 +235,26 @@ def test_resume_with_init_from_equals_the_uninterrupted_run(source_run, cache_di
     assert (whole / "predictions.csv").read_bytes() == (cut / "predictions.csv").read_bytes()
     sa, sb = (torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for d in (whole, cut))
     assert same(sa, sb)
+
+
+@pytest.mark.slow
+def test_paper_pipeline_starts_its_deep_stage_from_init_from_and_the_hybrid_follows(source_run, cache_dir, tmp_path):
+    from fer_lightning.engine.pipeline import run_pipeline
+
+    best = str(RunFolder(source_run).best_checkpoint())
+    out = tmp_path / "paper"
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=[
+            "experiment=paper", *SMALL, "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+            "~pipeline.models.handcrafted", "pipeline.models.hybrid.backbone.weights=none",
+            f"model.init_from={source_run}", f"data.cache_dir={cache_dir}", f"paths.output_dir={out}"])
+    run_pipeline(cfg)
+    deep_m, hybrid_m = (RunFolder(out / s).read_metrics() for s in ("deep", "hybrid"))
+    assert deep_m["init_from"] == best and "init_from" not in hybrid_m
+    hybrid_cfg = RunFolder(out / "hybrid").read_config()
+    assert hybrid_cfg.model.backbone.checkpoint == deep_m["best_checkpoint"] and hybrid_cfg.model.init_from is None
+    # the hybrid's frozen backbone is the deep stage's fine-tuned one, which started from the source's
+    hybrid_state = torch.load(hybrid_m["best_checkpoint"], weights_only=True)["state_dict"]
+    deep_state = torch.load(deep_m["best_checkpoint"], weights_only=True)["state_dict"]
+    assert same({k: v for k, v in hybrid_state.items() if k.startswith("backbone.")},
+                {k: v for k, v in deep_state.items() if k.startswith("backbone.")})
