@@ -77,7 +77,8 @@ def start_from(model: Any, path: str | Path, option: str = OPTION) -> dict[str, 
     if backbone is None:
         raise FERError(f"{option}: model '{model.model_name}' has no backbone to start from a checkpoint; "
                        "use model=deep or model=hybrid")
-    path = RunFolder(path).best_checkpoint(option) if Path(path).expanduser().is_dir() else Path(path)
+    path = Path(path).expanduser().absolute()  # recorded as it was found, whatever the directory of a later reader
+    path = RunFolder(path).best_checkpoint(option) if path.is_dir() else path
     ckpt = read_checkpoint(path, option)
     record, state = ckpt[FORMAT_KEY], ckpt.get("state_dict")
     kind, classes = record.get("model"), list(record.get("class_names") or [])
