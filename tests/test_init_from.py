@@ -258,3 +258,12 @@ def test_paper_pipeline_starts_its_deep_stage_from_init_from_and_the_hybrid_foll
     deep_state = torch.load(deep_m["best_checkpoint"], weights_only=True)["state_dict"]
     assert same({k: v for k, v in hybrid_state.items() if k.startswith("backbone.")},
                 {k: v for k, v in deep_state.items() if k.startswith("backbone.")})
+
+
+def test_a_wrong_init_from_is_refused_before_the_data_is_read(tmp_path, make_cfg):
+    text = tmp_path / "notes.ckpt"
+    text.write_text("not a checkpoint")
+    with pytest.raises(FERError, match=f"model.init_from={text}: not a loadable"):  # not data.root's error
+        train(make_cfg("data=folder", f"data.root={tmp_path / 'no-such-folder'}", f"model.init_from={text}"))
+    with pytest.raises(FERError, match="data.root"):  # and the same data without it fails on its data
+        train(make_cfg("data=folder", f"data.root={tmp_path / 'no-such-folder'}"))

@@ -23,7 +23,7 @@ from fer_lightning.engine.outputs import metrics_of_test, write_test_outputs
 from fer_lightning.engine.resume import check_same_split, record_resume, resume_hint
 from fer_lightning.errors import FERError
 from fer_lightning.io.lock import one_at_a_time
-from fer_lightning.models.init_from import start_from
+from fer_lightning.models.init_from import read_source, start_from
 from fer_lightning.runs.checkpoints import checkpoint_file, read_checkpoint
 from fer_lightning.runs.folder import RunFolder
 from fer_lightning.runs.guard import check_output_dir
@@ -112,6 +112,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     run.path.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True)
 
+    # model.init_from: read (and refused) before the data is prepared; applied only when training starts
+    source = read_source(cfg.model.init_from) if cfg.model.get("init_from") and not cfg.get("ckpt_path") else None
     dm = prepare_data(cfg)
     model = build(cfg.model, class_names=list(dm.class_names))
     if cfg.get("ckpt_path"):  # read once, by Lightning in fit (safely: CheckedCheckpointIO); the model checks it
@@ -119,8 +121,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         check_same_split(cfg.ckpt_path, dm.split_rows())
         if cfg.model.get("init_from"):
             log.info("model.init_from is not applied on a resume: ckpt_path=%s holds the weights", cfg.ckpt_path)
-    elif cfg.model.get("init_from"):  # only when training starts: a resumed checkpoint holds the weights
-        start_from(model, cfg.model.init_from)
+    elif source is not None:
+        start_from(model, source)
     trainer = build_trainer(cfg, model, dm)
     if is_global_zero():
         write_run_description(cfg, dm, run, model.started_from)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,36 @@ def _check_same_shapes(source: Mapping[str, torch.Tensor], target: Mapping[str, 
     return None
 
 
-def start_from(model: Any, path: str | Path, option: str = OPTION) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Source:
+    """A checkpoint to start from, read and checked (:func:`read_source`): its file, model, classes and the
+    ``state_dict``'s ``backbone.*`` and ``head.*`` tensors (prefix removed)."""
+
+    checkpoint: Path
+    model: str
+    class_names: list[str]
+    backbone: dict[str, torch.Tensor]
+    head: dict[str, torch.Tensor]
+
+
+def read_source(path: str | Path, option: str = OPTION) -> Source:
+    """The checkpoint ``path`` (a ``.ckpt`` file, or a run folder: its best checkpoint), read safely
+    (``weights_only``) and refused in one line unless it is this framework's and has a backbone; the training
+    command reads it before the data is prepared, so a wrong file is named at once."""
+    path = Path(path).expanduser().absolute()  # recorded as it was found, whatever the directory of a later reader
+    path = RunFolder(path).best_checkpoint(option) if path.is_dir() else path
+    ckpt = read_checkpoint(path, option)
+    record, state = ckpt[FORMAT_KEY], ckpt.get("state_dict")
+    state = state if isinstance(state, Mapping) else {}
+    kind, classes = record.get("model"), list(record.get("class_names") or [])
+    backbone = _part(state, "backbone.")
+    if not backbone:
+        raise FERError(f"{option}={path} holds a '{kind}' model, which has no backbone; give the checkpoint of a "
+                       "model=deep or model=hybrid run")
+    return Source(path, str(kind), classes, backbone, _part(state, "head."))
+
+
+def start_from(model: Any, path: str | Path | Source, option: str = OPTION) -> dict[str, Any]:
     """Load the fine-tuned backbone of the checkpoint ``path`` (a file, or a run folder: its best checkpoint) into
     ``model`` and return what was done (also kept as ``model.started_from``, recorded in its checkpoints).
 
@@ -51,7 +81,8 @@ def start_from(model: Any, path: str | Path, option: str = OPTION) -> dict[str, 
 
     Args:
         model: a model with a ``backbone`` (``deep`` or ``hybrid``), freshly built.
-        path: a ``.ckpt`` written by this framework, or the folder of the run that wrote it.
+        path: a ``.ckpt`` written by this framework, or the folder of the run that wrote it (or that checkpoint
+            already read with :func:`read_source`).
         option: the option named in errors and in the log.
 
     Returns:
@@ -77,15 +108,8 @@ def start_from(model: Any, path: str | Path, option: str = OPTION) -> dict[str, 
     if backbone is None:
         raise FERError(f"{option}: model '{model.model_name}' has no backbone to start from a checkpoint; "
                        "use model=deep or model=hybrid")
-    path = Path(path).expanduser().absolute()  # recorded as it was found, whatever the directory of a later reader
-    path = RunFolder(path).best_checkpoint(option) if path.is_dir() else path
-    ckpt = read_checkpoint(path, option)
-    record, state = ckpt[FORMAT_KEY], ckpt.get("state_dict")
-    kind, classes = record.get("model"), list(record.get("class_names") or [])
-    source = _part(state, "backbone.") if isinstance(state, Mapping) else {}
-    if not source:
-        raise FERError(f"{option}={path} holds a '{kind}' model, which has no backbone; give the checkpoint of a "
-                       "model=deep or model=hybrid run")
+    src = path if isinstance(path, Source) else read_source(path, option)
+    path, kind, classes, source = src.checkpoint, src.model, src.class_names, src.backbone
     why = _check_same_shapes(source, backbone.state_dict(), "backbone.")
     if why:
         raise FERError(f"{option}={path}: its backbone is not this model's MobileNetV2 ({why})")
@@ -93,10 +117,9 @@ def start_from(model: Any, path: str | Path, option: str = OPTION) -> dict[str, 
     loaded, fresh = ["backbone"], []
     head = getattr(model, "head", None) if model.model_name == "deep" else None
     if head is not None:
-        source_head = _part(state, "head.")
-        if kind == "deep" and classes == list(model.class_names) and not _check_same_shapes(source_head,
+        if kind == "deep" and classes == list(model.class_names) and not _check_same_shapes(src.head,
                                                                                            head.state_dict()):
-            head.load_state_dict(source_head)
+            head.load_state_dict(src.head)
             loaded.append("head")
         else:
             fresh.append("head")
