@@ -3,14 +3,16 @@ a dataset's published split, and keeping copies of one image (duplicates) on one
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
-from fer_lightning.data.settings import SplitSettings
+from fer_lightning.data.coverage import warn_missing_classes
+from fer_lightning.data.settings import OWN_SPLITS, SplitSettings
 from fer_lightning.data.sources.base import Source
 from fer_lightning.errors import FERError
 
@@ -130,18 +132,33 @@ def loso_split(
 
 
 def _grouped_val(
-    rest: np.ndarray, y: np.ndarray, s: np.ndarray, n_val: int, seed: int
+    rest: np.ndarray, y: np.ndarray, s: np.ndarray, n_val: int, seed: int, draws: int = 20
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split ``rest`` into (train, val) by whole subjects, about ``n_val`` validation images, stratified as far
-    as subjects allow."""
+    as subjects allow. The seeded draw is kept when its validation holds every class of ``rest``; else the first
+    of ``draws`` candidates (that draw's other folds, then the next seeds' folds) that does, or the first covering
+    the most classes."""
     n_subjects = len(set(s[rest].tolist()))
     if n_val <= 0:
         return rest, rest[:0]
     parts = max(2, min(n_subjects, int(round(len(rest) / n_val))))
     if n_subjects < 2:
         raise FERError("data.val_size: the training folds hold one subject; validation needs another subject")
-    cv = StratifiedGroupKFold(n_splits=parts, shuffle=True, random_state=seed)
-    train_pos, val_pos = next(cv.split(rest, y[rest], groups=s[rest]))
+    classes = len(set(y[rest].tolist()))
+
+    def draws_of() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for attempt in range(draws):
+            cv = StratifiedGroupKFold(n_splits=parts, shuffle=True, random_state=seed + attempt)
+            yield from cv.split(rest, y[rest], groups=s[rest])
+
+    best: tuple[int, np.ndarray, np.ndarray] | None = None
+    for train_pos, val_pos in itertools.islice(draws_of(), draws):
+        covered = len(set(y[rest[val_pos]].tolist()))
+        if best is None or covered > best[0]:
+            best = (covered, train_pos, val_pos)
+        if covered == classes:
+            break
+    _, train_pos, val_pos = best
     return np.sort(rest[train_pos]), np.sort(rest[val_pos])
 
 
@@ -240,11 +257,34 @@ def inner_split(
     return Split(train=np.sort(split.train[keep]), val=split.val, test=np.sort(split.train[held]))
 
 
+def resolve_split(settings: SplitSettings, source: Source) -> SplitSettings:
+    """``data.split=auto`` made concrete: ``folders`` / ``manifest`` / ``official`` (the dataset's own split) when
+    every image has a split part, else the source's default split (said in the log, one line); other settings
+    unchanged. A split given for only some images is refused rather than silently ignored."""
+    if settings.name != "auto":
+        return settings
+    records = source.records
+    with_split = sum(r.split is not None for r in records)
+    if 0 < with_split < len(records):
+        raise FERError(f"{source.name}: {len(records) - with_split} of {len(records)} images have no split "
+                       "(train/val/test); give every image one, or choose data.split=paper or subject_kfold")
+    if with_split:
+        name = source.own_split
+        log.info("%s has its own split (%s): data.split=auto uses it as data.split=%s", source.name,
+                 ", ".join(f"{p} {sum(r.split == p for r in records)}" for p in ("train", "val", "test")), name)
+    else:
+        name = source.default_split
+        log.info("%s has no split of its own: data.split=auto draws data.split=%s", source.name, name)
+    return replace(settings, name=name)
+
+
 def draw_split(settings: SplitSettings, source: Source, labels: Sequence[str], subjects: Sequence[str],
                groups: np.ndarray) -> Split:
     """The split ``settings`` asks for on a source's images (copies of one image kept on one side, an inner fold
-    where asked); every class must keep training images."""
-    s, name = settings, settings.name
+    where asked); every class must keep training images, and classes missing from validation or test are
+    warned about."""
+    s = settings = resolve_split(settings, source)
+    name = s.name
     if name == "paper":
         split = paper_split(labels, test_size=s.test_size, val_size=s.val_size, train_size=s.train_size, seed=s.seed,
                             groups=groups)
@@ -252,7 +292,10 @@ def draw_split(settings: SplitSettings, source: Source, labels: Sequence[str], s
         if s.subject_independent and not source.has_subjects:
             raise FERError(f"data.split={name} needs a subject id for every image, and {source.name} has "
                            "none; use data.split=paper (random) or data.split=official where the dataset has one")
-        if name in ("official", "manifest") and not source.has_split:
+        if name == "folders" and not source.has_split:
+            raise FERError(f"data.split=folders needs split folders (root/train/<class>/, root/test/<class>/), and "
+                           f"{source.root} holds class folders; use data.split=subject_kfold or paper")
+        if name in OWN_SPLITS and not source.has_split:
             raise FERError(f"data.split={name} needs the dataset's own split (FER2013's Usage, RAF-DB, AffectNet, a "
                            f"manifest's split column), and {source.name} has none; use data.split=paper")
         if name == "loso":
@@ -274,4 +317,5 @@ def draw_split(settings: SplitSettings, source: Source, labels: Sequence[str], s
     for c in sorted(set(labels) - {labels[i] for i in split.train}):
         raise FERError(f"class '{c}' has no training images in the {name} split of {source.name}; choose another "
                        "split or add images of it")
+    warn_missing_classes(split, labels, s)
     return split
