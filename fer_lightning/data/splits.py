@@ -40,7 +40,7 @@ def _count(size: int | float | None, n: int, option: str) -> int | None:
     """A split size given as a count (int) or a fraction of ``n`` (float in (0, 1))."""
     if size is None:
         return None
-    if isinstance(size, float) and not size.is_integer():
+    if _is_fraction(size):
         if not 0.0 < size < 1.0:
             raise FERError(f"{option}={size}: give a count of images or a fraction between 0 and 1")
         return int(round(size * n))
@@ -50,13 +50,22 @@ def _count(size: int | float | None, n: int, option: str) -> int | None:
     return size
 
 
+def _is_fraction(size: int | float | None) -> bool:
+    return isinstance(size, float) and not size.is_integer()
+
+
 def _stratified_take(
-    idx: np.ndarray, labels: np.ndarray, k: int, seed: int, option: str
+    idx: np.ndarray, labels: np.ndarray, k: int, seed: int, option: str, fraction: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Split ``idx`` into (rest, taken) with ``k`` taken, stratified by label."""
+    """Split ``idx`` into (rest, taken) with ``k`` taken, stratified by label; ``k`` from a fraction (``fraction``)
+    too small to hold one image of each class is raised to one per class where the rest keeps as many."""
+    n_classes = len(np.unique(labels[idx]))
+    if fraction and k < n_classes <= len(idx) - n_classes:
+        log.info("%s: %d of %d images is fewer than the %d classes; taking %d (one per class)", option, k, len(idx),
+                 n_classes, n_classes)
+        k = n_classes
     if k == 0:
         return idx, idx[:0]
-    n_classes = len(np.unique(labels[idx]))
     if k < n_classes or len(idx) - k < n_classes:
         raise FERError(
             f"{option}={k} cannot be met: a stratified split of {len(idx)} images over {n_classes} classes "
@@ -104,8 +113,8 @@ def paper_split(
         raise FERError(f"split sizes {want} do not fit in {n} images "
                        f"({n_classes} classes); lower data.test_size/val_size/train_size")
     idx = np.arange(n)
-    rest, test = _stratified_take(idx, y, n_test, seed, "data.test_size")
-    train, val = _stratified_take(rest, y, n_val, seed + 1, "data.val_size")
+    rest, test = _stratified_take(idx, y, n_test, seed, "data.test_size", _is_fraction(test_size))
+    train, val = _stratified_take(rest, y, n_val, seed + 1, "data.val_size", _is_fraction(val_size))
     if n_train is not None and n_train < len(train):
         _, train = _stratified_take(train, y, n_train, seed + 2, "data.train_size")
     return Split(train=train, val=val, test=test)
@@ -127,7 +136,7 @@ def loso_split(
     test = np.flatnonzero(s == order[fold])
     rest = np.flatnonzero(s != order[fold])
     n_val = _count(val_size, len(rest), "data.val_size")
-    train, val = _stratified_take(rest, y, n_val, seed, "data.val_size")
+    train, val = _stratified_take(rest, y, n_val, seed, "data.val_size", _is_fraction(val_size))
     return Split(train=train, val=val, test=np.sort(test))
 
 
@@ -135,9 +144,9 @@ def _grouped_val(
     rest: np.ndarray, y: np.ndarray, s: np.ndarray, n_val: int, seed: int, draws: int = 20
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split ``rest`` into (train, val) by whole subjects, about ``n_val`` validation images, stratified as far
-    as subjects allow. The seeded draw is kept when its validation holds every class of ``rest``; else the first
-    of ``draws`` candidates (that draw's other folds, then the next seeds' folds) that does, or the first covering
-    the most classes."""
+    as subjects allow. The seeded draw is kept when its validation holds every class of ``rest`` and its training
+    part too; else the first of ``draws`` candidates (that draw's other folds, then the next seeds' folds) that
+    does, or the first that keeps every class in training and covers the most classes in validation."""
     n_subjects = len(set(s[rest].tolist()))
     if n_val <= 0:
         return rest, rest[:0]
@@ -151,12 +160,12 @@ def _grouped_val(
             cv = StratifiedGroupKFold(n_splits=parts, shuffle=True, random_state=seed + attempt)
             yield from cv.split(rest, y[rest], groups=s[rest])
 
-    best: tuple[int, np.ndarray, np.ndarray] | None = None
+    best: tuple[tuple[bool, int], np.ndarray, np.ndarray] | None = None
     for train_pos, val_pos in itertools.islice(draws_of(), draws):
-        covered = len(set(y[rest[val_pos]].tolist()))
-        if best is None or covered > best[0]:
-            best = (covered, train_pos, val_pos)
-        if covered == classes:
+        score = (len(set(y[rest[train_pos]].tolist())) == classes, len(set(y[rest[val_pos]].tolist())))
+        if best is None or score > best[0]:
+            best = (score, train_pos, val_pos)
+        if score == (True, classes):
             break
     _, train_pos, val_pos = best
     return np.sort(rest[train_pos]), np.sort(rest[val_pos])
@@ -198,7 +207,7 @@ def official_split(
         raise FERError(f"{option}: the dataset's split has no test images; use data.split=paper (a random split)")
     if len(val) == 0:
         n_val = _count(val_size, len(train), "data.val_size")
-        train, val = _stratified_take(train, y, n_val, seed, "data.val_size")
+        train, val = _stratified_take(train, y, n_val, seed, "data.val_size", _is_fraction(val_size))
     return Split(train=np.sort(train), val=np.sort(val), test=np.sort(test))
 
 
