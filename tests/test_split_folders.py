@@ -264,7 +264,8 @@ def test_jaffe_keeps_the_paper_counts_and_other_datasets_use_fractions(synthetic
                          "data.image_size=32", "data.decode_workers=0")
     dm = FERDataModule.from_options(**{k: v for k, v in jaffe.items() if not k.startswith("_")})
     dm.setup()
-    assert (len(dm.split.train), len(dm.split.val), len(dm.split.test)) == (130, 23, 57)  # the synthetic set: 210 images
+    # the synthetic set has 210 images: 130 / 23 / 57
+    assert (len(dm.split.train), len(dm.split.val), len(dm.split.test)) == (130, 23, 57)
 
 
 @pytest.mark.slow
