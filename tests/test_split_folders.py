@@ -90,6 +90,16 @@ def test_three_split_folders_use_the_given_validation(tmp_path):
     assert {names[i].split("/")[0] for i in dm.split.test} == {"test"} and len(dm.split.test) == 4
 
 
+def test_a_test_folder_without_a_class_is_warned_about(tmp_path, caplog):
+    root = split_folders(tmp_path / "fer", ("happy", "neutral", "sad"), {"train": 10, "test": 3})
+    shutil.rmtree(root / "test" / "sad")
+    with caplog.at_level(logging.WARNING):
+        module(root, tmp_path).setup()
+    assert [r.getMessage() for r in caplog.records if "has no image of" in r.getMessage()] == [
+        "test (folders split) has no image of: sadness; its per-class metrics of this class are absent, and its "
+        "averages cover the other classes"]
+
+
 def test_train_and_val_folders_only_make_val_the_test_set(tmp_path):
     root = split_folders(tmp_path / "affectnet", ("0", "1", "7"), {"train": 10, "val": 3})
     codes = {0: "neutral", 1: "happiness", 7: "contempt"}
