@@ -33,7 +33,7 @@ from fer_lightning.data.device import DeviceBatches, ResidentStore
 from fer_lightning.data.preprocessing import Preprocessing, to_unit
 from fer_lightning.data.settings import LoaderSettings, SplitSettings, StoreSettings
 from fer_lightning.data.sources import SOURCES, Source, make_source
-from fer_lightning.data.splits import Split, draw_split
+from fer_lightning.data.splits import Split, draw_split, resolve_split
 from fer_lightning.errors import FERError
 from fer_lightning.features.extractor import HandcraftedFeatures
 from fer_lightning.features.tables import blocks_of, feature_store
@@ -72,7 +72,7 @@ class FERDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         self.source, self.prep = source, preprocessing
-        self.split_settings, self.loader, self.store_settings = split, loader, store
+        self._split_settings, self.loader, self.store_settings = split, loader, store
         self.augment = augment if augment is not None else FaceAugment()
         self.extractor = features
         self._resident = ResidentStore(loader.on_device, loader.on_device_max_mb)
@@ -136,6 +136,14 @@ class FERDataModule(pl.LightningDataModule):
                       if p not in ("self", "root", "cache_dir")]
 
     # ------------------------------------------------------------------ what the data are
+    @property
+    def split_settings(self) -> SplitSettings:
+        """The split settings, ``data.split=auto`` resolved on the dataset (its own split, or its source's
+        default)."""
+        if self._split_settings.name == "auto":
+            self._split_settings = resolve_split(self._split_settings, self.source)
+        return self._split_settings
+
     @property
     def dataset_name(self) -> str:
         return self.source.name

@@ -19,7 +19,9 @@ from pathlib import Path
 
 from fer_lightning.runtime.registry import choose
 
-SPLITS = ("paper", "loso", "subject_kfold", "official", "manifest")
+SPLITS = ("paper", "loso", "subject_kfold", "official", "manifest", "folders", "auto")
+# the names of "the dataset's own split" (FER2013's Usage, RAF-DB, AffectNet; a manifest's split column; split folders)
+OWN_SPLITS = ("official", "manifest", "folders")
 SAMPLERS = ("random", "balanced")
 ON_DEVICE = ("auto", "true", "false")
 
@@ -30,7 +32,9 @@ class SplitSettings:
     ``data.fold``, ``data.folds``, ``data.seed``, ``data.inner_folds``, ``data.inner_fold``).
 
     Args:
-        name: ``paper`` (stratified random), ``loso``, ``subject_kfold``, ``official`` or ``manifest``.
+        name: ``paper`` (stratified random), ``loso``, ``subject_kfold``, ``official`` / ``manifest`` / ``folders``
+            (the dataset's own split), or ``auto``: the dataset's own split when it has one, else its source's
+            default (``subject_kfold`` for class folders, ``paper`` for a manifest).
         test_size, val_size, train_size: counts, or fractions in ``(0, 1)``; ``train_size=None``: the rest.
         fold, folds: the fold of ``loso`` / ``subject_kfold`` (and the number of folds of the latter).
         seed: seeds the split and, through the run's seed, training.

@@ -3,14 +3,16 @@ a dataset's published split, and keeping copies of one image (duplicates) on one
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
-from fer_lightning.data.settings import SplitSettings
+from fer_lightning.data.coverage import warn_missing_classes
+from fer_lightning.data.settings import OWN_SPLITS, SplitSettings
 from fer_lightning.data.sources.base import Source
 from fer_lightning.errors import FERError
 
@@ -38,7 +40,7 @@ def _count(size: int | float | None, n: int, option: str) -> int | None:
     """A split size given as a count (int) or a fraction of ``n`` (float in (0, 1))."""
     if size is None:
         return None
-    if isinstance(size, float) and not size.is_integer():
+    if _is_fraction(size):
         if not 0.0 < size < 1.0:
             raise FERError(f"{option}={size}: give a count of images or a fraction between 0 and 1")
         return int(round(size * n))
@@ -48,13 +50,22 @@ def _count(size: int | float | None, n: int, option: str) -> int | None:
     return size
 
 
+def _is_fraction(size: int | float | None) -> bool:
+    return isinstance(size, float) and not size.is_integer()
+
+
 def _stratified_take(
-    idx: np.ndarray, labels: np.ndarray, k: int, seed: int, option: str
+    idx: np.ndarray, labels: np.ndarray, k: int, seed: int, option: str, fraction: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Split ``idx`` into (rest, taken) with ``k`` taken, stratified by label."""
+    """Split ``idx`` into (rest, taken) with ``k`` taken, stratified by label; ``k`` from a fraction (``fraction``)
+    too small to hold one image of each class is raised to one per class where the rest keeps as many."""
+    n_classes = len(np.unique(labels[idx]))
+    if fraction and k < n_classes <= len(idx) - n_classes:
+        log.info("%s: %d of %d images is fewer than the %d classes; taking %d (one per class)", option, k, len(idx),
+                 n_classes, n_classes)
+        k = n_classes
     if k == 0:
         return idx, idx[:0]
-    n_classes = len(np.unique(labels[idx]))
     if k < n_classes or len(idx) - k < n_classes:
         raise FERError(
             f"{option}={k} cannot be met: a stratified split of {len(idx)} images over {n_classes} classes "
@@ -102,8 +113,8 @@ def paper_split(
         raise FERError(f"split sizes {want} do not fit in {n} images "
                        f"({n_classes} classes); lower data.test_size/val_size/train_size")
     idx = np.arange(n)
-    rest, test = _stratified_take(idx, y, n_test, seed, "data.test_size")
-    train, val = _stratified_take(rest, y, n_val, seed + 1, "data.val_size")
+    rest, test = _stratified_take(idx, y, n_test, seed, "data.test_size", _is_fraction(test_size))
+    train, val = _stratified_take(rest, y, n_val, seed + 1, "data.val_size", _is_fraction(val_size))
     if n_train is not None and n_train < len(train):
         _, train = _stratified_take(train, y, n_train, seed + 2, "data.train_size")
     return Split(train=train, val=val, test=test)
@@ -125,23 +136,38 @@ def loso_split(
     test = np.flatnonzero(s == order[fold])
     rest = np.flatnonzero(s != order[fold])
     n_val = _count(val_size, len(rest), "data.val_size")
-    train, val = _stratified_take(rest, y, n_val, seed, "data.val_size")
+    train, val = _stratified_take(rest, y, n_val, seed, "data.val_size", _is_fraction(val_size))
     return Split(train=train, val=val, test=np.sort(test))
 
 
 def _grouped_val(
-    rest: np.ndarray, y: np.ndarray, s: np.ndarray, n_val: int, seed: int
+    rest: np.ndarray, y: np.ndarray, s: np.ndarray, n_val: int, seed: int, draws: int = 20
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split ``rest`` into (train, val) by whole subjects, about ``n_val`` validation images, stratified as far
-    as subjects allow."""
+    as subjects allow. The seeded draw is kept when its validation holds every class of ``rest`` and its training
+    part too; else the first of ``draws`` candidates (that draw's other folds, then the next seeds' folds) that
+    does, or the first that keeps every class in training and covers the most classes in validation."""
     n_subjects = len(set(s[rest].tolist()))
     if n_val <= 0:
         return rest, rest[:0]
     parts = max(2, min(n_subjects, int(round(len(rest) / n_val))))
     if n_subjects < 2:
         raise FERError("data.val_size: the training folds hold one subject; validation needs another subject")
-    cv = StratifiedGroupKFold(n_splits=parts, shuffle=True, random_state=seed)
-    train_pos, val_pos = next(cv.split(rest, y[rest], groups=s[rest]))
+    classes = len(set(y[rest].tolist()))
+
+    def draws_of() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for attempt in range(draws):
+            cv = StratifiedGroupKFold(n_splits=parts, shuffle=True, random_state=seed + attempt)
+            yield from cv.split(rest, y[rest], groups=s[rest])
+
+    best: tuple[tuple[bool, int], np.ndarray, np.ndarray] | None = None
+    for train_pos, val_pos in itertools.islice(draws_of(), draws):
+        score = (len(set(y[rest[train_pos]].tolist())) == classes, len(set(y[rest[val_pos]].tolist())))
+        if best is None or score > best[0]:
+            best = (score, train_pos, val_pos)
+        if score == (True, classes):
+            break
+    _, train_pos, val_pos = best
     return np.sort(rest[train_pos]), np.sort(rest[val_pos])
 
 
@@ -181,7 +207,7 @@ def official_split(
         raise FERError(f"{option}: the dataset's split has no test images; use data.split=paper (a random split)")
     if len(val) == 0:
         n_val = _count(val_size, len(train), "data.val_size")
-        train, val = _stratified_take(train, y, n_val, seed, "data.val_size")
+        train, val = _stratified_take(train, y, n_val, seed, "data.val_size", _is_fraction(val_size))
     return Split(train=np.sort(train), val=np.sort(val), test=np.sort(test))
 
 
@@ -240,11 +266,34 @@ def inner_split(
     return Split(train=np.sort(split.train[keep]), val=split.val, test=np.sort(split.train[held]))
 
 
+def resolve_split(settings: SplitSettings, source: Source) -> SplitSettings:
+    """``data.split=auto`` made concrete: ``folders`` / ``manifest`` / ``official`` (the dataset's own split) when
+    every image has a split part, else the source's default split (said in the log, one line); other settings
+    unchanged. A split given for only some images is refused rather than silently ignored."""
+    if settings.name != "auto":
+        return settings
+    records = source.records
+    with_split = sum(r.split is not None for r in records)
+    if 0 < with_split < len(records):
+        raise FERError(f"{source.name}: {len(records) - with_split} of {len(records)} images have no split "
+                       "(train/val/test); give every image one, or choose data.split=paper or subject_kfold")
+    if with_split:
+        name = source.own_split
+        log.info("%s has its own split (%s): data.split=auto uses it as data.split=%s", source.name,
+                 ", ".join(f"{p} {sum(r.split == p for r in records)}" for p in ("train", "val", "test")), name)
+    else:
+        name = source.default_split
+        log.info("%s has no split of its own: data.split=auto draws data.split=%s", source.name, name)
+    return replace(settings, name=name)
+
+
 def draw_split(settings: SplitSettings, source: Source, labels: Sequence[str], subjects: Sequence[str],
                groups: np.ndarray) -> Split:
     """The split ``settings`` asks for on a source's images (copies of one image kept on one side, an inner fold
-    where asked); every class must keep training images."""
-    s, name = settings, settings.name
+    where asked); every class must keep training images, and classes missing from validation or test are
+    warned about."""
+    s = settings = resolve_split(settings, source)
+    name = s.name
     if name == "paper":
         split = paper_split(labels, test_size=s.test_size, val_size=s.val_size, train_size=s.train_size, seed=s.seed,
                             groups=groups)
@@ -252,7 +301,10 @@ def draw_split(settings: SplitSettings, source: Source, labels: Sequence[str], s
         if s.subject_independent and not source.has_subjects:
             raise FERError(f"data.split={name} needs a subject id for every image, and {source.name} has "
                            "none; use data.split=paper (random) or data.split=official where the dataset has one")
-        if name in ("official", "manifest") and not source.has_split:
+        if name == "folders" and not source.has_split:
+            raise FERError(f"data.split=folders needs split folders (root/train/<class>/, root/test/<class>/), and "
+                           f"{source.root} holds class folders; use data.split=subject_kfold or paper")
+        if name in OWN_SPLITS and not source.has_split:
             raise FERError(f"data.split={name} needs the dataset's own split (FER2013's Usage, RAF-DB, AffectNet, a "
                            f"manifest's split column), and {source.name} has none; use data.split=paper")
         if name == "loso":
@@ -274,4 +326,5 @@ def draw_split(settings: SplitSettings, source: Source, labels: Sequence[str], s
     for c in sorted(set(labels) - {labels[i] for i in split.train}):
         raise FERError(f"class '{c}' has no training images in the {name} split of {source.name}; choose another "
                        "split or add images of it")
+    warn_missing_classes(split, labels, s)
     return split

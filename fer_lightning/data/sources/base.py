@@ -7,17 +7,22 @@ job (:mod:`fer_lightning.data.decoded`), done once and in parallel, through :met
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from fer_lightning.data.classes import ALL_CLASS_NAMES
+from fer_lightning.data.classes import ALL_CLASS_NAMES, CLASS_ALIASES
 from fer_lightning.data.images import read_csv_pixels, read_grey
 from fer_lightning.errors import FERError
 
 SPLIT_NAMES = ("train", "val", "test")
+# Names of the parts of a published split, in a manifest's split column or as split folders (case-insensitive).
+SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+                 "test": "test", "testing": "test"}
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,10 @@ class Source(ABC):
     """Base of the on-disk formats. Subclasses implement :meth:`scan`; ``name`` is the dataset's name in results."""
 
     name = "dataset"
+    # the split data.split=auto means when the dataset has no split of its own
+    default_split = "paper"
+    # what data.split=auto calls the dataset's own split, when every image has a part of it
+    own_split = "official"
 
     def __init__(self, root: str | Path | None, cache_dir: str | Path | None = None) -> None:
         self.root = None if root is None else Path(root).expanduser()
@@ -92,3 +101,26 @@ def under_root(root: Path, relative: str, where: str) -> Path:
     if not path.is_file():
         raise FERError(f"{where}: image '{relative}' does not exist under data.root={root}; fix the path or the root")
     return path
+
+
+def label_map_of(label_map: Mapping[Any, str | None] | None) -> dict[str, str | None] | None:
+    """``data.label_map`` checked: codes as strings, each mapped to a canonical class, or None (drop its images).
+
+    Examples:
+        >>> label_map_of({1: "Surprised", 2: None})
+        {'1': 'surprise', '2': None}
+        >>> label_map_of({1: "bored"})
+        Traceback (most recent call last):
+        ...
+        fer_lightning.errors.FERError: data.label_map: code 1 maps to 'bored', not a class; use one of anger, \
+contempt, disgust, fear, happiness, neutral, sadness, surprise or null (drop)
+    """
+    if label_map is None:
+        return None
+    checked: dict[str, str | None] = {}
+    for code, cls in dict(label_map).items():
+        if cls is not None and str(cls).lower() not in CLASS_ALIASES:
+            raise FERError(f"data.label_map: code {code} maps to '{cls}', not a class; use one of "
+                           f"{', '.join(sorted(set(CLASS_ALIASES.values())))} or null (drop)")
+        checked[str(code)] = None if cls is None else CLASS_ALIASES[str(cls).lower()]
+    return checked

@@ -25,17 +25,17 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from fer_lightning.data.classes import CLASS_ALIASES
-from fer_lightning.data.sources.base import SPLIT_NAMES, Record, Source, under_root
+from fer_lightning.data.sources.base import SPLIT_ALIASES, SPLIT_NAMES, Record, Source, label_map_of, under_root
 from fer_lightning.errors import FERError
 
 log = logging.getLogger(__name__)
-SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
-                 "test": "test", "testing": "test"}
 DEFAULT_COLUMNS = {"path": "path", "label": "label", "subject": "subject", "split": "split"}
 
 
 class ManifestSource(Source):
     """A list file of labelled images under ``root``; see the module docstring for the options."""
+
+    own_split = "manifest"
 
     def __init__(
         self,
@@ -72,11 +72,7 @@ class ManifestSource(Source):
             self.split_pattern = re.compile(split_pattern) if split_pattern else None
         except re.error as e:
             raise FERError(f"data.split_pattern={split_pattern!r} is not a valid regular expression ({e})") from e
-        self.label_map = None if label_map is None else {str(k): v for k, v in dict(label_map).items()}
-        for code, cls in (self.label_map or {}).items():
-            if cls is not None and cls.lower() not in CLASS_ALIASES:
-                raise FERError(f"data.label_map: code {code} maps to '{cls}', not a class; use one of "
-                               f"{', '.join(sorted(set(CLASS_ALIASES.values())))} or null (drop)")
+        self.label_map = label_map_of(label_map)
 
     def _resolve(self, file: str) -> Path:
         path = Path(file).expanduser()
@@ -120,8 +116,7 @@ class ManifestSource(Source):
             if value not in self.label_map:
                 raise FERError(f"{where}: unknown label code '{value}'; data.label_map knows "
                                f"{', '.join(self.label_map)}")
-            mapped = self.label_map[value]
-            return None if mapped is None else CLASS_ALIASES[mapped.lower()]
+            return self.label_map[value]
         label = CLASS_ALIASES.get(value.lower())
         if label is None:
             raise FERError(f"{where}: unknown label '{value}'; give a class name ({', '.join(sorted(CLASS_ALIASES))}) "
