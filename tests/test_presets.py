@@ -1,0 +1,125 @@
+"""Dataset presets whose subjects are in the file names: ``data=ckplus`` (CK+ class folders) and ``data=kdef``
+(KDEF's ``AF01ANS.JPG`` grammar), on generated copies in the exact layouts."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+from fer_lightning.data.classes import ALL_CLASS_NAMES
+from fer_lightning.data.sources.kdef import KDEF_EXPRESSIONS
+from fer_lightning.engine.build import build
+from fer_lightning.engine.configs import config_dir
+from fer_lightning.errors import FERError
+
+CKPLUS_FOLDERS = ("anger", "contempt", "disgust", "fear", "happy", "sadness", "surprise")
+
+
+def ckplus48(root: Path, subjects: int = 10, per_class: int = 2) -> Path:
+    """Kaggle's CK+48: ``root/<class>/S010_004_00000017.png``, 48x48 grey, ``per_class`` frames per subject."""
+    rng = np.random.default_rng(0)
+    for c, folder in enumerate(CKPLUS_FOLDERS):
+        (root / folder).mkdir(parents=True)
+        for s in range(subjects):
+            for k in range(per_class):
+                name = f"S{10 + 5 * s:03d}_{c + 1:03d}_{17 + k:08d}.png"
+                Image.fromarray(rng.integers(0, 256, (48, 48), dtype=np.uint8)).save(root / folder / name)
+    return root
+
+
+def kdef(root: Path, people: int = 5, views: tuple[str, ...] = ("S", "HL")) -> Path:
+    """KDEF: ``root/AF01/AF01ANS.JPG`` for ``people`` women and men, both sessions, every expression and view."""
+    rng = np.random.default_rng(1)
+    for session in "AB":
+        for sex in "FM":
+            for n in range(1, people + 1):
+                folder = root / f"{session}{sex}{n:02d}"
+                folder.mkdir(parents=True)
+                for code in KDEF_EXPRESSIONS:
+                    for view in views:
+                        rgb = rng.integers(0, 256, (40, 32, 3), dtype=np.uint8)
+                        Image.fromarray(rgb).save(folder / f"{session}{sex}{n:02d}{code}{view}.JPG")
+    return root
+
+
+def data_module(tmp_path: Path, *overrides: str):
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=[f"data.cache_dir={tmp_path / 'cache'}", *overrides])
+    dm = build(cfg.data)
+    dm.prepare_data()
+    dm.setup()
+    return cfg, dm
+
+
+def subjects_of(dm, part: str) -> set[str]:
+    return {dm.decoded.subjects[i] for i in getattr(dm.split, part)}
+
+
+def test_ckplus_preset_reads_kaggle_class_folders_with_subject_folds(tmp_path):
+    root = ckplus48(tmp_path / "CK+48")
+    cfg, dm = data_module(tmp_path, "data=ckplus", f"data.root={root}", "data.val_size=14")
+    assert cfg.data.subject_regex == r"^(S\d+)_" and cfg.data.split == "subject_kfold" and cfg.data.folds == 5
+    assert cfg.data.image_size == 48 and dm.decoded.images.shape == (140, 1, 48, 48)
+    assert dm.class_names == tuple(c for c in ALL_CLASS_NAMES if c != "neutral")  # CK+48 has no neutral folder
+    assert sorted(set(dm.decoded.subjects)) == [f"S{10 + 5 * s:03d}" for s in range(10)]
+    test = subjects_of(dm, "test")
+    assert len(test) == 2 and not test & (subjects_of(dm, "train") | subjects_of(dm, "val"))
+    folds = []
+    for fold in range(5):
+        _, dm = data_module(tmp_path, "data=ckplus", f"data.root={root}", f"data.fold={fold}")
+        folds.append(subjects_of(dm, "test"))
+    assert sorted(s for f in folds for s in f) == sorted(set(dm.decoded.subjects))  # each subject tested once
+
+
+def test_ckplus_full_size_copies_keep_the_subjects(tmp_path):
+    root = tmp_path / "CK+"
+    (root / "happy").mkdir(parents=True)
+    (root / "surprise").mkdir()
+    for s in (10, 11, 22):
+        Image.new("L", (64, 49), 90 + s).save(root / "happy" / f"S{s:03d}_002_00000012.png")
+        Image.new("L", (64, 49), 180 + s).save(root / "surprise" / f"S{s:03d}_001_00000009.png")
+    _, dm = data_module(tmp_path, "data=ckplus", f"data.root={root}", "data.image_size=64", "data.folds=3",
+                        "data.val_size=2")
+    assert sorted(set(dm.decoded.subjects)) == ["S010", "S011", "S022"] and len(subjects_of(dm, "test")) == 1
+
+
+def test_kdef_labels_subjects_and_views_from_the_file_names(tmp_path, caplog):
+    root = kdef(tmp_path / "KDEF")
+    Image.new("RGB", (8, 8)).save(root / "AF01" / "thumbnail.jpg")
+    (root / "AF01" / "notes.txt").write_text("not an image")
+    with caplog.at_level(logging.WARNING):
+        cfg, dm = data_module(tmp_path, "data=kdef", f"data.root={root}", "data.face_crop=none",
+                              "data.image_size=32", "data.val_size=14")
+    assert list(cfg.data.views) == ["S"] and cfg.data.split == "subject_kfold"
+    assert "1 image(s)" in caplog.text and "AF01/thumbnail.jpg" in caplog.text
+    records = dm.source.records
+    assert len(records) == 2 * 10 * 7 and {r.path.stem[6:] for r in records} == {"S"}  # straight views only
+    assert {r.subject for r in records} == {f"{s}{n:02d}" for s in "FM" for n in range(1, 6)}
+    by_name = {r.path.name: r for r in records}
+    assert by_name["AF01AFS.JPG"].label == "fear" and by_name["BM03HAS.JPG"].label == "happiness"
+    assert by_name["AF01AFS.JPG"].subject == by_name["BF01SUS.JPG"].subject == "F01"  # both sessions: one person
+    assert dm.class_names == tuple(sorted(KDEF_EXPRESSIONS.values()))
+    test = subjects_of(dm, "test")
+    assert len(test) == 2 and not test & (subjects_of(dm, "train") | subjects_of(dm, "val"))
+
+    _, both = data_module(tmp_path, "data=kdef", f"data.root={root}", "data.face_crop=none",
+                          "data.image_size=32", "data.val_size=14", "data.views=[s,HL]")
+    assert len(both.source.records) == 280 and {r.path.stem[6:] for r in both.source.records} == {"S", "HL"}
+
+
+def test_kdef_refuses_unknown_views_and_missing_views(tmp_path):
+    root = kdef(tmp_path / "KDEF", people=1, views=("HL",))
+    with pytest.raises(FERError, match=r"^data.views=UP is unknown; choose one of: FL, HL, S, HR, FR$"):
+        data_module(tmp_path, "data=kdef", f"data.root={root}", "data.views=[S,up]")
+    with pytest.raises(FERError, match=r"no KDEF images of data.views=\['S'\] \(images per view: HL 28\)"):
+        data_module(tmp_path, "data=kdef", f"data.root={root}")
+    (root / "AF01" / "AF01XXS.JPG").write_bytes((root / "AF01" / "AF01ANHL.JPG").read_bytes())
+    with pytest.raises(FERError, match="AF01XXS.JPG: unknown KDEF expression code 'XX'"):
+        data_module(tmp_path, "data=kdef", f"data.root={root}")
+    with pytest.raises(FERError, match="data=kdef needs data.root"):
+        data_module(tmp_path, "data=kdef")
