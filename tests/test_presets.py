@@ -123,3 +123,17 @@ def test_kdef_refuses_unknown_views_and_missing_views(tmp_path):
         data_module(tmp_path, "data=kdef", f"data.root={root}")
     with pytest.raises(FERError, match="data=kdef needs data.root"):
         data_module(tmp_path, "data=kdef")
+
+
+@pytest.mark.parametrize("module", ["train", "evaluate", "predict"])
+def test_a_regex_hydra_cannot_read_ends_with_the_quoted_spelling(module, monkeypatch, capsys):
+    import importlib
+
+    main = importlib.import_module(f"fer_lightning.{module}").main
+    monkeypatch.setattr("sys.argv", [f"fer-{module}", "data=ckplus", r"data.subject_regex=^(S\d+)_"])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and err.count("\n") == 0 and "Exception" not in err
+    assert err == (r"""fer-lightning: error: data.subject_regex=^(S\d+)_: Hydra's override grammar cannot read this value; """
+                   r"""quote it, with the shell's quotes around the whole override: 'data.subject_regex="^(S\d+)_"'""")
