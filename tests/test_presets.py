@@ -135,5 +135,6 @@ def test_a_regex_hydra_cannot_read_ends_with_the_quoted_spelling(module, monkeyp
         main()
     err = capsys.readouterr().err.strip()
     assert exit_.value.code == 2 and err.count("\n") == 0 and "Exception" not in err
-    assert err == (r"""fer-lightning: error: data.subject_regex=^(S\d+)_: Hydra's override grammar cannot read this value; """
-                   r"""quote it, with the shell's quotes around the whole override: 'data.subject_regex="^(S\d+)_"'""")
+    assert err == (r"""fer-lightning: error: data.subject_regex=^(S\d+)_: Hydra's override grammar cannot read """
+                   r"""this value; quote it, with the shell's quotes around the whole override: """
+                   r"""'data.subject_regex="^(S\d+)_"'""")

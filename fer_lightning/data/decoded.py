@@ -4,9 +4,9 @@ memory-mapped, decoded once in parallel.
 Every image is read as grey (:meth:`Record.read`), hashed (a content hash of its pixels, for duplicates), measured
 (its original size, for ``data.min_side``), face-cropped and resized, by ``data.decode_workers`` processes writing
 straight into the store (:mod:`fer_lightning.io.chunked`: per-chunk checksums, resumable, one builder at a time).
-The store's key is the dataset fingerprint: the files (names, sizes, modification times), labels, subjects,
-splits and every setting that changes the pixels (image size, crop), so editing, adding or removing a file, or
-changing a setting, builds a new store, and a second run with the same files decodes nothing.
+The store's key is the dataset fingerprint: the files (names, sizes, modification times, EXIF orientations),
+labels, subjects, splits and every setting that changes the pixels (image size, crop), so editing, adding or
+removing a file, or changing a setting, builds a new store, and a second run with the same files decodes nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fer_lightning.data.images import exif_orientation
 from fer_lightning.data.preprocessing import Preprocessing
 from fer_lightning.data.sources.base import Record
 from fer_lightning.errors import FERError
@@ -61,14 +62,22 @@ class DecodedSet:
 
 
 def fingerprint(records: Sequence[Record], settings: dict[str, Any]) -> str:
-    """A stable hex digest of the files (name, size, mtime), the labels and the decoding settings."""
+    """A stable hex digest of the files (name, size, mtime, EXIF orientation), the labels and the decoding settings.
+
+    An image stored turned (an EXIF orientation other than 1) adds its orientation: such images are read upright
+    (:func:`~fer_lightning.data.images.read_grey`), so a store that earlier versions decoded from their sideways
+    pixels is never reused; the digest of every other
+    image, and so its store and the runs made from it, stays what it was."""
     h = hashlib.sha256()
     h.update(json.dumps({"version": STORE_VERSION, "settings": settings}, sort_keys=True).encode())
-    stats: dict[Path, os.stat_result] = {}
+    stats: dict[Path, tuple[os.stat_result, str]] = {}
     for r in records:
-        st = stats.get(r.path) or stats.setdefault(r.path, r.path.stat())
+        if r.path not in stats:
+            turned = exif_orientation(r.path) if r.pixels_at is None else 1
+            stats[r.path] = (r.path.stat(), f"\0exif{turned}" if turned != 1 else "")
+        st, turned = stats[r.path]
         h.update(f"{r.path.name}\0{st.st_size}\0{st.st_mtime_ns}\0{r.subject}\0{r.label}\0{r.split}\0"
-                 f"{r.pixels_at}\0{r.soft}\n".encode(errors="surrogateescape"))
+                 f"{r.pixels_at}\0{r.soft}{turned}\n".encode(errors="surrogateescape"))
     return h.hexdigest()[:16]
 
 

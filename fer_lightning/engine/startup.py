@@ -99,10 +99,10 @@ def check_overrides(argv: Sequence[str]) -> None:
 
     Examples:
         >>> check_overrides(["-m", "data.fold=0,1", r'data.subject_regex="^(S\d+)_"', "--config-name", "train"])
-        >>> check_overrides([r"data.subject_regex=^(S\d+)_"])
+        >>> check_overrides([r"data.subject_regex=^(S\d+)_"])  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        fer_lightning.errors.FERError: data.subject_regex=^(S\d+)_: Hydra's override grammar cannot read this value; quote it, with the shell's quotes around the whole override: 'data.subject_regex="^(S\d+)_"'
+        fer_lightning.errors.FERError: data.subject_regex=^(S\d+)_: Hydra's ... 'data.subject_regex="^(S\d+)_"'
     """
     from hydra._internal.utils import get_args_parser
     from hydra.core.override_parser.overrides_parser import OverridesParser

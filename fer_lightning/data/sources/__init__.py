@@ -39,5 +39,5 @@ def make_source(kind: str, root: str | Path | None, cache_dir: str | Path | None
     return cls(root=root, cache_dir=cache_dir, **options)
 
 
-__all__ = ["SOURCES", "FER2013Source", "FolderSource", "JAFFESource", "KDEFSource", "ManifestSource", "Record", "Source",
-           "make_source"]
+__all__ = ["SOURCES", "FER2013Source", "FolderSource", "JAFFESource", "KDEFSource", "ManifestSource", "Record",
+           "Source", "make_source"]

@@ -80,7 +80,8 @@ class KDEFSource(Source):
 
     def scan(self) -> list[Record]:
         if not self.root.is_dir():
-            raise FERError(f"data.root={self.root} is not a folder: point it at the KDEF folder (KDEF/AF01/AF01ANS.JPG)")
+            raise FERError(f"data.root={self.root} is not a folder: point it at the KDEF folder "
+                           "(KDEF/AF01/AF01ANS.JPG)")
         records, other, by_view = [], [], dict.fromkeys(KDEF_VIEWS, 0)
         for path in sorted(p for p in files_below(self.root) if p.suffix.lower() in IMAGE_SUFFIXES):
             parsed = parse_kdef_name(path, self.root)
