@@ -138,3 +138,45 @@ def test_a_regex_hydra_cannot_read_ends_with_the_quoted_spelling(module, monkeyp
     assert err == (r"""fer-lightning: error: data.subject_regex=^(S\d+)_: Hydra's override grammar cannot read """
                    r"""this value; quote it, with the shell's quotes around the whole override: """
                    r"""'data.subject_regex="^(S\d+)_"'""")
+
+
+def test_the_log_says_when_images_are_upscaled(tmp_path, caplog):
+    root = ckplus48(tmp_path / "CK+48", subjects=5, per_class=1)
+    with caplog.at_level(logging.INFO, logger="fer_lightning.data.decoded"):
+        data_module(tmp_path, "data=folder", f"data.root={root}", "data.image_size=112", "data.val_size=7",
+                    "data.test_size=7", "data.split=paper")
+    lines = [r for r in caplog.records if "upscaled" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelno == logging.WARNING
+    assert lines[0].getMessage() == (
+        "images are upscaled 2.3x: most common source size 48x48 px (median shorter side 48 px) vs "
+        "data.image_size=112; set data.image_size=48 to train at the source size")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="fer_lightning.data.decoded"):
+        data_module(tmp_path, "data=ckplus", f"data.root={root}", "data.val_size=7")  # the preset: 48 px
+    assert not [r for r in caplog.records if "upscaled" in r.getMessage()]
+
+
+def test_the_log_says_what_the_feature_store_costs_before_computing_it(tmp_path, caplog):
+    import torch
+
+    from fer_lightning.features.tables import feature_store
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=["model=handcrafted", "data.image_size=224"])
+    assert sum(build(cfg.features).block_dims().values()) == 26_734  # the issue's FER2013 figure
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=["model=handcrafted", "data.image_size=48"])
+    extractor = build(cfg.features)
+    per_image = sum(extractor.block_dims().values())
+    images = torch.randint(0, 256, (10, 1, 48, 48), dtype=torch.uint8)
+    for attempt in range(2):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="fer_lightning.features.tables"):
+            store = feature_store(extractor, images, "tiny", tmp_path, torch.device("cpu"))
+        cost = [r.getMessage() for r in caplog.records if "values per image" in r.getMessage()]
+        if attempt == 0:  # said once, before computing; a store that exists costs nothing more
+            assert cost == [f"HOG+LBP: {per_image:,} values per image x 10 images x 4 bytes (float32) = "
+                            f"{per_image * 10 * 4 / 1e6:.1f} MB in {tmp_path}"]
+        else:
+            assert cost == []
+    assert sum(a.nbytes for a in (store.array(b) for b in store.meta["arrays"])) == per_image * 10 * 4

@@ -157,6 +157,35 @@ def warn_small(decoded: DecodedSet, names: Sequence[str], min_side: int | None, 
     return small.tolist()
 
 
+def note_upscaling(sizes: np.ndarray, image_size: int) -> float:
+    """How much the typical image is upscaled to ``data.image_size`` (its median shorter side; 1.0 or less: not
+    upscaled), said in one log line when it is (a warning from 1.5x) with the size that keeps the source pixels.
+
+    Args:
+        sizes: ``(N, 2)`` original heights and widths (:attr:`DecodedSet.sizes`).
+        image_size: ``data.image_size``.
+
+    Examples:
+        >>> note_upscaling(np.array([[48, 48]] * 3 + [[64, 60]]), 224)
+        4.666666666666667
+        >>> note_upscaling(np.array([[256, 256]]), 224)
+        0.875
+    """
+    sizes = np.asarray(sizes).reshape(-1, 2)
+    if not len(sizes):
+        return 1.0
+    factor = int(image_size) / float(np.median(sizes.min(axis=1)))
+    if factor > 1.0:
+        shapes, counts = np.unique(sizes, axis=0, return_counts=True)
+        h, w = shapes[counts.argmax()]
+        source = max(32, int(round(image_size / factor)))  # MobileNetV2 needs 32 px
+        log.log(logging.WARNING if factor >= 1.5 else logging.INFO,
+                "images are upscaled %.1fx: most common source size %dx%d px (median shorter side %d px) vs "
+                "data.image_size=%d; set data.image_size=%d to train at the source size", factor, w, h,
+                round(image_size / factor), image_size, source)
+    return factor
+
+
 def duplicate_groups(
     decoded: DecodedSet, names: Sequence[str], labels: Sequence[str], mode: str = "warn"
 ) -> np.ndarray:
