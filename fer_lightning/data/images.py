@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,9 @@ def _orientation(img: Image.Image) -> int:
     if img.format == "PNG" and "exif" not in img.info:
         return 1
     try:
-        value = img.getexif().get(0x0112, 1)
+        with warnings.catch_warnings():  # a damaged header: decoding the file says so, naming it
+            warnings.simplefilter("ignore")
+            value = img.getexif().get(0x0112, 1)
     except _UNREADABLE:
         return 1
     return value if value in _UPRIGHT else 1
