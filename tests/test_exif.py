@@ -86,7 +86,7 @@ def test_predict_gives_a_turned_photo_the_upright_prediction(tmp_path, tiny_chec
     assert not skipped
     probs = {Path(r["file"]).name: np.array([float(v) for k, v in r.items() if k.startswith("p_")]) for r in rows}
     assert len({r["predicted"] for r in rows[:5]}) == 1
-    assert np.array_equal(probs["turned6.png"], probs["up.png"])
-    assert np.array_equal(probs["turned3.png"], probs["up.png"])
+    for turned in ("turned6.png", "turned3.png"):  # the same pixels (up to the last printed digit of a batch)
+        assert np.abs(probs[turned] - probs["up.png"]).max() <= 2e-6
     assert np.abs(probs["turned8.jpg"] - probs["up.jpg"]).max() < 0.05
     assert np.abs(probs["sideways.png"] - probs["up.png"]).max() > 1e-3  # the model does see the turn
