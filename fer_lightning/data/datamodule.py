@@ -28,7 +28,7 @@ from fer_lightning.data.augment import FaceAugment
 from fer_lightning.data.classes import ALL_CLASS_NAMES
 from fer_lightning.data.contract import ModelData
 from fer_lightning.data.dataset import IndexedImages, lone_last_batch
-from fer_lightning.data.decoded import DecodedSet, decode_store, duplicate_groups, warn_small
+from fer_lightning.data.decoded import DecodedSet, decode_store, duplicate_groups, note_upscaling, warn_small
 from fer_lightning.data.device import DeviceBatches, ResidentStore
 from fer_lightning.data.preprocessing import Preprocessing, to_unit
 from fer_lightning.data.settings import LoaderSettings, SplitSettings, StoreSettings
@@ -181,6 +181,7 @@ class FERDataModule(pl.LightningDataModule):
             self.decoded = decode_store(self.source.records, self.prep, s.cache_dir, name=self.dataset_name,
                                         workers=s.decode_workers)
             warn_small(self.decoded, self.file_names(), s.min_side, self.prep.image_size)
+            note_upscaling(self.decoded.sizes, self.prep.image_size)
         return self.decoded
 
     def prepare_data(self) -> None:

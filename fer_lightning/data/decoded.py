@@ -4,9 +4,9 @@ memory-mapped, decoded once in parallel.
 Every image is read as grey (:meth:`Record.read`), hashed (a content hash of its pixels, for duplicates), measured
 (its original size, for ``data.min_side``), face-cropped and resized, by ``data.decode_workers`` processes writing
 straight into the store (:mod:`fer_lightning.io.chunked`: per-chunk checksums, resumable, one builder at a time).
-The store's key is the dataset fingerprint: the files (names, sizes, modification times), labels, subjects,
-splits and every setting that changes the pixels (image size, crop), so editing, adding or removing a file, or
-changing a setting, builds a new store, and a second run with the same files decodes nothing.
+The store's key is the dataset fingerprint: the files (names, sizes, modification times, EXIF orientations),
+labels, subjects, splits and every setting that changes the pixels (image size, crop), so editing, adding or
+removing a file, or changing a setting, builds a new store, and a second run with the same files decodes nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fer_lightning.data.images import exif_orientation
 from fer_lightning.data.preprocessing import Preprocessing
 from fer_lightning.data.sources.base import Record
 from fer_lightning.errors import FERError
@@ -61,14 +62,22 @@ class DecodedSet:
 
 
 def fingerprint(records: Sequence[Record], settings: dict[str, Any]) -> str:
-    """A stable hex digest of the files (name, size, mtime), the labels and the decoding settings."""
+    """A stable hex digest of the files (name, size, mtime, EXIF orientation), the labels and the decoding settings.
+
+    An image stored turned (an EXIF orientation other than 1) adds its orientation: such images are read upright
+    (:func:`~fer_lightning.data.images.read_grey`), so a store that earlier versions decoded from their sideways
+    pixels is never reused; the digest of every other
+    image, and so its store and the runs made from it, stays what it was."""
     h = hashlib.sha256()
     h.update(json.dumps({"version": STORE_VERSION, "settings": settings}, sort_keys=True).encode())
-    stats: dict[Path, os.stat_result] = {}
+    stats: dict[Path, tuple[os.stat_result, str]] = {}
     for r in records:
-        st = stats.get(r.path) or stats.setdefault(r.path, r.path.stat())
+        if r.path not in stats:
+            turned = exif_orientation(r.path) if r.pixels_at is None else 1
+            stats[r.path] = (r.path.stat(), f"\0exif{turned}" if turned != 1 else "")
+        st, turned = stats[r.path]
         h.update(f"{r.path.name}\0{st.st_size}\0{st.st_mtime_ns}\0{r.subject}\0{r.label}\0{r.split}\0"
-                 f"{r.pixels_at}\0{r.soft}\n".encode(errors="surrogateescape"))
+                 f"{r.pixels_at}\0{r.soft}{turned}\n".encode(errors="surrogateescape"))
     return h.hexdigest()[:16]
 
 
@@ -146,6 +155,35 @@ def warn_small(decoded: DecodedSet, names: Sequence[str], min_side: int | None, 
         log.warning("%d image(s) are smaller than data.min_side=%d px and are upscaled to %d px: %s%s", len(small),
                     int(min_side), image_size, shown, " ..." if len(small) > 10 else "")
     return small.tolist()
+
+
+def note_upscaling(sizes: np.ndarray, image_size: int) -> float:
+    """How much the typical image is upscaled to ``data.image_size`` (its median shorter side; 1.0 or less: not
+    upscaled), said in one log line when it is (a warning from 1.5x) with the size that keeps the source pixels.
+
+    Args:
+        sizes: ``(N, 2)`` original heights and widths (:attr:`DecodedSet.sizes`).
+        image_size: ``data.image_size``.
+
+    Examples:
+        >>> note_upscaling(np.array([[48, 48]] * 3 + [[64, 60]]), 224)
+        4.666666666666667
+        >>> note_upscaling(np.array([[256, 256]]), 224)
+        0.875
+    """
+    sizes = np.asarray(sizes).reshape(-1, 2)
+    if not len(sizes):
+        return 1.0
+    factor = int(image_size) / float(np.median(sizes.min(axis=1)))
+    if factor > 1.0:
+        shapes, counts = np.unique(sizes, axis=0, return_counts=True)
+        h, w = shapes[counts.argmax()]
+        source = max(32, int(round(image_size / factor)))  # MobileNetV2 needs 32 px
+        log.log(logging.WARNING if factor >= 1.5 else logging.INFO,
+                "images are upscaled %.1fx: most common source size %dx%d px (median shorter side %d px) vs "
+                "data.image_size=%d; set data.image_size=%d to train at the source size", factor, w, h,
+                round(image_size / factor), image_size, source)
+    return factor
 
 
 def duplicate_groups(

@@ -1,11 +1,12 @@
-"""Decoding images to 8-bit grey arrays: files (palette, RGB, 16-bit and float images included) and pixel values
-written as text in a CSV column (FER2013)."""
+"""Decoding images to 8-bit grey arrays: files (palette, RGB, 16-bit and float images included, turned upright by
+their EXIF orientation) and pixel values written as text in a CSV column (FER2013)."""
 
 from __future__ import annotations
 
 import csv
 import io
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,18 +16,64 @@ from fer_lightning.errors import FERError
 
 # the image files that data=folder, data=manifest and predict read
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".pgm", ".ppm", ".webp")
+# EXIF orientation (tag 0x0112) -> the transpose that makes the stored pixels upright (as PIL's ImageOps.exif_transpose)
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_UNREADABLE = (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError)
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation of an opened, not yet decoded image (1 when it has none or an invalid one), from its
+    header: a PNG's eXIf chunk only when it comes before the pixels (one after them would need the whole file
+    decoded, and the store's fingerprint reads every file's orientation)."""
+    if img.format == "PNG" and "exif" not in img.info:
+        return 1
+    try:
+        with warnings.catch_warnings():  # a damaged header: decoding the file says so, naming it
+            warnings.simplefilter("ignore")
+            value = img.getexif().get(0x0112, 1)
+    except _UNREADABLE:
+        return 1
+    return value if value in _UPRIGHT else 1
+
+
+def exif_orientation(path: str | Path) -> int:
+    """The EXIF orientation tag of an image file (2..8 when its pixels are stored turned or mirrored, else 1), read
+    from the header without decoding the pixels; 1 for a file that cannot be read (decoding it names it).
+
+    Examples:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "turned.jpg"
+        >>> exif = Image.Exif()
+        >>> exif[0x0112] = 6
+        >>> Image.new("L", (4, 2)).save(path, exif=exif)
+        >>> exif_orientation(path), read_grey(path).shape  # stored 4 wide, 2 high; upright: 2 wide, 4 high
+        (6, (4, 2))
+    """
+    try:
+        with Image.open(path) as img:
+            return _orientation(img)
+    except _UNREADABLE:
+        return 1
 
 
 def read_grey(path: str | Path) -> np.ndarray:
     """Read an image file as a ``(H, W)`` uint8 array.
 
-    Palette ('P') images are expanded through their palette, colour images converted with the ITU-R 601 luma
-    weights (PIL's ``convert('L')``), 16-bit and float images rescaled to 0..255.
+    Images are turned upright by their EXIF orientation (:func:`exif_orientation`; a phone photo stored sideways
+    is read as it is shown), palette ('P') images expanded through their palette, colour images converted with the
+    ITU-R 601 luma weights (PIL's ``convert('L')``), 16-bit and float images rescaled to 0..255.
     """
     path = Path(path)
     try:
         with Image.open(path) as img:
+            orientation = _orientation(img)
             img.load()
+            if orientation != 1:
+                img = img.transpose(_UPRIGHT[orientation])
             if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
                 arr = np.asarray(img, dtype=np.float64)
                 top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
@@ -38,7 +85,7 @@ def read_grey(path: str | Path) -> np.ndarray:
             if img.mode != "L":
                 img = img.convert("L")
             return np.asarray(img, dtype=np.uint8).copy()
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as e:
+    except _UNREADABLE as e:
         raise FERError(
             f"{path}: cannot read this image ({e.__class__.__name__}: {e}); replace or remove the file"
         ) from e

@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 import torch
@@ -89,13 +89,55 @@ def is_multirun() -> bool:
         return False
 
 
+def check_overrides(argv: Sequence[str]) -> None:
+    r"""Refuse, in one line naming the option and showing the quoted spelling, a command-line override that Hydra's
+    override grammar cannot read (a regex such as ``data.subject_regex=^(S\d+)_``, where Hydra would print its
+    lexer's error and a link).
+
+    Args:
+        argv: the command's arguments (``sys.argv[1:]``): Hydra's flags and the overrides.
+
+    Examples:
+        >>> check_overrides(["-m", "data.fold=0,1", r'data.subject_regex="^(S\d+)_"', "--config-name", "train"])
+        >>> check_overrides([r"data.subject_regex=^(S\d+)_"])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        fer_lightning.errors.FERError: data.subject_regex=^(S\d+)_: Hydra's ... 'data.subject_regex="^(S\d+)_"'
+    """
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        overrides = get_args_parser().parse_known_args(list(argv))[0].overrides
+    except SystemExit:  # malformed flags: Hydra's own parser says what is wrong
+        return
+    parser = OverridesParser.create()
+    for override in overrides:
+        try:
+            parser.parse_overrides([override])
+        except HydraException:
+            key, sep, value = override.partition("=")
+            if not sep or value[:1] in ("'", '"'):
+                raise FERError(f"{override}: Hydra's override grammar cannot read this override; write it as "
+                               """key=value, quoting a value with special characters: 'key="value"'""") from None
+            quoted = value.replace('"', r'\"')
+            raise FERError(f"{override}: Hydra's override grammar cannot read this value; quote it, with the shell's "
+                           f"""quotes around the whole override: '{key}="{quoted}"'""") from None
+
+
 def command(hydra_main: Callable[..., Any]) -> Callable[..., Any]:
-    """A command's entry point around its Hydra main: a run folder refused before Hydra writes into it
-    (:class:`~fer_lightning.runs.guard.RunFolderRefused`) ends the command with its one line and exit code 2, like
+    """A command's entry point around its Hydra main: a command-line override that Hydra cannot read
+    (:func:`check_overrides`), or a run folder refused before Hydra writes into it
+    (:class:`~fer_lightning.runs.guard.RunFolderRefused`), ends the command with its one line and exit code 2, like
     every other problem the user can fix."""
 
     @functools.wraps(hydra_main)
     def main(*args: Any, **kwargs: Any) -> Any:
+        try:
+            check_overrides(sys.argv[1:])
+        except FERError as e:
+            fail(e)
         try:
             return hydra_main(*args, **kwargs)
         except RunFolderRefused as e:

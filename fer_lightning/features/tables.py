@@ -48,8 +48,26 @@ def block_store(
             arrays[block][start:stop] = values.detach().cpu().numpy()
 
     specs = {block: ((d,), dtype) for block, d in dims.items()}
-    return open_or_build(cache_dir, f"{name}-{cache_key({**spec, 'dtype': dtype})}", specs, n, fill,
-                         chunk=batch_size, what=name)
+    key = f"{name}-{cache_key({**spec, 'dtype': dtype})}"
+    if cache_dir is None or not (Path(cache_dir).expanduser() / key).is_dir():
+        log.info("%s", store_cost(dims, n, dtype, cache_dir))
+    return open_or_build(cache_dir, key, specs, n, fill, chunk=batch_size, what=name)
+
+
+def store_cost(dims: dict[str, int], n: int, dtype: str, cache_dir: str | Path | None) -> str:
+    """What a block store will take on disk, said before it is computed.
+
+    Examples:
+        >>> store_cost({"hog@224": 26244, "lbp@224": 490}, 35887, "float32", "/cache")
+        'HOG+LBP: 26,734 values per image x 35,887 images x 4 bytes (float32) = 3.8 GB in /cache'
+    """
+    values = sum(dims.values())
+    kinds = "+".join(dict.fromkeys(block.split("@")[0].upper() for block in dims))
+    itemsize = np.dtype(dtype).itemsize
+    where = cache_dir if cache_dir is not None else "a temporary folder"
+    nbytes = values * n * itemsize
+    size = f"{nbytes / 1e9:.1f} GB" if nbytes >= 1e9 else f"{nbytes / 1e6:.1f} MB"
+    return f"{kinds}: {values:,} values per image x {n:,} images x {itemsize} bytes ({dtype}) = {size} in {where}"
 
 
 def blocks_of(store: Store) -> dict[str, torch.Tensor]:

@@ -1,6 +1,7 @@
 """On-disk dataset formats, one module each; every source turns files into :class:`Record` s and nothing more.
 
-``data.source`` names one of :data:`SOURCES`; RAF-DB and AffectNet are configs of the ``manifest`` source.
+``data.source`` names one of :data:`SOURCES`; RAF-DB and AffectNet are configs of the ``manifest`` source,
+CK+ one of the ``folder`` source.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from fer_lightning.data.sources.base import Record, Source
 from fer_lightning.data.sources.fer2013 import FER2013Source
 from fer_lightning.data.sources.folder import FolderSource
 from fer_lightning.data.sources.jaffe import JAFFESource
+from fer_lightning.data.sources.kdef import KDEFSource
 from fer_lightning.data.sources.manifest import ManifestSource
 from fer_lightning.errors import FERError
 from fer_lightning.runtime.registry import Registry
@@ -22,6 +24,7 @@ SOURCES: Registry[type[Source]] = Registry("data.source", {
     "folder": FolderSource,
     "fer2013": FER2013Source,
     "manifest": ManifestSource,
+    "kdef": KDEFSource,
 })
 
 
@@ -36,5 +39,5 @@ def make_source(kind: str, root: str | Path | None, cache_dir: str | Path | None
     return cls(root=root, cache_dir=cache_dir, **options)
 
 
-__all__ = ["SOURCES", "FER2013Source", "FolderSource", "JAFFESource", "ManifestSource", "Record", "Source",
-           "make_source"]
+__all__ = ["SOURCES", "FER2013Source", "FolderSource", "JAFFESource", "KDEFSource", "ManifestSource", "Record",
+           "Source", "make_source"]
