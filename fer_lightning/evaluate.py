@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from fer_lightning.engine.configs import config_dir
 from fer_lightning.engine.evaluation import evaluate
-from fer_lightning.engine.startup import command, fail, start_command
+from fer_lightning.engine.startup import checkpoint_option, command, fail, start_command
 from fer_lightning.errors import FERError
 
 __all__ = ["evaluate", "main"]
@@ -26,6 +26,7 @@ __all__ = ["evaluate", "main"]
 def main(cfg: DictConfig) -> float | None:
     start_command(cfg)
     try:
+        checkpoint_option(cfg)
         metrics = evaluate(cfg, list(HydraConfig.get().overrides.task))
     except FERError as e:
         fail(e)
