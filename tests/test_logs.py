@@ -163,7 +163,7 @@ def test_stop_reasons_early_stopping_and_limit_train_batches(make_cfg):
     from fer_lightning.engine.training import train
 
     # no val/loss improvement of 100 ever counts: stopped at epoch 2 (patience 0), half the batches per epoch
-    m = train(make_cfg("trainer.max_epochs=5", "trainer.limit_train_batches=0.5", "logger=none",
+    m = train(make_cfg("trainer.max_epochs=5", "+trainer.limit_train_batches=0.5", "logger=none",
                        "callbacks.early_stopping.patience=0", "callbacks.early_stopping.min_delta=100"))
     assert m["stop_reason"] == "early stopping at epoch 2" and m["epochs"] == 2
     assert m["limit_train_batches"] == 0.5

@@ -79,7 +79,8 @@ def start_command(cfg: Any = None) -> None:
     progress = (cfg.get("progress") if cfg is not None else None) or {}
     configure_progress(progress.get("mode", "auto"), progress.get("every_s", 30))
     quiet_third_party(bool(cfg.get("verbose", False)) if cfg is not None else False)
-    cut_long_lines()
+    if cfg is not None:  # a command's own logging (Hydra's handlers): no line over 300 characters
+        cut_long_lines()
     extras = (cfg.get("extras") if cfg is not None else None) or {}
     if extras.get("ignore_warnings", True):
         for message in KNOWN_WARNINGS:
