@@ -189,7 +189,8 @@ def test_train_into_a_log_file(tmp_path, cache_dir):
             f"data.cache_dir={cache_dir}", f"paths.output_dir={out}", "hydra.run.dir=" + str(out)]
     with open(log, "w") as f:  # stdout a file, not a terminal: progress as lines
         res = subprocess.run([sys.executable, "-m", "fer_lightning.train", *args], cwd=tmp_path, stdout=f,
-                             stderr=subprocess.PIPE, text=True, timeout=900, env={**os.environ, "PYTHONPATH": str(REPO)})
+                             stderr=subprocess.PIPE, text=True, timeout=900,
+                             env={**os.environ, "PYTHONPATH": str(REPO)})
     assert res.returncode == 0, res.stderr[-3000:]
     text = log.read_text()
     lines = [line for line in text.splitlines() if line.strip()]
