@@ -17,7 +17,8 @@ from fer_lightning.engine.progress import StopRecord, epoch_line
 from fer_lightning.engine.resume import typed_command
 from fer_lightning.engine.startup import quiet_third_party
 from fer_lightning.errors import FERError
-from fer_lightning.runs.folder import RunFolder, resolve_checkpoint
+from fer_lightning.runs.folder import RunFolder, resolve_checkpoint, resume_checkpoint
+from fer_lightning.runs.guard import check_output_dir
 from fer_lightning.runtime import listing, progress
 from fer_lightning.runtime.listing import cut_long_lines, list_into, shorten
 
@@ -144,6 +145,18 @@ def test_run_folder_without_checkpoints_is_one_line(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FERError, match="ckpt_path=.*empty: a folder without checkpoints"):
         resolve_checkpoint(tmp_path / "empty")
+
+
+def test_a_run_folder_resumes_from_its_last_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    _ckpt(run, "epoch_002.ckpt", 1)
+    with pytest.raises(FERError, match="without checkpoints/last.ckpt to resume from"):
+        resume_checkpoint(run)
+    last = _ckpt(run, "last.ckpt", 2)
+    assert resume_checkpoint(run) == last and resume_checkpoint(run / "checkpoints") == last
+    check_output_dir(run, str(run))  # resuming the run in its own folder, given as the folder: allowed
+    with pytest.raises(FERError, match="another run than ckpt_path="):
+        check_output_dir(tmp_path / "other", str(run)) if _ckpt(tmp_path / "other", "last.ckpt", 1) else None
 
 
 # ---------------------------------------------------------------------------------------------- resume hint

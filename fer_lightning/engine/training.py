@@ -25,7 +25,7 @@ from fer_lightning.engine.resume import check_same_split, record_resume, resume_
 from fer_lightning.errors import FERError
 from fer_lightning.io.lock import one_at_a_time
 from fer_lightning.runs.checkpoints import checkpoint_file, read_checkpoint
-from fer_lightning.runs.folder import RunFolder
+from fer_lightning.runs.folder import RunFolder, resume_checkpoint
 from fer_lightning.runs.guard import check_output_dir
 from fer_lightning.runtime.listing import list_into
 from fer_lightning.runtime.optional import check_config
@@ -117,6 +117,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     this; caches are built by one and read by the others, and only rank 0 writes the run's files.
     """
     run = RunFolder(cfg.paths.output_dir)
+    if cfg.get("ckpt_path"):  # a run folder: its last.ckpt
+        cfg.ckpt_path = str(resume_checkpoint(cfg.ckpt_path))
     check_output_dir(run.path, cfg.get("ckpt_path"))
     check_options(cfg)  # every option's name, type and range, before anything is built
     check_config(cfg)  # a logger or callback whose extra is not installed stops the run here, not mid-way

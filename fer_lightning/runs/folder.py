@@ -247,3 +247,16 @@ def resolve_checkpoint(path: str | Path, option: str = "ckpt_path") -> Path:
                        + ", ".join(str(run.path / s) for s in stages[:6]))
     raise FERError(f"{option}={path}: a folder without checkpoints (a run folder holds {CHECKPOINTS}/*.ckpt); "
                    "give a run folder or a .ckpt file")
+
+
+def resume_checkpoint(path: str | Path, option: str = "ckpt_path") -> Path:
+    """``ckpt_path`` of a training run (a resume): a file as it is; a run folder (or its ``checkpoints/``) as its
+    ``last.ckpt``, the point an interrupted run goes on from (:class:`~fer_lightning.errors.FERError` without one)."""
+    given = Path(path).expanduser()
+    if not given.is_dir():
+        return given
+    run = RunFolder(given.parent if given.name == CHECKPOINTS and not (given / CHECKPOINTS).is_dir() else given)
+    if not run.last_checkpoint.is_file():
+        raise FERError(f"{option}={path}: a folder without {CHECKPOINTS}/{LAST} to resume from; give a run folder "
+                       "that holds one, or a .ckpt file")
+    return run.last_checkpoint
