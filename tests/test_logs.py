@@ -240,6 +240,8 @@ def test_export_and_predict_take_the_run_folder_and_keep_quiet(tiny_checkpoints,
 
 
 def test_stop_sentence_names_the_fraction():
+    one = {"stop_reason": "max_time", "epochs": 1, "train_images_seen": 130}
+    assert StopRecord.sentence(one) == "training stopped: max_time, after 1 epoch; 130 training images seen"
     summary = {"stop_reason": "max_epochs", "epochs": 3, "train_images_seen": 195, "limit_train_batches": 0.5}
     assert StopRecord.sentence(summary) == ("training stopped: max_epochs, after 3 epochs (each on "
                                             "limit_train_batches=0.5 of the training batches); 195 training images "

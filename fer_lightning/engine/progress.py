@@ -155,7 +155,8 @@ class StopRecord(Callback):
         """
         limit = summary.get("limit_train_batches")
         part = f" (each on limit_train_batches={limit} of the training batches)" if limit is not None else ""
-        return (f"training stopped: {summary['stop_reason']}, after {summary['epochs']} epochs{part}; "
+        epochs = f"{summary['epochs']} epoch" + ("s" if summary["epochs"] != 1 else "")
+        return (f"training stopped: {summary['stop_reason']}, after {epochs}{part}; "
                 f"{summary['train_images_seen']} training images seen")
 
 
