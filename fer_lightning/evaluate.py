@@ -15,8 +15,10 @@ from omegaconf import DictConfig
 
 from fer_lightning.engine.configs import config_dir
 from fer_lightning.engine.evaluation import evaluate
-from fer_lightning.engine.startup import command, fail, start_command
+from fer_lightning.engine.startup import checkpoint_option, command, fail, start_command
 from fer_lightning.errors import FERError
+from fer_lightning.runs.folder import RunFolder
+from fer_lightning.runtime.listing import list_into
 
 __all__ = ["evaluate", "main"]
 
@@ -26,6 +28,8 @@ __all__ = ["evaluate", "main"]
 def main(cfg: DictConfig) -> float | None:
     start_command(cfg)
     try:
+        checkpoint_option(cfg)
+        list_into(RunFolder(HydraConfig.get().runtime.output_dir).warnings_file)  # the full lists of warnings
         metrics = evaluate(cfg, list(HydraConfig.get().overrides.task))
     except FERError as e:
         fail(e)

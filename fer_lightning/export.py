@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from fer_lightning.deploy.exported import ExportedModel
 from fer_lightning.deploy.exporters import export
 from fer_lightning.engine.configs import config_dir
-from fer_lightning.engine.startup import command, fail, start_command
+from fer_lightning.engine.startup import checkpoint_option, command, fail, start_command
 from fer_lightning.errors import FERError
 
 __all__ = ["ExportedModel", "export", "main"]
@@ -28,6 +28,7 @@ def main(cfg: DictConfig) -> None:
     try:
         if not cfg.ckpt_path:
             raise FERError("give ckpt_path=<a fer-lightning checkpoint> (and format=onnx|pt2, output=<file>)")
+        checkpoint_option(cfg)
         fmt = cfg.format if isinstance(cfg.format, str) else list(cfg.format)
         dests = export(cfg.ckpt_path, fmt, cfg.output, cfg.input_dtype, bool(cfg.overwrite))
     except FERError as e:

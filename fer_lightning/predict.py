@@ -21,9 +21,10 @@ from omegaconf import DictConfig
 from fer_lightning.deploy.prediction import check_output, image_files, predict, print_row
 from fer_lightning.deploy.video import collect_video, is_video
 from fer_lightning.engine.configs import config_dir
-from fer_lightning.engine.startup import command, fail, start_command
+from fer_lightning.engine.startup import checkpoint_option, command, fail, start_command
 from fer_lightning.errors import FERError
 from fer_lightning.io.atomic import escape_surrogates, write_csv
+from fer_lightning.runtime.listing import shorten
 
 __all__ = ["check_output", "image_files", "main", "predict"]
 
@@ -36,6 +37,7 @@ def main(cfg: DictConfig) -> None:
         if not cfg.ckpt_path or not cfg.input:
             raise FERError("give ckpt_path=<a fer-lightning checkpoint> and input=<an image, a folder, a video "
                            "or camera:0>")
+        checkpoint_option(cfg)
         files = [] if is_video(cfg.input) else image_files(cfg.input)
         if cfg.output:  # before any work: an output that would destroy something is refused
             check_output(cfg.output, files)
@@ -58,7 +60,7 @@ def main(cfg: DictConfig) -> None:
                 print_row(r)
     if skipped:
         print(f"fer-lightning: skipped {len(skipped)} unreadable file(s): "
-              f"{', '.join(escape_surrogates(f) for f, _ in skipped)}", file=sys.stderr)
+              f"{shorten([escape_surrogates(f) for f, _ in skipped], 'unreadable files')}", file=sys.stderr)
     if unwritten:
         fail(unwritten)
     if not rows:

@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 from pytorch_lightning import callbacks as plc
 
 from fer_lightning.engine.callbacks import LastCheckpoint, TrainingPictures
+from fer_lightning.engine.progress import ModelTable
 from fer_lightning.engine.resume import ExactResume
 from fer_lightning.engine.training import train
 from fer_lightning.errors import FERError
@@ -24,7 +25,7 @@ def test_callbacks_compose_from_a_list(make_cfg):
     assert {k: type(v) for k, v in built.items()} == {
         "model_checkpoint": plc.ModelCheckpoint, "last_checkpoint": LastCheckpoint,
         "early_stopping": plc.EarlyStopping, "exact_resume": ExactResume, "training_pictures": TrainingPictures,
-        "lr_monitor": plc.LearningRateMonitor, "model_summary": plc.ModelSummary,
+        "lr_monitor": plc.LearningRateMonitor, "model_summary": ModelTable,
         "rich_progress_bar": plc.RichProgressBar,
     }
     # the keys other configs and users set stay where they were

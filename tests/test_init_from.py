@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from fer_lightning.engine.training import train
 from fer_lightning.errors import FERError
 from fer_lightning.models.backbone import load_mobilenet_v2
 from fer_lightning.models.deep import DeepFER
-from fer_lightning.models.init_from import start_from
+from fer_lightning.models.init_from import read_source, start_from
 from fer_lightning.runs.folder import RunFolder
 
 THREE = ["happiness", "neutral", "sadness"]
@@ -122,17 +123,17 @@ def test_refusals_are_one_line(tmp_path):
 def test_a_run_folder_means_its_best_checkpoint(tmp_path):
     run = RunFolder(tmp_path / "run")
     run.checkpoint_dir.mkdir(parents=True)
-    with pytest.raises(FERError, match="no best checkpoints"):
-        run.best_checkpoint("model.init_from")
+    with pytest.raises(FERError, match="model.init_from=.*a folder without checkpoints"):
+        read_source(run.path)
     ckpt = fake_checkpoint(run.checkpoint_dir / "epoch_004.ckpt", deep(THREE), "deep", THREE)
     (run.checkpoint_dir / "last.ckpt").write_bytes(ckpt.read_bytes())
     assert run.best_checkpoint() == ckpt
     assert start_from(deep(THREE), run.path)["checkpoint"] == str(ckpt)
-    fake_checkpoint(run.checkpoint_dir / "epoch_007.ckpt", deep(THREE), "deep", THREE)
-    with pytest.raises(FERError, match="2 best checkpoints"):
-        run.best_checkpoint()
-    (run / "metrics.json").write_text(json.dumps({"best_checkpoint": "/moved/away/checkpoints/epoch_007.ckpt"}))
-    assert run.best_checkpoint() == run.checkpoint_dir / "epoch_007.ckpt"
+    later = fake_checkpoint(run.checkpoint_dir / "epoch_007.ckpt", deep(THREE), "deep", THREE)
+    os.utime(ckpt, (1, 1))  # an unfinished run: its newest epoch checkpoint
+    assert run.best_checkpoint() == later
+    (run / "metrics.json").write_text(json.dumps({"best_checkpoint": "/moved/away/checkpoints/epoch_004.ckpt"}))
+    assert run.best_checkpoint() == ckpt  # the one metrics.json names, found in this (moved) folder
 
 
 def test_paper_and_loso_give_init_from_to_the_deep_stage_only(tmp_path):

@@ -117,7 +117,7 @@ def test_the_resume_command_of_a_run_and_of_a_pipeline_stage(tmp_path):
     from omegaconf import open_dict
 
     from fer_lightning.engine.configs import config_dir
-    from fer_lightning.engine.resume import resume_hint
+    from fer_lightning.engine.resume import resume_hint, typed_command
 
     run = interrupted_run(tmp_path / "run")
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
@@ -130,8 +130,10 @@ def test_the_resume_command_of_a_run_and_of_a_pipeline_stage(tmp_path):
         stage = resume_hint(interrupted_run(run / "deep"))  # a stage of the pipeline whose folder is `run`
     finally:
         HydraConfig.instance().cfg = None
-    assert alone == ("training was interrupted; resume it with: python -m fer_lightning.train data.seed=3 "
+    typed = typed_command()  # as this process was started (uv run python -m ... under `uv run pytest`)
+    assert typed.endswith("python -m fer_lightning.train")
+    assert alone == (f"training was interrupted; resume it with: {typed} data.seed=3 "
                      f"ckpt_path={run.resolve()}/checkpoints/last.ckpt hydra.run.dir={run.resolve()}")
-    assert stage == f"training was interrupted; resume it with: python -m fer_lightning.train data.seed=3 " \
+    assert stage == f"training was interrupted; resume it with: {typed} data.seed=3 " \
                     f"hydra.run.dir={run.resolve()}"
     assert resume_hint(tmp_path / "empty").startswith("training was interrupted before its first checkpoint")

@@ -28,6 +28,7 @@ from fer_lightning.data.preprocessing import Preprocessing
 from fer_lightning.data.sources.base import Record
 from fer_lightning.errors import FERError
 from fer_lightning.io.chunked import Store, open_or_build
+from fer_lightning.runtime.listing import shorten
 from fer_lightning.runtime.registry import choose
 
 log = logging.getLogger(__name__)
@@ -151,9 +152,10 @@ def warn_small(decoded: DecodedSet, names: Sequence[str], min_side: int | None, 
         return []
     small = np.flatnonzero(decoded.sizes.min(axis=1) < int(min_side))
     if len(small):
-        shown = ", ".join(f"{names[i]} ({decoded.sizes[i][0]}x{decoded.sizes[i][1]})" for i in small[:10])
-        log.warning("%d image(s) are smaller than data.min_side=%d px and are upscaled to %d px: %s%s", len(small),
-                    int(min_side), image_size, shown, " ..." if len(small) > 10 else "")
+        shown = shorten([f"{names[i]} ({decoded.sizes[i][0]}x{decoded.sizes[i][1]})" for i in small],
+                        f"images smaller than data.min_side={min_side} px")
+        log.warning("%d image(s) are smaller than data.min_side=%d px and are upscaled to %d px: %s", len(small),
+                    int(min_side), image_size, shown)
     return small.tolist()
 
 
@@ -201,8 +203,9 @@ def duplicate_groups(
     pairs = [f"{names[group[i]]} = {names[i]}" + (f" ({labels[group[i]]} / {labels[i]})"
                                                    if labels[group[i]] != labels[i] else "") for i in copies]
     conflicting = sum(labels[group[i]] != labels[i] for i in copies)
-    message = (f"{len(copies)} image(s) duplicate another image's pixels ({conflicting} with another label): "
-               f"{'; '.join(pairs[:10])}{' ...' if len(pairs) > 10 else ''}")
+    shown = f"{'; '.join(pairs[:10])}{' ...' if len(pairs) > 10 else ''}" if mode == "error" else shorten(
+        pairs, "duplicate images (first = copy)", first=2)
+    message = f"{len(copies)} image(s) duplicate another image's pixels ({conflicting} with another label): {shown}"
     if mode == "error":
         raise FERError(f"{message}; remove the copies, or set data.duplicates=warn to keep each group in one split")
     log.warning("%s; each group is kept in one split", message)

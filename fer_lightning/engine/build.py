@@ -12,11 +12,15 @@ import pytorch_lightning as pl
 from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig
+from pytorch_lightning.callbacks import ModelSummary
+from pytorch_lightning.callbacks.progress import ProgressBar
 
 from fer_lightning.data.contract import DataNeeds
 from fer_lightning.engine.callbacks import ConfusionFigures
+from fer_lightning.engine.progress import EpochLines, ModelTable, StopRecord
 from fer_lightning.errors import FERError
 from fer_lightning.runs.checkpoints import CheckedCheckpointIO
+from fer_lightning.runtime.progress import as_lines
 
 
 def build(node: Any, **kwargs: Any) -> Any:
@@ -59,11 +63,20 @@ def readable_name(logger_cfg: Any, model: Any, dm: Any, seed: int) -> dict[str, 
 
 
 def build_trainer(cfg: DictConfig, model: Any, dm: Any) -> pl.Trainer:
-    """The trainer with the configured callbacks and loggers (plus the confusion-matrix figures), reading
-    checkpoints only with ``weights_only`` (:class:`~fer_lightning.runs.checkpoints.CheckedCheckpointIO`)."""
+    """The trainer with the configured callbacks and loggers (plus the confusion-matrix figures, the stop record,
+    one line per epoch in place of the progress bar when progress goes to a file, and the model summary without
+    FLOPs), reading checkpoints only with ``weights_only``
+    (:class:`~fer_lightning.runs.checkpoints.CheckedCheckpointIO`)."""
     callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [build(c, **readable_name(c, model, dm, cfg.seed)) for c in (cfg.get("logger") or {}).values()
                if c is not None]
-    trainer: pl.Trainer = build(cfg.trainer, callbacks=[*callbacks, ConfusionFigures()], logger=loggers or False)
+    callbacks += [ConfusionFigures(), StopRecord()]
+    if cfg.trainer.get("enable_progress_bar", True) and as_lines() and not any(
+            isinstance(c, ProgressBar) for c in callbacks):
+        callbacks.append(EpochLines())
+    if cfg.trainer.get("enable_model_summary", True) and not any(isinstance(c, ModelSummary) for c in callbacks):
+        callbacks.append(ModelTable(max_depth=1))
+    trainer: pl.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                enable_model_summary=False)  # the summary is a callback of the list, or none
     CheckedCheckpointIO.guard(trainer)
     return trainer

@@ -18,6 +18,7 @@ exits right after its graceful shutdown, before the caller could say anything).
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 import sys
 import time
@@ -33,6 +34,41 @@ from fer_lightning.runs.folder import SPLITS, RunFolder
 from fer_lightning.runtime.seeding import epoch_seed, seed_all
 
 log = logging.getLogger(__name__)
+
+
+def _parent_argv() -> list[str]:
+    """The command line of the process that started this one (Linux ``/proc``; empty elsewhere)."""
+    try:
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
+            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def typed_command(argv0: str | None = None, parent: list[str] | None = None,
+                  env: dict[str, str] | None = None) -> str:
+    """The training command as the user typed it: ``fer-train`` (the console script) or ``python -m
+    fer_lightning.train``, behind ``uv run`` when uv started it (its parent process is ``uv run``; without
+    ``/proc``, uv's ``UV_RUN_RECURSION_DEPTH`` in the environment says so).
+
+    Examples:
+        >>> typed_command("/venv/bin/fer-train", ["/usr/bin/uv", "run", "fer-train", "seed=1"], {})
+        'uv run fer-train'
+        >>> typed_command("/venv/bin/fer-train", ["-bash"], {})
+        'fer-train'
+        >>> typed_command("/src/fer_lightning/train.py", ["bash"], {})
+        'python -m fer_lightning.train'
+    """
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    parent = _parent_argv() if parent is None else parent
+    env = dict(os.environ) if env is None else env
+    name = Path(argv0).name
+    program = name if name.startswith("fer-") else "python -m fer_lightning.train"
+    if parent:
+        via_uv = Path(parent[0]).name in ("uv", "uv.exe") and "run" in parent[1:]
+    else:
+        via_uv = "UV_RUN_RECURSION_DEPTH" in env
+    return f"uv run {program}" if via_uv else program
 
 
 def resume_command(out: Path) -> str:
@@ -51,7 +87,7 @@ def resume_command(out: Path) -> str:
         args = [*overrides, f"hydra.run.dir={job_dir}"]
     else:
         args = [*overrides, f"ckpt_path={ckpt}", f"hydra.run.dir={out}"]
-    return "python -m fer_lightning.train " + " ".join(shlex.quote(a) for a in args)
+    return typed_command() + " " + " ".join(shlex.quote(a) for a in args)
 
 
 def resume_hint(out: Path) -> str:

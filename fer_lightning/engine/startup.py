@@ -6,9 +6,11 @@ Nothing here runs at import time; entry points call these functions from their `
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
@@ -16,7 +18,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 from fer_lightning.errors import FERError
+from fer_lightning.runs.folder import resolve_checkpoint
 from fer_lightning.runs.guard import RunFolderRefused
+from fer_lightning.runtime.listing import cut_long_lines
+from fer_lightning.runtime.progress import configure as configure_progress
 from fer_lightning.runtime.ranks import quiet_other_ranks
 
 # Messages that say nothing actionable in this project (each with its reason).
@@ -29,12 +34,40 @@ KNOWN_WARNINGS = (
     r".*it is recommended to use `Trainer\(devices=1, num_nodes=1\)` to ensure each sample/batch gets evaluated.*",
 )
 
+# Third-party lines that are noise to a user (verbose=true shows them): Lightning's advert and the "stopped" line
+# that our own stop record replaces (it names max_epochs when max_time stopped the run), and the chatter of the
+# ONNX exporter and its optimiser (hundreds of "Replaced initializer ..." lines).
+NOISE = ("litlogger", "`Trainer.fit` stopped:", "Trainer already configured with model summary")
+LIGHTNING_LOGGERS = ("lightning_fabric.utilities.rank_zero", "pytorch_lightning.utilities.rank_zero",
+                     "lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
+CHATTY_LOGGERS = ("onnxscript", "onnx_ir", "onnx", "torch.onnx", "torch.export", "torch._export")
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(n in message for n in NOISE)
+
+
+def quiet_third_party(verbose: bool = False) -> None:
+    """Unless ``verbose``: drop the :data:`NOISE` lines of Lightning and keep only errors of
+    :data:`CHATTY_LOGGERS`."""
+    if verbose:
+        return
+    for name in LIGHTNING_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNoise) for f in logger.filters):
+            logger.addFilter(_DropNoise())
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
 
 def start_command(cfg: Any = None) -> None:
     """Process-wide settings for a command, applied when it starts (never at import): TF32-class matmuls on
     GPUs that have them, known warnings silenced unless ``extras.ignore_warnings=false``, file names that are not
     UTF-8 printed escaped instead of failing the command, and on the other processes of a DDP job only warnings
-    and errors logged; the ``${job_gpu:N}`` resolver."""
+    and errors logged; the ``${job_gpu:N}`` resolver; how progress is shown (``progress``,
+    :mod:`fer_lightning.runtime.progress`) and third-party noise dropped unless ``verbose=true``."""
     from omegaconf import OmegaConf
 
     torch.set_float32_matmul_precision("high")
@@ -43,10 +76,24 @@ def start_command(cfg: Any = None) -> None:
             stream.reconfigure(errors="backslashreplace")
     quiet_other_ranks()
     OmegaConf.register_new_resolver("job_gpu", job_gpu, replace=True)
+    progress = (cfg.get("progress") if cfg is not None else None) or {}
+    configure_progress(progress.get("mode", "auto"), progress.get("every_s", 30))
+    quiet_third_party(bool(cfg.get("verbose", False)) if cfg is not None else False)
+    if cfg is not None:  # a command's own logging (Hydra's handlers): no line over 300 characters
+        cut_long_lines()
     extras = (cfg.get("extras") if cfg is not None else None) or {}
     if extras.get("ignore_warnings", True):
         for message in KNOWN_WARNINGS:
             warnings.filterwarnings("ignore", message=message)
+
+
+def checkpoint_option(cfg: Any) -> None:
+    """``cfg.ckpt_path`` given as a run folder replaced by the checkpoint its run tested (said in the log), for the
+    commands that read a trained model (fer-eval, fer-predict, fer-export)."""
+    given = cfg.get("ckpt_path")
+    if given and Path(str(given)).expanduser().is_dir():
+        cfg.ckpt_path = str(resolve_checkpoint(given))
+        logging.getLogger("fer_lightning").info("ckpt_path=%s: the run's best checkpoint, %s", given, cfg.ckpt_path)
 
 
 def job_gpu(n_gpus: int | str) -> list[int]:

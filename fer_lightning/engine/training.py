@@ -20,13 +20,15 @@ from fer_lightning.engine.build import build, build_data, build_trainer
 from fer_lightning.engine.checks import check_config as check_options
 from fer_lightning.engine.loggers import finish, flat_params, log_run
 from fer_lightning.engine.outputs import metrics_of_test, write_test_outputs
+from fer_lightning.engine.progress import StopRecord
 from fer_lightning.engine.resume import check_same_split, record_resume, resume_hint
 from fer_lightning.errors import FERError
 from fer_lightning.io.lock import one_at_a_time
 from fer_lightning.models.init_from import read_source, start_from
 from fer_lightning.runs.checkpoints import checkpoint_file, read_checkpoint
-from fer_lightning.runs.folder import RunFolder
+from fer_lightning.runs.folder import RunFolder, resume_checkpoint
 from fer_lightning.runs.guard import check_output_dir
+from fer_lightning.runtime.listing import list_into
 from fer_lightning.runtime.optional import check_config
 from fer_lightning.runtime.ranks import is_global_zero
 
@@ -80,12 +82,24 @@ def prepare_data(cfg: DictConfig) -> Any:
     return dm
 
 
+def stop_summary(trainer: pl.Trainer) -> dict[str, Any]:
+    """Why fitting stopped and how many training images it saw (``metrics.json`` fields), said in the log."""
+    record = next((cb for cb in trainer.callbacks if isinstance(cb, StopRecord)), None)
+    if record is None:
+        return {}
+    summary = record.summary(trainer)
+    if trainer.is_global_zero:
+        log.info("%s", StopRecord.sentence(summary))
+    return summary
+
+
 def fit(cfg: DictConfig, trainer: pl.Trainer, model: Any, dm: Any, run: RunFolder) -> str:
     """Fit (or, for a model with nothing to train, validate and save) and return the checkpoint that is tested; the
     model holds its weights and its validation results afterwards."""
     if model.needs.trains:
         trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
         if trainer.interrupted:
+            stop_summary(trainer)
             raise FERError(resume_hint(run.path))
         best = best_checkpoint(trainer)
         if best:  # read once; validated and tested in memory
@@ -106,10 +120,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     this; caches are built by one and read by the others, and only rank 0 writes the run's files.
     """
     run = RunFolder(cfg.paths.output_dir)
+    if cfg.get("ckpt_path"):  # a run folder: its last.ckpt
+        cfg.ckpt_path = str(resume_checkpoint(cfg.ckpt_path))
     check_output_dir(run.path, cfg.get("ckpt_path"))
     check_options(cfg)  # every option's name, type and range, before anything is built
     check_config(cfg)  # a logger or callback whose extra is not installed stops the run here, not mid-way
     run.path.mkdir(parents=True, exist_ok=True)
+    list_into(run.warnings_file if is_global_zero() else None)  # the full lists of shortened warnings
     pl.seed_everything(cfg.seed, workers=True)
 
     # model.init_from: read (and refused) before the data is prepared; applied only when training starts
@@ -143,6 +160,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "recipe": (cfg.get("recipe") or {}).get("name"),
             "best_checkpoint": best,
             "fit_seconds": round(fit_seconds, 2),
+            **(stop_summary(trainer) if model.needs.trains else {"stop_reason": "nothing to train"}),
         }
     )
     if model.started_from:  # model.init_from (restored from the checkpoint on a resume)
@@ -159,4 +177,5 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         f", fold {dm.split_settings.fold}" if dm.split_settings.name != "paper" else "",
         metrics["test/acc"], metrics["test/f1_macro"], metrics["n_test"], run.path,
     )
+    log.info("best checkpoint: %s", best)
     return metrics

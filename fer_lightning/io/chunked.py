@@ -32,6 +32,7 @@ import numpy as np
 from fer_lightning.errors import FERError
 from fer_lightning.io.atomic import atomic_write_text
 from fer_lightning.io.lock import file_lock
+from fer_lightning.runtime.progress import Progress
 
 log = logging.getLogger(__name__)
 VERSION = 1
@@ -176,13 +177,6 @@ def _start_partial(partial: Path, layout: dict[str, Any], what: str) -> dict[str
     return progress
 
 
-def _progress_bar(total: int, initial: int, what: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=what, unit="row", dynamic_ncols=True, mininterval=1.0,
-                disable=total - initial < 2048)
-
-
 def _build(partial: Path, progress: dict[str, Any], fill: Fill, workers: int, what: str) -> None:
     rows, chunk = progress["rows"], progress["chunk"]
     todo = [(k, k * chunk, min(rows, (k + 1) * chunk)) for k in range(-(-rows // chunk))
@@ -201,7 +195,7 @@ def _build(partial: Path, progress: dict[str, Any], fill: Fill, workers: int, wh
             last_save = time.perf_counter()
 
     try:
-        with _progress_bar(rows, done_rows, what) as bar:
+        with Progress(rows, done_rows, what) as bar:
             if workers <= 1 or len(todo) < 2:
                 maps = _worker_maps(partial, names)
                 for k, a, b in todo:

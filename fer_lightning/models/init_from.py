@@ -19,7 +19,7 @@ import torch
 
 from fer_lightning.errors import FERError
 from fer_lightning.runs.checkpoints import FORMAT_KEY, read_checkpoint
-from fer_lightning.runs.folder import RunFolder
+from fer_lightning.runs.folder import resolve_checkpoint
 
 OPTION = "model.init_from"
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def read_source(path: str | Path, option: str = OPTION) -> Source:
     (``weights_only``) and refused in one line unless it is this framework's and has a backbone; the training
     command reads it before the data is prepared, so a wrong file is named at once."""
     path = Path(path).expanduser().absolute()  # recorded as it was found, whatever the directory of a later reader
-    path = RunFolder(path).best_checkpoint(option) if path.is_dir() else path
+    path = resolve_checkpoint(path, option)
     ckpt = read_checkpoint(path, option)
     record, state = ckpt[FORMAT_KEY], ckpt.get("state_dict")
     state = state if isinstance(state, Mapping) else {}

@@ -10,6 +10,7 @@ A training run's folder holds::
     metrics.json       test (and validation) metrics: the run is finished when it is there
     predictions.csv    file, subject, true, predicted, p_<class>... of every test image
     error.txt          a failed job of a sweep: why
+    warnings.txt       the full lists that log lines cut short (every duplicate image, every small image, ...)
 
 A pipeline's folder (``experiment=paper``) holds a folder per stage and ``summary.md`` / ``.csv`` / ``.json``. Every
 file is written atomically (:mod:`fer_lightning.io.atomic`): whole or not at all, and a full disk ends with one line.
@@ -33,6 +34,7 @@ from fer_lightning.io.atomic import atomic_write_text, write_csv, write_json
 
 CONFIG, RUN_INFO, SPLITS = "config.yaml", "run_info.json", "splits.csv"
 METRICS, PREDICTIONS, ERROR = "metrics.json", "predictions.csv", "error.txt"
+WARNINGS = "warnings.txt"
 SUMMARY_MD, SUMMARY_CSV, SUMMARY_JSON = "summary.md", "summary.csv", "summary.json"
 CHECKPOINTS, LAST, TENSORBOARD = "checkpoints", "last.ckpt", "tensorboard"
 # a run (metrics.json) or a pipeline (summary.json) that finished: never written into again
@@ -116,20 +118,26 @@ class RunFolder:
     def last_checkpoint(self) -> Path:
         return self.path / CHECKPOINTS / LAST
 
+    @property
+    def warnings_file(self) -> Path:
+        """Where the full lists of the log's shortened warnings go (:mod:`fer_lightning.runtime.listing`)."""
+        return self.path / WARNINGS
+
     def checkpoints(self) -> list[Path]:
         return sorted(self.checkpoint_dir.glob("*.ckpt"))
 
-    def best_checkpoint(self, option: str = "ckpt_path") -> Path:
-        """The run's best checkpoint: the one its ``metrics.json`` names (looked up in this folder, which may have
-        moved), else its only ``epoch_*.ckpt``; one line naming ``option`` when there is none or several."""
-        named = (_read_json(self.path / METRICS) or {}).get("best_checkpoint")
-        if named and (self.checkpoint_dir / Path(named).name).is_file():
+    def best_checkpoint(self) -> Path | None:
+        """The checkpoint this run tested (``best_checkpoint`` of ``metrics.json``, looked up in this folder's
+        ``checkpoints/``, so a moved or copied run folder still works); for a run that has not finished, its
+        newest ``epoch_*.ckpt``, else ``last.ckpt``; None without checkpoints."""
+        metrics = _read_json(self.path / METRICS) or {}
+        named = metrics.get("best_checkpoint")
+        if isinstance(named, str) and (self.checkpoint_dir / Path(named).name).is_file():
             return self.checkpoint_dir / Path(named).name
         best = [p for p in self.checkpoints() if p.name != LAST]
-        if len(best) != 1:
-            raise FERError(f"{option}={self.path}: {'no' if not best else len(best)} best checkpoints in "
-                           f"{self.checkpoint_dir}; give the .ckpt file itself")
-        return best[0]
+        if best:
+            return max(best, key=lambda p: (p.stat().st_mtime, p.name))
+        return self.last_checkpoint if self.last_checkpoint.is_file() else None
 
     def holds(self, ckpt_path: str | Path) -> bool:
         """Whether ``ckpt_path`` is one of this run's checkpoints (a resume in place)."""
@@ -211,3 +219,44 @@ class RunFolder:
 
         path = self.path / CONFIG
         return OmegaConf.load(path) if path.is_file() else None
+
+
+def resolve_checkpoint(path: str | Path, option: str = "ckpt_path") -> Path:
+    """``path`` as a checkpoint file: a file as it is; a run folder (or its ``checkpoints/``) as the checkpoint the
+    run tested (:meth:`RunFolder.best_checkpoint`). A pipeline's folder, or a folder without checkpoints, is a
+    :class:`~fer_lightning.errors.FERError` naming what to give instead.
+
+    Examples:
+        >>> import tempfile
+        >>> run = RunFolder(tempfile.mkdtemp())
+        >>> run.checkpoint_dir.mkdir(); (run.checkpoint_dir / "epoch_004.ckpt").write_bytes(b"")
+        0
+        >>> resolve_checkpoint(run.path).name
+        'epoch_004.ckpt'
+    """
+    given = Path(path).expanduser()
+    if not given.is_dir():
+        return given  # a file (or nothing there: the reader says so)
+    run = RunFolder(given.parent if given.name == CHECKPOINTS and not (given / CHECKPOINTS).is_dir() else given)
+    best = run.best_checkpoint()
+    if best is not None:
+        return best
+    stages = sorted(p.name for p in run.path.iterdir() if p.is_dir() and RunFolder(p).checkpoints())
+    if stages:
+        raise FERError(f"{option}={path} is a pipeline's folder; give one of its stage folders: "
+                       + ", ".join(str(run.path / s) for s in stages[:6]))
+    raise FERError(f"{option}={path}: a folder without checkpoints (a run folder holds {CHECKPOINTS}/*.ckpt); "
+                   "give a run folder or a .ckpt file")
+
+
+def resume_checkpoint(path: str | Path, option: str = "ckpt_path") -> Path:
+    """``ckpt_path`` of a training run (a resume): a file as it is; a run folder (or its ``checkpoints/``) as its
+    ``last.ckpt``, the point an interrupted run goes on from (:class:`~fer_lightning.errors.FERError` without one)."""
+    given = Path(path).expanduser()
+    if not given.is_dir():
+        return given
+    run = RunFolder(given.parent if given.name == CHECKPOINTS and not (given / CHECKPOINTS).is_dir() else given)
+    if not run.last_checkpoint.is_file():
+        raise FERError(f"{option}={path}: a folder without {CHECKPOINTS}/{LAST} to resume from; give a run folder "
+                       "that holds one, or a .ckpt file")
+    return run.last_checkpoint

@@ -20,7 +20,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from fer_lightning.errors import FERError
-from fer_lightning.runs.folder import FINISHED, RunFolder
+from fer_lightning.runs.folder import FINISHED, RunFolder, resume_checkpoint
 
 
 class RunFolderRefused(SystemExit):
@@ -42,6 +42,7 @@ def check_output_dir(out: str | Path, resume_from: str | None = None, training: 
     """Raise :class:`FERError` when ``out`` may not take this run: it holds a finished run, or checkpoints that
     this run does not resume from (``resume_from``: the ``ckpt_path`` of a training run)."""
     run = RunFolder(out)
+    resume_from = str(resume_checkpoint(resume_from)) if resume_from and training else resume_from
     finished = run.finished()
     if finished:
         raise FERError(f"{run.path} already holds a finished run ({finished}); give hydra.run.dir a new folder "

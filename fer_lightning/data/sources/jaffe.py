@@ -77,7 +77,7 @@ class JAFFESource(Source):
                 raise FERError(f"class '{name}' has no images in {folder}; every expression is needed")
         if self.root is None:
             log.warning(
-                "*** SYNTHETIC DATA *** no data.root given: training on the generated synthetic JAFFE-format set "
+                "*** SYNTHETIC DATA *** no data.root given: using the generated synthetic JAFFE-format set "
                 "(%d images). Results say nothing about real faces; set data.root=/path/to/jaffe.", len(records)
             )
         else:
