@@ -20,7 +20,7 @@ from hydra.types import RunMode
 from fer_lightning.errors import FERError
 from fer_lightning.runs.folder import resolve_checkpoint
 from fer_lightning.runs.guard import RunFolderRefused
-from fer_lightning.runtime.listing import cut_long_lines
+from fer_lightning.runtime.listing import cut_long_lines, list_into
 from fer_lightning.runtime.progress import configure as configure_progress
 from fer_lightning.runtime.ranks import quiet_other_ranks
 
@@ -189,5 +189,7 @@ def command(hydra_main: Callable[..., Any]) -> Callable[..., Any]:
             return hydra_main(*args, **kwargs)
         except RunFolderRefused as e:
             fail(e.message)
+        finally:
+            list_into(None)  # a later command of this process writes its lists into its own run folder
 
     return main

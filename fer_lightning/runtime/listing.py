@@ -32,6 +32,7 @@ def shorten(items: Sequence[str], what: str, first: int = 3) -> str:
     :func:`list_into` (named on the line).
 
     Examples:
+        >>> list_into(None)  # no run folder: the line alone
         >>> shorten(["a.png", "b.png"], "duplicates")
         'a.png, b.png'
         >>> shorten([f"{i}.png" for i in range(12)], "duplicates")
