@@ -21,6 +21,7 @@ from fer_lightning.reporting.tables import (
     _fmt,
     _models,
     _p,
+    _pct,
     _selection_row,
     paired_tests,
     select_on_validation,
@@ -109,8 +110,9 @@ def report(dirs: list[Path], output: Path | None = None, match: str = "data") ->
     lines += [f"| {r['model']} | {r['n_runs']} | " + " | ".join(_fmt(r, k) for k, _ in METRICS) + " |" for r in t2]
     lines += ["", "## Table 3: per-class test recall (accuracy within each class, %, mean over runs)", "",
               "| Model | " + " | ".join(classes) + " | average |", "|" + " --- |" * (len(classes) + 2)]
-    lines += ["| " + " | ".join([r["model"], *[f"{r[c]:.2f}" if r[c] is not None else "" for c in classes],
-                                 f"{r['average']:.2f}"]) + " |" for r in t3]
+    lines += ["| " + " | ".join([r["model"], *[_pct(r[c]) for c in classes], _pct(r["average"])]) + " |" for r in t3]
+    lines += ["", "n/a: no test image of that class in these runs (no recall to report, not 0)."] if any(
+        r[c] is None for r in t3 for c in classes) else []
     if pairs:
         lines += ["", "## Paired comparisons on the same test images (McNemar's exact test, pooled over runs)", "",
                   "| A | B | images | acc A | acc B | A right, B wrong | A wrong, B right | p |",
