@@ -91,6 +91,22 @@ def test_matrix_cells_and_markdown():
     assert "| fer | 75.00 [" in text
 
 
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["trainer=ddp_cpu"], "evaluates its targets in one process; trainer.strategy=HydraDDPStrategy"),
+    (["~cross_dataset.targets.jaffe"], "cross_dataset.targets is empty"),
+    (["cross_dataset.test_images=some"], "test_images"),
+])
+def test_cross_dataset_job_refuses_before_training(tmp_path, overrides, message):
+    from fer_lightning.engine.cross_dataset import run_cross_dataset
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=cross_dataset", f"paths.output_dir={tmp_path / 'job'}",
+                                          *overrides])
+    with pytest.raises(FERError, match=message):
+        run_cross_dataset(cfg)
+    assert not (tmp_path / "job" / "source").exists()
+
+
 # ------------------------------------------------------------------------------------------------ slow: real runs
 def eval_cfg(out: Path, cache_dir: Path, ckpt: str, *overrides: str):
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):

@@ -57,6 +57,11 @@ def run_cross_dataset(cfg: DictConfig) -> dict[str, Any]:
         raise FERError("cross_dataset.targets is empty: add a target with '+data@cross_dataset.targets.<name>="
                        "<option>' and its data settings (cross_dataset.targets.<name>.root=...)")
     choose(cfg.cross_dataset.get("test_images", "all"), TEST_IMAGES, "cross_dataset.test_images")
+    strategy = OmegaConf.to_container(cfg.trainer, resolve=True).get("strategy", "auto")
+    name = str(strategy.get("_target_", strategy) if isinstance(strategy, dict) else strategy).split(".")[-1]
+    if "ddp" in name.lower():  # evaluate runs in one process: refuse before training, not after
+        raise FERError(f"experiment=cross_dataset evaluates its targets in one process; trainer.strategy={name} "
+                       "starts several: use trainer=default or trainer=gpu")
     source_cfg = cfg.copy()
     with open_dict(source_cfg):
         source_cfg.cross_dataset = None
