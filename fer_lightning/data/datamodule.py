@@ -197,13 +197,13 @@ class FERDataModule(pl.LightningDataModule):
             cols = [ALL_CLASS_NAMES.index(c) for c in classes]
             soft = torch.tensor([r.soft for r in records], dtype=torch.float32)[:, cols]
             self.soft = soft / soft.sum(1, keepdim=True).clamp_min(1e-12)
-        s = self.split_settings
-        if self.split is None:  # not given with use_split
+        s, given = self.split_settings, self.split is not None  # given: by use_split, before setup
+        if not given:
             groups = duplicate_groups(d, self.file_names(), d.labels, self.store_settings.duplicates)
             self.split = draw_split(s, self.source, d.labels, d.subjects, groups)
         split = self.split
-        log.info("%s split of %d images: %d train / %d val / %d test", s.name, len(d.labels), len(split.train),
-                 len(split.val), len(split.test))
+        log.info("%s split of %d images: %d train / %d val / %d test", "given" if given else s.name, len(d.labels),
+                 len(split.train), len(split.val), len(split.test))
         if self.extractor is not None and self.extractor.source == "precomputed":
             log.info("handcrafted descriptor blocks: %s", self.extractor.describe())
             self.feature_store = feature_store(self.extractor, d.images, d.fingerprint, self.store_settings.cache_dir,
