@@ -99,16 +99,22 @@ def restrict_to_shared(dm: Any, mapping: ClassMapping, source: str | None, test_
     labels = dm.targets[torch.as_tensor(test)]
     keep = (to_model[labels] >= 0).numpy()
     counts = {c: int((labels == k).sum()) for k, c in enumerate(mapping.data_classes) if c in mapping.dropped}
-    dm.targets = to_model[dm.targets]  # only the kept images are ever read
+    dm.targets = to_model[dm.targets]  # -1: an unshared class; no split part below holds one
+
+    def shared(part: Any) -> np.ndarray:
+        part = np.asarray(part, dtype=np.int64)
+        return part[(dm.targets[torch.as_tensor(part)] >= 0).numpy()]
+
     dm.soft = None  # soft labels (FER+) are over the data's classes; the test scores the labels
-    dm.use_split(Split(np.asarray(dm.split.train), np.asarray(dm.split.val), test[keep]))
+    dm.use_split(Split(shared(dm.split.train), shared(dm.split.val), test[keep]))
     if not keep.any():
         raise FERError(f"data={dm.dataset_name}: none of its test images is of a class the checkpoint has")
-    log.info("cross-dataset: %s -> %s, scoring the %d shared classes (%s); dropped classes %s: %d of %d test "
-             "images removed; the model's classes %s are removed from its probabilities, which are renormalised",
-             source or "the checkpoint's data", dm.dataset_name, len(mapping.shared), ", ".join(mapping.shared),
-             ", ".join(f"{c} ({n})" for c, n in counts.items()) or "none", int((~keep).sum()), len(test),
-             ", ".join(mapping.unscored) or "none")
+    dropped = (f"dropped classes {', '.join(f'{c} ({n})' for c, n in counts.items())}: {int((~keep).sum())} of "
+               f"{len(test)} test images removed" if counts else f"all {len(test)} test images kept")
+    unscored = (f"; the model's classes {', '.join(mapping.unscored)} are removed from its probabilities, which are "
+                "renormalised" if mapping.unscored else "")
+    log.info("cross-dataset: %s -> %s, scoring the %d shared classes (%s); %s%s", source or "the checkpoint's data",
+             dm.dataset_name, len(mapping.shared), ", ".join(mapping.shared), dropped, unscored)
     return {"source": source, "target": dm.dataset_name, "shared_classes": list(mapping.shared),
             "model_classes": list(mapping.model_classes), "target_classes": list(mapping.data_classes),
             "dropped_classes": counts, "images_dropped": int((~keep).sum()), "test_images": test_images,
