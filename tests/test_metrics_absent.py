@@ -75,3 +75,41 @@ def test_report_prints_na_for_a_class_with_no_test_image(tmp_path):
     row = next(line for line in text.splitlines() if line.startswith("| deep | 75.00"))
     assert row == "| deep | 75.00 | n/a | 80.00 | n/a | 77.50 |"  # the average is over the present classes
     assert "n/a: no test image of that class" in text
+
+
+@pytest.mark.slow
+def test_a_run_whose_validation_and_test_lack_a_class(make_cfg, tmp_path):
+    """The CK+ case: a class in training only. metrics.json has no val/test metric of it, and the macro averages and
+    AUROC of the test are those of the two classes it has (from predictions.csv)."""
+    from PIL import Image
+
+    from fer_lightning.engine.training import train
+
+    rng = np.random.default_rng(0)
+    lines = ["path,label,subject,split"]
+    for label, offset in (("happy", 40), ("neutral", 0), ("sad", -40)):
+        for j in range(4):
+            for i in range(4):
+                name = f"{label}_{j}_{i}.png"
+                img = np.clip(rng.normal(110 + offset, 40, (40, 40)), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(tmp_path / name)
+                split = "train" if label == "sad" or j < 2 else ("val" if j == 2 else "test")
+                lines.append(f"{name},{label},s{j},{split}")
+    (tmp_path / "list.csv").write_text("\n".join(lines) + "\n")
+    m = train(make_cfg("data=manifest", f"data.root={tmp_path}", "data.manifest=list.csv", "data.split=manifest",
+                       "data.image_size=32", "trainer.max_epochs=1", "logger=none", "callbacks.training_pictures=null",
+                       "model=handcrafted"))
+    assert m["class_names"] == ["happiness", "neutral", "sadness"] and m["n_val"] == 8 and m["n_test"] == 8
+    assert "val/acc_sadness" not in m and "test/acc_sadness" not in m  # no image: no value, never 0
+    assert {"val/acc_happiness", "val/acc_neutral", "test/acc_happiness", "test/acc_neutral"} <= set(m)
+    written = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert "test/acc_sadness" not in written and "val/acc_sadness" not in written
+    import csv
+
+    with open(tmp_path / "run" / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    y = np.array([r["true"] for r in rows])
+    scores = {c: np.array([float(r[f"p_{c}"]) for r in rows]) for c in ("happiness", "neutral")}
+    auroc = np.mean([roc_auc_score(y == c, scores[c]) for c in ("happiness", "neutral")])
+    assert m["test/auroc"] == pytest.approx(auroc, abs=1e-5)
+    assert m["test/recall_macro"] == pytest.approx((m["test/acc_happiness"] + m["test/acc_neutral"]) / 2, abs=1e-6)
