@@ -78,6 +78,7 @@ class FERDataModule(pl.LightningDataModule):
         self._resident = ResidentStore(loader.on_device, loader.on_device_max_mb)
         self.decoded: DecodedSet | None = None
         self.split: Split | None = None
+        self.targets: torch.Tensor | None = None
         self.features: dict[str, torch.Tensor] | None = None
         self.feature_store: Store | None = None
         self.soft: torch.Tensor | None = None
@@ -190,12 +191,12 @@ class FERDataModule(pl.LightningDataModule):
 
     def use_split(self, split: Split) -> None:
         """Evaluate on a split given from outside (a run's own, read from its ``splits.csv``) instead of drawing one:
-        before :meth:`setup`, or after it (the split is then replaced)."""
-        self.setup()
+        before :meth:`setup` (none is drawn), or after it (the split is then replaced)."""
         self.split = split
+        self.setup()
 
     def setup(self, stage: str | None = None) -> None:
-        if self.split is not None:
+        if self.targets is not None:
             return
         d = self._decoded()
         classes = self.class_names
@@ -205,11 +206,13 @@ class FERDataModule(pl.LightningDataModule):
             cols = [ALL_CLASS_NAMES.index(c) for c in classes]
             soft = torch.tensor([r.soft for r in records], dtype=torch.float32)[:, cols]
             self.soft = soft / soft.sum(1, keepdim=True).clamp_min(1e-12)
-        groups = duplicate_groups(d, self.file_names(), d.labels, self.store_settings.duplicates)
-        s = self.split_settings
-        split = self.split = draw_split(s, self.source, d.labels, d.subjects, groups)
-        log.info("%s split of %d images: %d train / %d val / %d test", s.name, len(d.labels), len(split.train),
-                 len(split.val), len(split.test))
+        s, given = self.split_settings, self.split is not None  # given: by use_split, before setup
+        if not given:
+            groups = duplicate_groups(d, self.file_names(), d.labels, self.store_settings.duplicates)
+            self.split = draw_split(s, self.source, d.labels, d.subjects, groups)
+        split = self.split
+        log.info("%s split of %d images: %d train / %d val / %d test", "given" if given else s.name, len(d.labels),
+                 len(split.train), len(split.val), len(split.test))
         if self.extractor is not None and self.extractor.source == "precomputed":
             log.info("handcrafted descriptor blocks: %s", self.extractor.describe())
             self.feature_store = feature_store(self.extractor, d.images, d.fingerprint, self.store_settings.cache_dir,

@@ -12,6 +12,9 @@ What is evaluated, and how it is kept honest:
   run's, read by file from its ``splits.csv``: no other split can be chosen there, so no image the run trained on
   is ever tested. If the files changed since the run, it is refused unless ``allow_changed_data=true`` (then the
   run's test images that are still there are evaluated). On other data, that data's own split is used.
+  ``test_images=all`` tests every image of other data (a dataset that is only a test set); refused on the run's own.
+* **Classes.** Data with other classes than the checkpoint's is a cross-dataset test: the classes both have are
+  scored (:mod:`fer_lightning.engine.crossdata`); ``metrics.json`` records it under ``cross_dataset``.
 * **Trainer.** ``cfg.trainer`` is instantiated with every override (``trainer=gpu``, ``trainer.precision=...``,
   ``+trainer.limit_test_batches=...``), without logger, callbacks or checkpoints; one process only.
 * **Checkpoint.** Read once with ``weights_only=True``; nothing from it or from the run folder is instantiated.
@@ -35,6 +38,14 @@ from fer_lightning.data.splits import Split
 from fer_lightning.engine.build import build
 from fer_lightning.engine.checks import accepted_keys, check_target_node, check_values
 from fer_lightning.engine.configs import config_dir
+from fer_lightning.engine.crossdata import (
+    TEST_IMAGES,
+    ClassMapping,
+    all_classes_accuracy,
+    restrict_to_shared,
+    score_shared,
+    whole_dataset,
+)
 from fer_lightning.engine.outputs import metrics_of_test, write_test_outputs
 from fer_lightning.errors import FERError
 from fer_lightning.io.atomic import escape_surrogates
@@ -43,6 +54,7 @@ from fer_lightning.runs.checkpoints import FORMAT_KEY, read_checkpoint
 from fer_lightning.runs.folder import CONFIG, RUN_INFO, SPLITS, RunFolder
 from fer_lightning.runs.guard import check_output_dir
 from fer_lightning.runs.legacy import DATA_MODULE, LEGACY_DATA_MODULES, RENAMED
+from fer_lightning.runtime.registry import choose
 
 log = logging.getLogger("fer_lightning.evaluate")
 
@@ -277,14 +289,19 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, A
     same = _same_data(dm, run, prep_changed)
     if not same and run.splits:
         _warn_on_shared_names(dm, run)
+    test_images = choose(cfg.get("test_images", "split"), TEST_IMAGES, "test_images")
+    if test_images == "all":
+        if same:
+            raise FERError("test_images=all: this is the run's own data, whose training images would be tested; "
+                           "evaluate on other data, or without test_images=all")
+        whole_dataset(dm)
     dm.setup()
     if same:
         _runs_test_split(cfg, dm, run, mine, prep_changed)
-    if list(dm.class_names) != list(record["class_names"]):
-        raise FERError(
-            f"the data's classes {list(dm.class_names)} are not the checkpoint's {record['class_names']}; "
-            "evaluate on data with the same classes"
-        )
+    mapping = ClassMapping(tuple(record["class_names"]), tuple(dm.class_names))
+    cross = None  # other data than the run's (another dataset, or other classes): what metrics.json records of it
+    if not same or not mapping.identical:
+        cross = restrict_to_shared(dm, mapping, run.dataset, test_images)
     # the composed trainer config with every override (trainer=gpu, trainer.precision=..., +trainer.limit_test_batches=
     # ...), less what evaluating has no use for: no logger, callbacks or checkpoints
     trainer: pl.Trainer = build(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False,
@@ -293,15 +310,21 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, A
         raise FERError(f"evaluate runs in one process; trainer={cfg.trainer.get('strategy', 'ddp')} asks for "
                        f"{trainer.world_size}: use trainer=default or trainer=gpu")
     trainer.test(model, datamodule=dm, verbose=False)
-    metrics = metrics_of_test(model, dm, dm.split_settings.seed)
+    scored = model if mapping.identical else score_shared(model, mapping)
+    metrics = metrics_of_test(scored, dm, dm.split_settings.seed, class_names=mapping.shared)
     metrics["checkpoint"] = str(Path(cfg.ckpt_path).expanduser().resolve())
+    if cross is not None:
+        metrics["cross_dataset"] = {**cross, "acc_all_classes": all_classes_accuracy(model)}
+        if test_images == "all":
+            metrics["split"] = "all"
     result = RunFolder(out)
-    written = {"ckpt_path": metrics["checkpoint"], "data": node, "trainer": OmegaConf.to_container(cfg.trainer)}
+    written = {"ckpt_path": metrics["checkpoint"], "data": node, "trainer": OmegaConf.to_container(cfg.trainer),
+               "test_images": test_images, "cross_dataset": cross}
     result.write_config(OmegaConf.to_yaml(OmegaConf.create(written)))
     result.write_splits(dm.split_rows())
-    write_test_outputs(result, model, dm, metrics)
+    write_test_outputs(result, scored, dm, metrics)
     log.info("%s checkpoint on %s (%s split): test acc %.4f on %d images; outputs in %s", model.model_name,
-             dm.dataset_name, dm.split_settings.name, metrics["test/acc"], metrics["n_test"], out)
+             dm.dataset_name, metrics["split"], metrics["test/acc"], metrics["n_test"], out)
     return metrics
 
 

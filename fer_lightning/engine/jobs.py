@@ -1,5 +1,6 @@
-"""One job of the training command: a single model (:func:`~fer_lightning.engine.training.train`) or a pipeline of
-models (:func:`~fer_lightning.engine.pipeline.run_pipeline`), with what a Hydra job owes its sweep.
+"""One job of the training command: a single model (:func:`~fer_lightning.engine.training.train`), a pipeline of
+models (:func:`~fer_lightning.engine.pipeline.run_pipeline`) or a cross-dataset job
+(:func:`~fer_lightning.engine.cross_dataset.run_cross_dataset`), with what a Hydra job owes its sweep.
 
 In a multirun, a job that fails writes ``error.txt`` into its folder and the other jobs go on; a single run fails
 with its one line. The job returns ``optimized_metric`` to Hydra's sweepers.
@@ -13,6 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from fer_lightning.engine.cross_dataset import run_cross_dataset
 from fer_lightning.engine.ddp import job_processes
 from fer_lightning.engine.pipeline import run_pipeline
 from fer_lightning.engine.startup import check_objective, fail, is_multirun
@@ -42,7 +44,10 @@ def run_job(cfg: DictConfig) -> float | None:
         fail(e)
     try:
         with job_processes():  # DDP processes this job starts end with it
-            metrics = run_pipeline(cfg) if cfg.get("pipeline") else train(cfg)
+            if cfg.get("cross_dataset"):
+                metrics = run_cross_dataset(cfg)
+            else:
+                metrics = run_pipeline(cfg) if cfg.get("pipeline") else train(cfg)
     except FERError as e:
         if is_multirun():  # record the failure and let the other jobs of the sweep go on
             RunFolder(cfg.paths.output_dir).write_error(f"{e}\n")

@@ -3,20 +3,22 @@ the run folder (:class:`~fer_lightning.runs.folder.RunFolder`)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from fer_lightning.runs.folder import RunFolder, prediction_rows
 
 
-def metrics_of_test(model: Any, dm: Any, seed: int) -> dict[str, Any]:
+def metrics_of_test(model: Any, dm: Any, seed: int, class_names: Sequence[str] | None = None) -> dict[str, Any]:
     """The ``metrics.json`` fields every test of a model on a data module has: ``test/*`` scalars, the
-    confusion matrix, and what was tested (classes, data, split, fold, seed, model)."""
+    confusion matrix, and what was tested (classes, data, split, fold, seed, model). ``class_names``: those scored
+    (default: the data's; the shared classes of a cross-dataset test)."""
     metrics: dict[str, Any] = {f"test/{k}": v for k, v in model.results["test"].items()}
     split = dm.split_settings
     metrics.update(
         {
             "confusion_matrix": model.confusion["test"].tolist(),
-            "class_names": list(dm.class_names),
+            "class_names": list(dm.class_names if class_names is None else class_names),
             "n_test": len(model.outputs["test"]["index"]),
             "dataset": dm.dataset_name,
             "dataset_fingerprint": dm.decoded.fingerprint,
@@ -31,6 +33,8 @@ def metrics_of_test(model: Any, dm: Any, seed: int) -> dict[str, Any]:
 
 
 def write_test_outputs(run: RunFolder, model: Any, dm: Any, metrics: dict[str, Any]) -> None:
-    """``predictions.csv`` (one row per test image) and ``metrics.json`` in the run folder."""
-    rows = prediction_rows(model.outputs["test"], dm.file_names(), dm.decoded.subjects, dm.class_names)
-    run.write_results(metrics, rows, dm.class_names)
+    """``predictions.csv`` (one row per test image, a column per class of ``metrics["class_names"]``) and
+    ``metrics.json`` in the run folder."""
+    classes = metrics["class_names"]
+    rows = prediction_rows(model.outputs["test"], dm.file_names(), dm.decoded.subjects, classes)
+    run.write_results(metrics, rows, classes)

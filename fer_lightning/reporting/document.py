@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from fer_lightning.errors import FERError
 from fer_lightning.io.atomic import atomic_write_text, write_csv
+from fer_lightning.reporting.crossdata import CELL_FIELDS, cross_matrix, is_cross, matrix_figure, matrix_markdown
 from fer_lightning.reporting.figures import report_figures
 from fer_lightning.reporting.run_pictures import report_pictures
 from fer_lightning.reporting.tables import (
@@ -21,6 +22,7 @@ from fer_lightning.reporting.tables import (
     _fmt,
     _models,
     _p,
+    _pct,
     _selection_row,
     paired_tests,
     select_on_validation,
@@ -65,8 +67,13 @@ def report(dirs: list[Path], output: Path | None = None, match: str = "data") ->
     runs = [r for r in runs if not r.auxiliary]
     if not runs:
         raise FERError(f"only inner-fold runs under {', '.join(map(str, dirs))}: nothing tested on a test split")
+    cells = cross_matrix(runs) if any(is_cross(r) for r in runs) else []
+    n_cross = sum(is_cross(r) for r in runs)
+    runs = [r for r in runs if not is_cross(r)] or runs  # the tables: tests on each run's own data
     out = output or dirs[0]
     out.mkdir(parents=True, exist_ok=True)
+    if cells:
+        write_csv(out / "cross_matrix.csv", cells, CELL_FIELDS)
     classes = runs[0].metrics["class_names"]
     chosen, counts = select_on_validation(runs)
     every = runs + chosen
@@ -83,6 +90,7 @@ def report(dirs: list[Path], output: Path | None = None, match: str = "data") ->
     shown = [r for r in t3 if r["model"] != BEST_ON_VAL]
     figs = report_figures(runs, classes, shown)
     figs.update(report_pictures(runs, [r["model"] for r in shown], classes))
+    figs.update({f"cross_matrix_{m}": matrix_figure(cells, m) for m in sorted({c["model"] for c in cells})})
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(str(out / "tensorboard"))
@@ -97,6 +105,9 @@ def report(dirs: list[Path], output: Path | None = None, match: str = "data") ->
     if failed:
         lines += [f"{len(failed)} job(s) failed and are left out: " + ", ".join(str(p) for p in failed), ""]
     lines += _survey_notes(found)
+    if cells and len(runs) < len(found.runs) - len(auxiliary):
+        lines += [f"{n_cross} cross-dataset result(s) (a checkpoint tested on other data) are in the source x target "
+                  "matrix below, not in Tables 2-3.", ""]
     if match == "images":
         lines += ["Runs are matched to test sets by dataset name, split, fold, seed and the names of their test images "
                   "(report.match=images), not by the dataset fingerprint.", ""]
@@ -109,8 +120,9 @@ def report(dirs: list[Path], output: Path | None = None, match: str = "data") ->
     lines += [f"| {r['model']} | {r['n_runs']} | " + " | ".join(_fmt(r, k) for k, _ in METRICS) + " |" for r in t2]
     lines += ["", "## Table 3: per-class test recall (accuracy within each class, %, mean over runs)", "",
               "| Model | " + " | ".join(classes) + " | average |", "|" + " --- |" * (len(classes) + 2)]
-    lines += ["| " + " | ".join([r["model"], *[f"{r[c]:.2f}" if r[c] is not None else "" for c in classes],
-                                 f"{r['average']:.2f}"]) + " |" for r in t3]
+    lines += ["| " + " | ".join([r["model"], *[_pct(r[c]) for c in classes], _pct(r["average"])]) + " |" for r in t3]
+    lines += ["", "n/a: no test image of that class in these runs (no recall to report, not 0)."] if any(
+        r[c] is None for r in t3 for c in classes) else []
     if pairs:
         lines += ["", "## Paired comparisons on the same test images (McNemar's exact test, pooled over runs)", "",
                   "| A | B | images | acc A | acc B | A right, B wrong | A wrong, B right | p |",
@@ -124,6 +136,7 @@ def report(dirs: list[Path], output: Path | None = None, match: str = "data") ->
                   "lower validation NLL) was chosen and its test result is the `best on val` row: the selection "
                   f"never sees a test image, so that row is an honest estimate of choosing this way. Chosen: {picks} "
                   "(per test set in selection.csv)."]
+    lines += ["", *matrix_markdown(cells)] if cells else []
     lines += ["", "## Figures", ""] + [f"![{n}]({n}.png)" for n in figs]
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
     return out

@@ -50,7 +50,8 @@ def report_figures(runs: list[Any], classes: list[str], t3: list[dict[str, Any]]
     ax.set_xticks(range(len(classes)), labels=classes, rotation=30, ha="right")
     ax.set_yticks(range(len(t3)), labels=[r["model"] for r in t3])
     for i, j in itertools.product(range(grid.shape[0]), range(grid.shape[1])):
-        ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", color="white" if grid[i, j] > 60 else "black")
+        cell = "n/a" if np.isnan(grid[i, j]) else f"{grid[i, j]:.1f}"  # a class with no test image
+        ax.text(j, i, cell, ha="center", va="center", color="white" if grid[i, j] > 60 else "black")
     ax.set_title("Per-class test accuracy (%), mean over runs")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()

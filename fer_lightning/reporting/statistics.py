@@ -20,6 +20,19 @@ def mean_ci(values: list[float], level: float = 0.95) -> tuple[float, float, flo
     return mean, sd, mean - half, mean + half
 
 
+def proportion_ci(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion (e.g. the accuracy of one run on ``n`` test images), as fractions.
+
+    Examples:
+        >>> [round(v, 4) for v in proportion_ci(45, 50)]
+        [0.7864, 0.9565]
+    """
+    if n <= 0:
+        return math.nan, math.nan
+    ci = stats.binomtest(int(successes), int(n)).proportion_ci(level, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
 def mcnemar(a_correct: np.ndarray, b_correct: np.ndarray) -> tuple[int, int, float]:
     """McNemar's exact (binomial) test: (a right & b wrong, a wrong & b right, two-sided p-value)."""
     b = int(np.sum(a_correct & ~b_correct))

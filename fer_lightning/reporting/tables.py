@@ -47,7 +47,8 @@ def table3(runs: list[Run], classes: list[str]) -> list[dict[str, Any]]:
         for c in classes:
             values = [100 * r.metrics[f"test/acc_{c}"] for r in mine if f"test/acc_{c}" in r.metrics]
             row[c] = round(statistics.fmean(values), 2) if values else None
-        row["average"] = round(statistics.fmean(v for v in (row[c] for c in classes) if v is not None), 2)
+        present = [row[c] for c in classes if row[c] is not None]  # a class with no test image: n/a, not 0
+        row["average"] = round(statistics.fmean(present), 2) if present else None
         rows.append(row)
     return rows
 
@@ -109,6 +110,11 @@ def paired_tests(runs: list[Run], reference: str | None = None) -> list[dict[str
 
 def _p(value: float) -> str:
     return f"{value:.2e}" if value < 1e-3 else f"{value:.4f}"
+
+
+def _pct(value: float | None) -> str:
+    """A percentage cell: ``n/a`` where there is nothing to report (a class with no image)."""
+    return "n/a" if value is None else f"{value:.2f}"
 
 
 def _fmt(row: dict[str, Any], key: str) -> str:
