@@ -91,6 +91,8 @@ def command_of(line: str) -> tuple[str, list[str]] | None:
     """``(module, arguments)`` of a line that runs a fer-lightning command (``fer-train ...``, ``python -m
     fer_lightning.train ...``, with or without ``uv run``, ``srun``, ``torchrun``); None for any other line."""
     words = tokens(line)
+    ends = [i for i, w in enumerate(words) if re.fullmatch(r"\d?>>?\S*|<|&&?|\|\|?|;", w)]
+    words = words[: ends[0]] if ends else words  # the command ends at a redirection, `&`, `|` or `;`
     for i, word in enumerate(words):
         if word in SCRIPTS:
             return SCRIPTS[word], words[i + 1 :]

@@ -169,6 +169,15 @@ def test_numeric_folders_need_a_label_map(tmp_path):
     assert affectnet.label_map[7] == "contempt" and affectnet.label_map[0] == "neutral"
 
 
+def test_fer2013_folders_preset_trains_at_the_source_size(tmp_path):
+    root = split_folders(tmp_path / "fer2013", FER2013_FOLDERS, {"train": 10, "test": 4})
+    cfg = compose_data("data=fer2013_folders", f"data.root={root}")
+    assert (cfg.split, cfg.name, cfg.image_size, cfg.batch_size) == ("folders", "fer2013", 48, 64)
+    recs = FolderSource(root).records
+    assert len(recs) == 7 * 14 and sum(r.split == "test" for r in recs) == 7 * 4
+    assert {r.label for r in recs} == {"anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise"}
+
+
 def manifest_root(tmp_path: Path, split_column: bool, blank: int = 0) -> Path:
     root = tmp_path / "listed"
     lines = ["path,label,split" if split_column else "path,label"]
@@ -295,6 +304,7 @@ def test_a_downloaded_copy_trains_with_data_root_alone(layout, make_cfg, tmp_pat
                            "trainer.max_epochs=1", "logger=none", "callbacks.training_pictures=null"))
     assert "dropped 3 validation/test image(s) that copy an image of an earlier part" in caplog.text
     assert m["split"] == "folders" and m["n_test"] == n_test_files - 3 == 7 * 3
+    assert m["fold"] is None  # a dataset's own split has no folds
     assert m["dataset"] == (layout if layout == "fer2013" else "rafdb")
     assert len(m["class_names"]) == 7 and np.array(m["confusion_matrix"]).sum() == m["n_test"]
 

@@ -58,7 +58,7 @@ def readable_name(logger_cfg: Any, model: Any, dm: Any, seed: int) -> dict[str, 
     if not str(logger_cfg.get("_target_", "")).endswith("TensorBoardLogger") or logger_cfg.get("name"):
         return {}
     split = dm.split_settings
-    fold = f"/fold{split.fold}" if split.name != "paper" else ""
+    fold = f"/fold{split.fold}" if split.subject_independent else ""
     return {"name": f"{model.model_name}/{split.name}{fold}/seed{seed}"}
 
 

@@ -23,7 +23,7 @@ def metrics_of_test(model: Any, dm: Any, seed: int, class_names: Sequence[str] |
             "dataset": dm.dataset_name,
             "dataset_fingerprint": dm.decoded.fingerprint,
             "split": split.name,
-            "fold": split.fold if split.name != "paper" else None,
+            "fold": split.fold if split.subject_independent else None,
             "inner_fold": f"{split.inner_fold}/{split.inner_folds}" if split.inner_folds else None,
             "seed": int(seed),
             "model": model.model_name,

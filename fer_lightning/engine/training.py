@@ -174,7 +174,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     log.info(
         "%s on %s (%s split%s): test acc %.4f, macro F1 %.4f on %d images; outputs in %s",
         model.model_name, dm.dataset_name, dm.split_settings.name,
-        f", fold {dm.split_settings.fold}" if dm.split_settings.name != "paper" else "",
+        f", fold {dm.split_settings.fold}" if dm.split_settings.subject_independent else "",
         metrics["test/acc"], metrics["test/f1_macro"], metrics["n_test"], run.path,
     )
     log.info("best checkpoint: %s", best)
