@@ -133,7 +133,9 @@ class HydraJobLauncher(_SubprocessScriptLauncher):
                            "NODE_RANK": str(env.node_rank()), "LOCAL_RANK": str(env.local_rank()),
                            "WORLD_SIZE": str(self.num_processes * self.num_nodes)})
         command = job_command(self.module)
-        log.info("DDP: starting %d more process(es): %s", self.num_processes - 1, " ".join(command[1:]))
+        where = next((a for a in command if a.startswith("hydra.run.dir=")), "")
+        log.info("DDP: starting %d more process(es) of this job (%s)", self.num_processes - 1, where)
+        log.debug("DDP: their command: %s", " ".join(command[1:]))  # long: under the 300-character log lines
         for local_rank in range(1, self.num_processes):
             child_env = {**os.environ, "LOCAL_RANK": str(local_rank)}
             self.procs.append(subprocess.Popen(command, env=child_env, cwd=get_original_cwd()))
