@@ -53,6 +53,20 @@ def shorten(items: Sequence[str], what: str, first: int = 3) -> str:
     return f"{text} (all in {path.name})"
 
 
+def _middle_cut(line: str, limit: int) -> str:
+    """``line`` in at most ``limit`` characters: its beginning (what happened, to which file) and its end (what to
+    do) kept, the middle replaced by how many characters it had.
+
+    Examples:
+        >>> _middle_cut("error: " + "x" * 500 + " is not there; give another folder", 80)
+        'error: xxxxxxxxxxxxxxxxxxxx [... 541 characters ...]  there; give another folder'
+    """
+    marker = f" [... {len(line)} characters ...] "
+    keep = max(limit - len(marker), 0)
+    head = keep - keep // 2
+    return line[:head] + marker + line[len(line) - keep // 2:] if keep else line[:limit]
+
+
 class _CutLong(logging.Filter):
     def __init__(self, limit: int) -> None:
         super().__init__()
@@ -62,8 +76,8 @@ class _CutLong(logging.Filter):
         message = record.getMessage()
         lines = message.split("\n")
         if any(len(line) > self.limit for line in lines):
-            record.msg = "\n".join(line if len(line) <= self.limit else
-                                   f"{line[: self.limit - 30]} ... ({len(line)} characters)" for line in lines)
+            record.msg = "\n".join(line if len(line) <= self.limit else _middle_cut(line, self.limit)
+                                   for line in lines)
             record.args = ()
         return True
 
