@@ -2,6 +2,7 @@
 
 import csv
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -183,6 +184,10 @@ def test_main_returns_the_optimized_metric(make_cfg, tmp_path):
 
     value = main(make_cfg("trainer.fast_dev_run=true", "optimized_metric=test/acc", out=tmp_path / "a"))
     assert value == json.loads((tmp_path / "a" / "metrics.json").read_text())["test/acc"]
+    from fer_lightning.runtime import listing
+
+    # the command's log-line cut ends with it: the process's handlers are left as they were
+    assert not any(isinstance(f, listing._CutLong) for h in logging.getLogger().handlers for f in h.filters)
     with pytest.raises(SystemExit) as e:
         main(make_cfg("trainer.fast_dev_run=true", "optimized_metric=test/nope", out=tmp_path / "b"))
     assert e.value.code == 2

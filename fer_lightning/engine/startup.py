@@ -20,7 +20,7 @@ from hydra.types import RunMode
 from fer_lightning.errors import FERError
 from fer_lightning.runs.folder import resolve_checkpoint
 from fer_lightning.runs.guard import RunFolderRefused
-from fer_lightning.runtime.listing import cut_long_lines, list_into
+from fer_lightning.runtime.listing import cut_long_lines, list_into, stop_cutting_lines
 from fer_lightning.runtime.progress import configure as configure_progress
 from fer_lightning.runtime.ranks import quiet_other_ranks
 
@@ -192,5 +192,6 @@ def command(hydra_main: Callable[..., Any]) -> Callable[..., Any]:
             fail(e.message)
         finally:
             list_into(None)  # a later command of this process writes its lists into its own run folder
+            stop_cutting_lines()
 
     return main

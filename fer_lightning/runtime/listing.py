@@ -88,3 +88,9 @@ def cut_long_lines(limit: int = MAX_LINE - 80) -> None:
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, _CutLong) for f in handler.filters):
             handler.addFilter(_CutLong(limit))
+
+
+def stop_cutting_lines() -> None:
+    """Undo :func:`cut_long_lines` (a command ends: the handlers of the process are left as they were)."""
+    for handler in logging.getLogger().handlers:
+        handler.filters = [f for f in handler.filters if not isinstance(f, _CutLong)]
