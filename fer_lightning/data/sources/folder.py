@@ -43,7 +43,7 @@ def _listing(folder: Path) -> list[Path]:
         raise _unreadable(folder, e) from e
 
 
-def _files_below(folder: Path) -> list[Path]:
+def files_below(folder: Path) -> list[Path]:
     """Every file below ``folder``; an unreadable sub-folder is an error, never silently skipped."""
 
     def refuse(e: OSError) -> None:
@@ -117,7 +117,7 @@ def _class_records(root: Path, parent: Path, pattern: re.Pattern[str] | None,
         if real_root.is_relative_to(folder.resolve()):
             raise FERError(f"{folder}: this class folder is a link to {folder.resolve()}, which holds data.root "
                            "itself (every image would be read again under this label); remove the link")
-        files = sorted(p for p in _files_below(folder) if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in files_below(folder) if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise FERError(f"{folder}: class folder '{folder.name}' holds no images; add images or remove the folder")
         if label is None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from fer_lightning.data.images import IMAGE_SUFFIXES
 from fer_lightning.data.sources.base import Record, Source
-from fer_lightning.data.sources.folder import _files_below as files_below
+from fer_lightning.data.sources.folder import files_below
 from fer_lightning.errors import FERError
 from fer_lightning.runtime.registry import choose
 
