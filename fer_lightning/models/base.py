@@ -65,7 +65,9 @@ class FERClassifier(pl.LightningModule):
         self.register_buffer("class_weight", None, persistent=False)
         # one metric set per stage, as attributes so they follow the module's device
         # (val/test metrics see every process's outputs already gathered: they must not sum them again)
-        self.train_metrics = ClassificationMetrics(self.class_names)
+        # (training metrics are updated at every step, with the step's own softmax and labels: no input checks,
+        # which would make the host wait for the device every step)
+        self.train_metrics = ClassificationMetrics(self.class_names, validate_args=False)
         self.val_metrics = ClassificationMetrics(self.class_names, sync_on_compute=False)
         self.test_metrics = ClassificationMetrics(self.class_names, sync_on_compute=False)
         self.results: dict[str, dict[str, float]] = {}

@@ -36,6 +36,9 @@ class ClassificationMetrics(nn.Module):
         class_names: the classes, in the models' output order.
         sync_on_compute: sum the states of every process when computing (False when the updates already hold every
             process's outputs).
+        validate_args: torchmetrics' checks of every update's inputs (values of the targets in range, ...). False
+            for updates whose inputs are known to be well formed (a training step's softmax and labels): the checks
+            read values back to the host, a wait for the device at every step on a GPU; the values are the same.
 
     Shape:
         - probs: :math:`(B, C)` class probabilities; target: :math:`(B,)` class indices.
@@ -58,11 +61,12 @@ class ClassificationMetrics(nn.Module):
          'acc_happiness': 0.0}
     """
 
-    def __init__(self, class_names: Sequence[str], sync_on_compute: bool = True) -> None:
+    def __init__(self, class_names: Sequence[str], sync_on_compute: bool = True, validate_args: bool = True) -> None:
         super().__init__()
         self.class_names = list(class_names)
         n = len(self.class_names)
-        sync = {"sync_on_compute": sync_on_compute}  # False: the updates already hold every process's data
+        # sync_on_compute False: the updates already hold every process's data
+        sync = {"sync_on_compute": sync_on_compute, "validate_args": validate_args}
         self.scalars = MetricCollection(
             {
                 "acc": MulticlassAccuracy(n, average="micro", **sync),
