@@ -243,3 +243,42 @@ def test_exact_resume_with_recipe_modern(make_cfg, tmp_path):
                                                                                     tmp_path / "cut"))
     for key in ("state_dict", "current_model_state"):
         assert all(torch.equal(a[key][k], b[key][k]) for k in a[key])
+
+
+def _compose(*overrides: str) -> dict:
+    """The composed config's recipe, model and pipeline nodes, resolved."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from fer_lightning.engine.configs import config_dir
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides))
+    return {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg.get(k)) else cfg.get(k)
+            for k in ("recipe", "recipes", "model", "pipeline", "optimized_metric")}
+
+
+def test_every_recipe_section_sets_every_key_and_modern_reaches_the_models():
+    from dataclasses import fields
+
+    keys = {f.name for f in fields(OptimSettings)}
+    for recipe in ("paper", "converged", "modern"):
+        cfg = _compose(f"recipe={recipe}", "model=deep")
+        for section in ("finetune", "head"):
+            assert set(cfg["recipe"][section]) == keys, (recipe, section)
+            OptimSettings.from_config(cfg["recipe"][section])
+        assert cfg["model"]["optim"] == cfg["recipe"]["finetune"]
+    paper = _compose("recipe=paper", "model=deep")["model"]["optim"]
+    assert not OptimSettings.from_config(paper).augments_images and paper["ema"] == 0 and paper["unfreeze_epoch"] == 0
+    modern = _compose("recipe=modern", "model=deep", "recipe.finetune.mixup=0")["model"]["optim"]
+    assert modern["mixup"] == 0 and modern["cutmix"] > 0 and modern["ema"] > 0
+
+
+def test_the_modern_experiment_trains_deep_and_handcrafted_with_the_recipe_and_fuses_with_the_mean():
+    cfg = _compose("experiment=modern")
+    models, recipe = cfg["pipeline"]["models"], cfg["recipes"]["modern"]
+    assert list(models) == ["deep", "handcrafted", "late_fusion"]
+    assert models["deep"]["optim"] == recipe["finetune"] and models["handcrafted"]["optim"] == recipe["head"]
+    assert models["handcrafted"]["augment"]["copies"] == recipe["augment"]["copies"] == 8
+    assert models["late_fusion"]["members"] == ["deep", "handcrafted"] and models["late_fusion"]["weights"] == "mean"
+    assert cfg["optimized_metric"] == "late_fusion/val/acc"
