@@ -19,11 +19,14 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
+import time
 
+import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
-from loop import lightning_epochs  # bench/loop.py: a fit's seconds per epoch, after its first
+from pytorch_lightning.callbacks import Callback
 
+from fer_lightning.engine.build import build
 from fer_lightning.engine.configs import config_dir
 
 
@@ -37,10 +40,37 @@ def config(recipe: str, size: int, epochs: int, device: str, cache: str):
         ])
 
 
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+class EpochTimer(Callback):
+    """Seconds from each training epoch's start to the end of its validation."""
+
+    def __init__(self, device: str) -> None:
+        self.device, self.times, self.start = device, [], 0.0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        sync(self.device)
+        self.start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:  # Lightning calls it after the epoch's validation
+        sync(self.device)
+        self.times.append(time.perf_counter() - self.start)
+
+
 def epochs(cfg, device: str) -> list[float]:
-    """Per-epoch seconds of one fit (``bench/loop.py``'s Lightning path, validation included here), without its
-    warm-up epoch and (modern) its frozen-backbone epochs."""
-    return lightning_epochs(cfg, device)[max(0, int(cfg.model.optim.unfreeze_epoch) - 1):]
+    """Per-epoch seconds of one fit, without its warm-up epoch and (modern) its frozen-backbone epochs."""
+    pl.seed_everything(0, workers=True, verbose=False)
+    dm = build(cfg.data)
+    dm.prepare_data()
+    dm.setup()
+    model = build(cfg.model, class_names=list(dm.class_names))
+    timer = EpochTimer(device)
+    trainer: pl.Trainer = build(cfg.trainer, callbacks=[timer], logger=False, enable_checkpointing=False)
+    trainer.fit(model, datamodule=dm)
+    return timer.times[max(1, int(cfg.model.optim.unfreeze_epoch)):]
 
 
 def main(argv: list[str] | None = None) -> None:
