@@ -52,6 +52,46 @@ class FaceAugment(nn.Module):
         return self.aug(x).clamp_(0.0, 1.0)
 
 
+class RecipeAugment(nn.Module):
+    """The modern recipe's image augmentation, after :class:`FaceAugment`, batch-wise on the batch's device: kornia's
+    ``RandAugment`` or ``TrivialAugment``, then ``RandomErasing``. Grey batches pass through the policies as three
+    equal channels (some of their colour operations need RGB; on equal channels they keep them equal) and come back
+    grey; RGB batches pass as they are.
+
+    Args:
+        auto_augment: ``none``, ``rand`` (RandAugment, 2 operations of magnitude 9, torchvision's defaults) or
+            ``trivial`` (TrivialAugment).
+        erasing: probability of erasing a random rectangle (2-33% of the image, value 0); 0: none.
+
+    Shape:
+        - Input: :math:`(B, C, H, W)` float in ``[0, 1]``, ``C`` 1 or 3.
+        - Output: :math:`(B, C, H, W)`, clipped to ``[0, 1]``.
+
+    Examples:
+        >>> _ = torch.manual_seed(0)
+        >>> out = RecipeAugment("rand", erasing=1.0)(torch.rand(4, 1, 32, 32))
+        >>> out.shape, bool(out.min() >= 0) and bool(out.max() <= 1)
+        (torch.Size([4, 1, 32, 32]), True)
+    """
+
+    def __init__(self, auto_augment: str = "none", erasing: float = 0.0) -> None:
+        super().__init__()
+        from kornia.augmentation.auto import RandAugment, TrivialAugment
+
+        policies = {"none": None, "rand": lambda: RandAugment(n=2, m=9), "trivial": TrivialAugment}
+        self.policy = policies[auto_augment]() if policies[auto_augment] is not None else None
+        self.erasing = K.RandomErasing(p=erasing, scale=(0.02, 0.33), ratio=(0.3, 3.3)) if erasing > 0 else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.policy is not None:
+            grey = x.shape[1] == 1
+            x = self.policy(x.expand(-1, 3, -1, -1) if grey else x)
+            x = x[:, :1] if grey else x
+        if self.erasing is not None:
+            x = self.erasing(x)
+        return x.clamp(0.0, 1.0)
+
+
 def grey_to_imagenet() -> nn.Module:
     """Grey images as an ImageNet network's input: repeated to RGB and normalised with the ImageNet mean and std.
 

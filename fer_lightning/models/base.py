@@ -16,6 +16,7 @@ from fer_lightning.data.contract import DataNeeds, ModelData, ProvidesModelData
 from fer_lightning.errors import FERError
 from fer_lightning.models.components.metrics import ClassificationMetrics, mean_nll
 from fer_lightning.models.components.optim import OptimSettings
+from fer_lightning.models.components.recipe import Primitives
 from fer_lightning.runs.checkpoints import FORMAT_KEY, check_record, read_checkpoint
 from fer_lightning.runtime.collectives import gather_outputs
 from fer_lightning.runtime.registry import choose
@@ -60,6 +61,8 @@ class FERClassifier(pl.LightningModule):
         self.class_weights = class_weights
         self.channels_last, self.compile_backbone = bool(channels_last), compile
         self.criterion = nn.CrossEntropyLoss(label_smoothing=self.optim.label_smoothing)
+        # the modern recipe's primitives (MixUp/CutMix, RandAugment, erasing, EMA, unfreezing): all off by default
+        self.primitives = Primitives(self.optim, len(self.class_names))
         # balanced: inverse class frequencies of the training split, set when fitting starts (not saved: the
         # checkpoint classifies without it)
         self.register_buffer("class_weight", None, persistent=False)
@@ -89,6 +92,8 @@ class FERClassifier(pl.LightningModule):
         return self(batch["image"])
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        if stage == "train":  # train metrics stay on each image's own label when the batch is mixed
+            batch = self.primitives.batch(batch)
         logits = self.logits(batch)
         # FER+ soft labels train on the vote distribution; metrics stay on the label (its argmax)
         loss = nn.functional.cross_entropy(logits, batch.get("soft", batch["label"]), weight=self.class_weight,
@@ -233,8 +238,15 @@ class FERClassifier(pl.LightningModule):
             record["init_from"] = self.started_from
         checkpoint[FORMAT_KEY] = record
 
+    def configure_callbacks(self) -> list[pl.Callback]:
+        """The recipe's EMA of the weights and gradual unfreezing, when ``model.optim`` turns them on (for ``fit``:
+        validating and testing afterwards evaluate the weights the model holds)."""
+        self.primitives.check(self, images_only=not self.needs.handcrafted_blocks)
+        return self.primitives.callbacks() if self.trainer.state.fn == "fit" else []
+
     def configure_optimizers(self) -> Any:
         max_epochs = self.trainer.max_epochs if self._trainer is not None else None
-        return self.optim.configure((p for p in self.parameters() if p.requires_grad), max_epochs)
+        params = self.primitives.param_groups(self, [p for p in self.parameters() if p.requires_grad])
+        return self.optim.configure(params, max_epochs)
 
 
