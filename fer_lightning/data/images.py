@@ -22,6 +22,12 @@ _UPRIGHT = {
     5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
+
+
+class ImageTooLarge(FERError):
+    """An image with more pixels than allowed (:func:`decode_grey`'s ``max_pixels``), refused before decoding."""
+
+
 _UNREADABLE = (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError)
 
 
@@ -77,9 +83,11 @@ def read_grey(path: str | Path) -> np.ndarray:
         ) from e
 
 
-def decode_grey(data: bytes, where: str = "the image", max_pixels: int | None = None) -> np.ndarray:
+def decode_grey(data: bytes, where: str = "the image", max_pixels: int | None = None,
+                formats: tuple[str, ...] | None = None) -> np.ndarray:
     """An encoded image held in memory (an upload) as :func:`read_grey` reads a file: the same ``(H, W)`` uint8.
-    ``max_pixels``: refuse a larger image from its header, before any pixel is decoded (a decompression bomb).
+    ``max_pixels``: refuse a larger image from its header, before any pixel is decoded (a decompression bomb);
+    ``formats``: the PIL formats accepted (e.g. ``("JPEG", "PNG")``; None: every format PIL reads).
 
     Examples:
         >>> buf = io.BytesIO()
@@ -92,9 +100,9 @@ def decode_grey(data: bytes, where: str = "the image", max_pixels: int | None = 
         fer_lightning.errors.FERError: upload: cannot read this image (UnidentifiedImageError: ...)
     """
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(data), formats=formats) as img:
             if max_pixels is not None and img.width * img.height > max_pixels:
-                raise FERError(f"{where}: {img.width}x{img.height} pixels is more than the {max_pixels} allowed")
+                raise ImageTooLarge(f"{where}: {img.width}x{img.height} pixels is more than the {max_pixels} allowed")
             return _grey(img)
     except _UNREADABLE as e:
         raise FERError(f"{where}: cannot read this image ({e.__class__.__name__}: {e})") from e
