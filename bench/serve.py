@@ -6,9 +6,10 @@ a checkpoint vs its ONNX file, the deep and the handcrafted model.
 
 Each model is trained for one epoch on the synthetic set (random-init MobileNetV2: weights do not change the speed)
 at ``--size`` pixels and exported to ONNX by ``fer-export``'s code. For every model, format and batching setting a
-``fer-serve`` process is started on a free 127.0.0.1 port; then, for each client count, that many asyncio clients
-(one process, httpx) post the London-faces photos (../shared/data/london-faces-256, else the 12 test fixtures)
-one after the other for ``--seconds`` (bounded: at most 100000 requests). Prints requests/s, p50/p95/p99 latency
+``fer-serve`` process is started on a free 127.0.0.1 port (a model's four together); then, for each client count and
+each of them in turn, that many asyncio clients (one process, httpx) post the London-faces photos
+(../shared/data/london-faces-256, else the 12 test fixtures) one after the other for ``--seconds`` (bounded: at
+most 100000 requests). Prints requests/s, p50/p95/p99 latency
 (seconds, as the clients see it), errors, and the batch sizes the server formed (from its /metrics); the last line
 is the dynamic-batching / batch-1 throughput ratio at the largest client count for the deep checkpoint. The
 clients share the machine's cores with the server: on 2 cores, figures are for the whole loop.
@@ -34,7 +35,7 @@ from fer_lightning.deploy.exporters import export  # noqa: E402
 from fer_lightning.engine.configs import config_dir  # noqa: E402
 from fer_lightning.engine.training import train  # noqa: E402
 from tests.conftest import LONDON_FIXTURES  # noqa: E402
-from tests.serving import london_photos, serving  # noqa: E402
+from tests.serving import london_photos, start, stop, wait_ready  # noqa: E402
 
 MAX_REQUESTS = 100_000
 
@@ -107,18 +108,27 @@ def main() -> None:
             paths = {"ckpt": ckpt}
             if "onnx" in args.formats:
                 paths["onnx"] = export(ckpt, "onnx", Path(tmp) / f"{model}.onnx")["onnx"]
-            for fmt in args.formats:
-                for setting, overrides in settings.items():
-                    with serving(paths[fmt], *overrides, log=Path(tmp) / f"{model}-{fmt}.log") as url:
-                        for n in args.clients:
-                            before = batches(url)
-                            r = asyncio.run(load(url, photos, n, args.seconds))
-                            formed = {s: round(c - before.get(s, 0)) for s, c in batches(url).items()}
-                            formed = {s: c for s, c in formed.items() if c}
-                            rps[model, fmt, setting, n] = r["rps"]
-                            print(f"{model:11s} {fmt:4s} {setting:7s} {n:3d} clients: {r['rps']:7.1f} req/s, p50 "
-                                  f"{r['p50']:.3f} s, p95 {r['p95']:.3f} s, p99 {r['p99']:.3f} s, {r['errors']} "
-                                  f"errors, batches formed {formed}", flush=True)
+            servers = {}  # the model's servers start together (a loaded machine takes minutes to start each)
+            try:
+                for fmt in args.formats:
+                    for setting, overrides in settings.items():
+                        log = Path(tmp) / f"{model}-{fmt}-{setting.replace(' ', '')}.log"
+                        servers[fmt, setting] = (*start(paths[fmt], *overrides, log=log), log)
+                for proc, url, log in servers.values():
+                    wait_ready(proc, url, log)
+                for n in args.clients:  # side by side: every setting at one client count, then the next count
+                    for (fmt, setting), (_, url, _) in servers.items():
+                        before = batches(url)
+                        r = asyncio.run(load(url, photos, n, args.seconds))
+                        formed = {s: round(c - before.get(s, 0)) for s, c in batches(url).items()}
+                        formed = {s: c for s, c in formed.items() if c}
+                        rps[model, fmt, setting, n] = r["rps"]
+                        print(f"{model:11s} {fmt:4s} {setting:7s} {n:3d} clients: {r['rps']:7.1f} req/s, p50 "
+                              f"{r['p50']:.3f} s, p95 {r['p95']:.3f} s, p99 {r['p99']:.3f} s, {r['errors']} "
+                              f"errors, batches formed {formed}", flush=True)
+            finally:
+                for proc, _, _ in servers.values():
+                    stop(proc)
     n, model, fmt = max(args.clients), args.models[0], args.formats[0]
     ratio = rps[model, fmt, "dynamic", n] / rps[model, fmt, "batch 1", n]
     print(f"dynamic batching / batch 1 throughput at {n} clients ({model}, {fmt}) ratio: {ratio:.1f}x")

@@ -35,38 +35,53 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextmanager
-def serving(model: str | Path, *overrides: str, log: Path, start_timeout: float = 240) -> Iterator[str]:
-    """``fer-serve ckpt_path=model`` running until the block ends; yields its base URL once ``/health`` is OK."""
+def start(model: str | Path, *overrides: str, log: Path) -> tuple[subprocess.Popen, str]:
+    """``fer-serve ckpt_path=model`` started in its own session on a free port: the process and its base URL."""
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
     with open(log, "w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "fer_lightning.serve", f"ckpt_path={model}", f"port={port}", *overrides],
             cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout: float = 900) -> None:
+    """Until ``/health`` answers OK (a loaded 2-core machine may take minutes to start the workers)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"fer-serve exited ({proc.returncode}): {log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"fer-serve did not start in {timeout} s: {log.read_text()[-3000:]}")
+        time.sleep(0.5)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM (LitServe's graceful shutdown of its workers), then whatever of its session outlived it."""
+    proc.terminate()
     try:
-        deadline = time.monotonic() + start_timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"fer-serve exited ({proc.returncode}): {log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"fer-serve did not start in {start_timeout} s: {log.read_text()[-3000:]}")
-            time.sleep(0.5)
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@contextmanager
+def serving(model: str | Path, *overrides: str, log: Path) -> Iterator[str]:
+    """``fer-serve ckpt_path=model`` running until the block ends; yields its base URL once ``/health`` is OK."""
+    proc, url = start(model, *overrides, log=log)
+    try:
+        wait_ready(proc, url, log)
         yield url
     finally:
-        proc.terminate()  # SIGTERM: LitServe's graceful shutdown of its workers
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        try:  # whatever of the group outlived the server
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        stop(proc)

@@ -180,7 +180,7 @@ def test_the_architecture_page_names_every_module():
 def test_the_docs_document_commands_of_every_kind():
     """The parser finds the commands (so the checks below cannot pass by finding none)."""
     found = {command_of(line)[0] for _, line in COMMANDS}
-    assert found == {"train", "evaluate", "predict", "report", "export"}, found
+    assert found == {"train", "evaluate", "predict", "report", "export", "serve"}, found
     assert len(COMMANDS) > 40
 
 
