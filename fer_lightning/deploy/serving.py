@@ -137,6 +137,11 @@ def build_server(model_path: str, *, accelerator: str = "auto", devices: Any = "
                  max_pixels: int = 40_000_000, threads: int | None = None, timeout: float = 30) -> ls.LitServer:
     """The LitServer of ``fer-serve`` (:func:`run` starts it). The model is loaded once here, to check it and to
     describe it in ``/info``, then by each inference worker."""
+    for name, value, least in (("max_batch_size", max_batch_size, 1), ("workers_per_device", workers_per_device, 1),
+                               ("max_bytes", max_bytes, 1), ("max_pixels", max_pixels, 1),
+                               ("batch_timeout", batch_timeout, 0), ("timeout", timeout, 0.001)):
+        if not value >= least:
+            raise FERError(f"{name}={value} is not allowed: give a number >= {least}")
     model = ServedModel(model_path, "cpu")
     api = FERServeAPI(model_path, max_pixels, threads, max_batch_size, batch_timeout)
     server = ls.LitServer(api, accelerator=accelerator, devices=devices, workers_per_device=int(workers_per_device),
