@@ -63,9 +63,13 @@ async def load(url: str, photos: list[bytes], clients: int, seconds: float) -> d
             i = k
             while time.perf_counter() < stop and len(latencies) + errors < MAX_REQUESTS:
                 start = time.perf_counter()
-                r = await client.post(f"{url}/predict", content=photos[i % len(photos)],
-                                      headers={"content-type": "image/jpeg"})
-                if r.status_code == 200:
+                try:
+                    r = await client.post(f"{url}/predict", content=photos[i % len(photos)],
+                                          headers={"content-type": "image/jpeg"})
+                    ok = r.status_code == 200
+                except httpx.HTTPError:  # a connection reset or refused under load: an error, not the end
+                    ok = False
+                if ok:
                     latencies.append(time.perf_counter() - start)
                 else:
                     errors += 1
