@@ -34,8 +34,8 @@ README_MAX_LINES = 300
 
 # console script -> module of fer_lightning; module -> Hydra config name (report is not a Hydra command)
 SCRIPTS = {"fer-train": "train", "fer-eval": "evaluate", "fer-predict": "predict", "fer-report": "report",
-           "fer-export": "export"}
-CONFIG_NAMES = {"train": "train", "evaluate": "eval", "predict": "predict", "export": "export"}
+           "fer-export": "export", "fer-serve": "serve"}
+CONFIG_NAMES = {"train": "train", "evaluate": "eval", "predict": "predict", "export": "export", "serve": "serve"}
 REPORT_OPTIONS = {"report.output", "report.match"}
 # Hydra's command-line flags that take a value
 HYDRA_VALUE_FLAGS = {"--cfg", "-c", "--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd",
@@ -180,7 +180,7 @@ def test_the_architecture_page_names_every_module():
 def test_the_docs_document_commands_of_every_kind():
     """The parser finds the commands (so the checks below cannot pass by finding none)."""
     found = {command_of(line)[0] for _, line in COMMANDS}
-    assert found == {"train", "evaluate", "predict", "report", "export"}, found
+    assert found == {"train", "evaluate", "predict", "report", "export", "serve"}, found
     assert len(COMMANDS) > 40
 
 

@@ -20,7 +20,7 @@ import yaml
 from .conftest import REPO
 
 pytestmark = pytest.mark.slow
-SCRIPTS = ("fer-train", "fer-eval", "fer-predict", "fer-report")
+SCRIPTS = ("fer-train", "fer-eval", "fer-predict", "fer-report", "fer-serve")
 
 
 def run(args: list, cwd: Path, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -99,12 +99,14 @@ def test_the_wheel_carries_configs_licence_and_scripts(wheel):
         meta = next(z.read(n).decode() for n in names if n.endswith(".dist-info/METADATA"))
         entry_points = next(z.read(n).decode() for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert {"fer_lightning/conf/train.yaml", "fer_lightning/conf/callbacks/default.yaml",
-            "fer_lightning/conf/logger/many_loggers.yaml", "fer_lightning/conf/debug/limit.yaml"} <= names
+            "fer_lightning/conf/logger/many_loggers.yaml", "fer_lightning/conf/debug/limit.yaml",
+            "fer_lightning/conf/serve.yaml", "fer_lightning/deploy/page/index.html",
+            "fer_lightning/deploy/page/app.js"} <= names  # fer-serve's page travels in the wheel
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names) and "License-Expression: MIT" in meta
     assert not any(n.startswith(("tests/", "outputs/", "conf/")) for n in names)
     for name in SCRIPTS:
         assert f"{name} = fer_lightning." in entry_points
-    for extra in ("wandb", "mlflow", "rich", "all"):
+    for extra in ("wandb", "mlflow", "rich", "serve", "all"):
         assert f"Provides-Extra: {extra}" in meta
 
 

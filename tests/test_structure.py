@@ -11,7 +11,7 @@ import pytest
 from .conftest import REPO
 
 PACKAGE = REPO / "fer_lightning"
-COMMANDS = {"train", "evaluate", "predict", "report", "export"}
+COMMANDS = {"train", "evaluate", "predict", "report", "export", "serve"}
 # lower number = lower layer; a module may import its own layer and the layers below it (errors: everyone)
 LAYERS = {
     "errors": 0,

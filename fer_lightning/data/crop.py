@@ -158,15 +158,20 @@ class FaceCropper:
             out.append(Face((top, left, ch, cw), img[top : top + ch, left : left + cw]))
         return out
 
-    def __call__(self, img: np.ndarray, path: str | Path = "") -> np.ndarray:
-        """The image's face (the largest), or the centre crop with a warning where none is found."""
+    def face(self, img: np.ndarray, path: str | Path = "") -> Face:
+        """The image's face (the largest) and where it was taken from; the centre crop, with a warning (and
+        ``path`` added to ``missed``), where none is found."""
         if self.mode == "none":
-            return img
+            return Face((0, 0, *img.shape), img)
         if self.mode == "align":
             faces = self._aligned(img)
             if faces:
-                return faces[0].image
+                return faces[0]
             top, left, ch, cw = self._fallback(img, path)
         else:
             top, left, ch, cw = self.region(img, path)
-        return img[top : top + ch, left : left + cw]
+        return Face((top, left, ch, cw), img[top : top + ch, left : left + cw])
+
+    def __call__(self, img: np.ndarray, path: str | Path = "") -> np.ndarray:
+        """The image's face (the largest), or the centre crop with a warning where none is found."""
+        return self.face(img, path).image

@@ -22,6 +22,12 @@ _UPRIGHT = {
     5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
+
+
+class ImageTooLarge(FERError):
+    """An image with more pixels than allowed (:func:`decode_grey`'s ``max_pixels``), refused before decoding."""
+
+
 _UNREADABLE = (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError)
 
 
@@ -70,25 +76,54 @@ def read_grey(path: str | Path) -> np.ndarray:
     path = Path(path)
     try:
         with Image.open(path) as img:
-            orientation = _orientation(img)
-            img.load()
-            if orientation != 1:
-                img = img.transpose(_UPRIGHT[orientation])
-            if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-                arr = np.asarray(img, dtype=np.float64)
-                top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-                if img.mode == "F" and arr.max() <= 1.0:
-                    top = 1.0
-                return np.clip(np.rint(arr / top * 255.0), 0, 255).astype(np.uint8)
-            if img.mode in ("P", "PA", "LA", "RGBA", "CMYK"):
-                img = img.convert("RGB")  # through the palette / without alpha
-            if img.mode != "L":
-                img = img.convert("L")
-            return np.asarray(img, dtype=np.uint8).copy()
+            return _grey(img)
     except _UNREADABLE as e:
         raise FERError(
             f"{path}: cannot read this image ({e.__class__.__name__}: {e}); replace or remove the file"
         ) from e
+
+
+def decode_grey(data: bytes, where: str = "the image", max_pixels: int | None = None,
+                formats: tuple[str, ...] | None = None) -> np.ndarray:
+    """An encoded image held in memory (an upload) as :func:`read_grey` reads a file: the same ``(H, W)`` uint8.
+    ``max_pixels``: refuse a larger image from its header, before any pixel is decoded (a decompression bomb);
+    ``formats``: the PIL formats accepted (e.g. ``("JPEG", "PNG")``; None: every format PIL reads).
+
+    Examples:
+        >>> buf = io.BytesIO()
+        >>> Image.new("RGB", (5, 3), (255, 0, 0)).save(buf, "PNG")
+        >>> decode_grey(buf.getvalue()).tolist()[0]  # ITU-R 601 luma of pure red
+        [76, 76, 76, 76, 76]
+        >>> decode_grey(b"not an image", "upload")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        fer_lightning.errors.FERError: upload: cannot read this image (UnidentifiedImageError: ...)
+    """
+    try:
+        with Image.open(io.BytesIO(data), formats=formats) as img:
+            if max_pixels is not None and img.width * img.height > max_pixels:
+                raise ImageTooLarge(f"{where}: {img.width}x{img.height} pixels is more than the {max_pixels} allowed")
+            return _grey(img)
+    except _UNREADABLE as e:
+        raise FERError(f"{where}: cannot read this image ({e.__class__.__name__}: {e})") from e
+
+
+def _grey(img: Image.Image) -> np.ndarray:
+    orientation = _orientation(img)
+    img.load()
+    if orientation != 1:
+        img = img.transpose(_UPRIGHT[orientation])
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        if img.mode == "F" and arr.max() <= 1.0:
+            top = 1.0
+        return np.clip(np.rint(arr / top * 255.0), 0, 255).astype(np.uint8)
+    if img.mode in ("P", "PA", "LA", "RGBA", "CMYK"):
+        img = img.convert("RGB")  # through the palette / without alpha
+    if img.mode != "L":
+        img = img.convert("L")
+    return np.asarray(img, dtype=np.uint8).copy()
 
 
 def resize_grey(arr: np.ndarray, size: int) -> np.ndarray:
