@@ -174,7 +174,7 @@ def calibrate(probs: torch.Tensor, temperatures: torch.Tensor) -> torch.Tensor:
     return (log_p / t).softmax(-1)
 
 
-def fit_temperature(probs: torch.Tensor, targets: torch.Tensor, steps: int = 50) -> float:
+def fit_temperature(probs: torch.Tensor, targets: torch.Tensor, steps: int = 20) -> float:
     """The temperature ``T > 0`` that minimises the mean negative log-likelihood of ``softmax(log p / T)`` on
     held-out predictions (Guo et al. 2017), by L-BFGS on ``log T``; 1 when there are none.
 
@@ -190,7 +190,7 @@ def fit_temperature(probs: torch.Tensor, targets: torch.Tensor, steps: int = 50)
         return 1.0
     log_p = probs.double().clamp_min(torch.finfo(torch.float64).tiny).log()
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=steps, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS([log_t], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
