@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from fer_lightning.errors import FERError
+from fer_lightning.models.base import FERClassifier
 from fer_lightning.models.components.fusion import (
     WEIGHTINGS,
     EqualWeights,
@@ -17,10 +20,8 @@ from fer_lightning.models.components.fusion import (
     fit_temperature,
 )
 from fer_lightning.models.components.tta import TTA_VIEWS, shifted, tta_probs
-from fer_lightning.models.base import FERClassifier
 from fer_lightning.models.late_fusion import EnsembleFER, LateFusionFER
 from fer_lightning.models.registry import MODELS
-from fer_lightning.runs.checkpoints import FORMAT_KEY
 
 CLASSES = ["anger", "happiness", "neutral"]
 
@@ -108,7 +109,8 @@ def test_calibrated_fusion_is_the_mean_of_temperature_scaled_members_and_reloads
     fusion.fit_weights(images, torch.randint(0, 3, (16,), generator=g))
     t = fusion.temperatures
     assert bool((t > 0).all()) and not torch.allclose(t, torch.ones(2))
-    assert fusion.fit_record()["fusion_temperatures"] == pytest.approx(dict(zip(["m0", "m1"], t.tolist())), abs=1e-6)
+    assert fusion.fit_record()["fusion_temperatures"] == pytest.approx(
+        dict(zip(["m0", "m1"], t.tolist(), strict=True)), abs=1e-6)
     x = images.float() / 255
     with torch.no_grad():
         raw = torch.stack([m(x).softmax(-1) for m in fusion.members.values()])
@@ -182,3 +184,16 @@ def test_flip_shift_views_are_the_face_its_mirror_and_four_shifts():
     torch.testing.assert_close(shifted(x, 0, 0), x)
     f = lambda im: im.mean((1, 2)).softmax(-1)  # noqa: E731
     torch.testing.assert_close(tta_probs(f, x, "flip_shift"), torch.stack([f(v) for v in views]).mean(0))
+
+
+def test_the_report_lists_each_fusion_runs_weights():
+    from fer_lightning.reporting.tables import fusion_weights
+    from fer_lightning.runs.survey import Run
+
+    fused = {"model": "late_fusion", "dataset": "synthetic", "split": "paper", "fold": None, "seed": 3,
+             "fusion_weighting": "calibrated", "fusion_weights": {"deep": 0.5, "handcrafted": 0.5},
+             "fusion_temperatures": {"deep": 0.61, "handcrafted": 1.7}}
+    rows = fusion_weights([Run(Path("a"), fused), Run(Path("b"), {"model": "deep", "seed": 3})])
+    assert rows == [{"model": "late_fusion", "dataset": "synthetic", "split": "paper", "fold": None, "seed": 3,
+                     "weighting": "calibrated", "weights": "deep 0.500, handcrafted 0.500",
+                     "temperatures": "deep 0.610, handcrafted 1.700"}]
