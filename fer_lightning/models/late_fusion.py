@@ -40,17 +40,19 @@ class LateFusionFER(FERClassifier):
     # nothing to fit: training validates (fixing the weights) and tests; in a pipeline, members name earlier stages
     needs = DataNeeds(trains=False, members_from_stages=True)
     min_members = 2
+    default_weights = "loglik"  # model.weights when none is given
 
     def __init__(
         self,
         class_names: Sequence[str],
         members: Mapping[str, str] | Sequence[str] | None = None,
-        weights: str = "loglik",
+        weights: str | None = None,
         member_specs: dict[str, dict[str, Any]] | None = None,
         optim: dict[str, Any] | None = None,
         tta: str = "none",
     ) -> None:
         super().__init__(class_names, optim=optim)
+        weights = weights or self.default_weights
         self.weighting = WEIGHTINGS.get(weights)()
         TTA_VIEWS.get(tta)
         self.tta = tta
@@ -181,15 +183,5 @@ class EnsembleFER(LateFusionFER):
 
     model_name = "ensemble"
     min_members = 1
+    default_weights = "mean"
 
-    def __init__(
-        self,
-        class_names: Sequence[str],
-        members: Mapping[str, str] | Sequence[str] | None = None,
-        weights: str = "mean",
-        member_specs: dict[str, dict[str, Any]] | None = None,
-        optim: dict[str, Any] | None = None,
-        tta: str = "none",
-    ) -> None:
-        super().__init__(class_names, members=members, weights=weights, member_specs=member_specs, optim=optim,
-                         tta=tta)
