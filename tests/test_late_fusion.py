@@ -22,6 +22,7 @@ from fer_lightning.models.components.fusion import (
 from fer_lightning.models.components.tta import TTA_VIEWS, shifted, tta_probs
 from fer_lightning.models.late_fusion import EnsembleFER, LateFusionFER
 from fer_lightning.models.registry import MODELS
+from fer_lightning.runs.checkpoints import FORMAT_KEY
 
 CLASSES = ["anger", "happiness", "neutral"]
 
@@ -197,3 +198,23 @@ def test_the_report_lists_each_fusion_runs_weights():
     assert rows == [{"model": "late_fusion", "dataset": "synthetic", "split": "paper", "fold": None, "seed": 3,
                      "weighting": "calibrated", "weights": "deep 0.500, handcrafted 0.500",
                      "temperatures": "deep 0.610, handcrafted 1.700"}]
+
+
+@pytest.mark.slow
+def test_an_ensemble_with_flip_tta_exports_to_onnx_with_the_same_probabilities(tiny_checkpoints, tmp_path):
+    from fer_lightning.deploy.exported import ExportedModel
+    from fer_lightning.deploy.exporters import export
+
+    member = tiny_checkpoints["handcrafted"]
+    ensemble = EnsembleFER(["anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise"],
+                           members=[str(member)], tta="flip").eval()
+    ckpt = {"state_dict": ensemble.state_dict(), "hyper_parameters": dict(ensemble.hparams)}
+    ensemble.on_save_checkpoint(ckpt)
+    ckpt[FORMAT_KEY]["preprocessing"] = torch.load(member, weights_only=True)[FORMAT_KEY]["preprocessing"]
+    torch.save(ckpt, tmp_path / "ensemble.ckpt")
+    path = export(tmp_path / "ensemble.ckpt", "onnx", tmp_path / "ensemble.onnx")["onnx"]
+    faces = torch.randint(0, 256, (3, 1, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = ensemble(faces.float() / 255).exp().numpy()
+    np.testing.assert_allclose(ExportedModel(path)(faces.numpy()), expected, rtol=0, atol=1e-4)
+    assert ExportedModel(path).metadata["model"] == "ensemble"
