@@ -29,6 +29,7 @@ def metrics_of_test(model: Any, dm: Any, seed: int, class_names: Sequence[str] |
             "model": model.model_name,
         }
     )
+    metrics.update(getattr(model, "fit_record", dict)())  # a late fusion's fitted weights
     return metrics
 
 

@@ -1,8 +1,8 @@
 """LightningModules: the shared classifier base and one module per model, registered in
 :data:`~fer_lightning.models.registry.MODELS`.
 
-``DeepFER``, ``HandcraftedFER``, ``HybridFER``, ``LateFusionFER`` (and their base ``FERClassifier``) are imported
-on first use, so ``from fer_lightning.models import load_model`` stays light.
+``DeepFER``, ``HandcraftedFER``, ``HybridFER``, ``LateFusionFER``, ``EnsembleFER`` (and their base
+``FERClassifier``) are imported on first use, so ``from fer_lightning.models import load_model`` stays light.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import Any
 
 from fer_lightning.models.registry import MODELS, load_model, model_classes
 
-__all__ = ["MODELS", "DeepFER", "FERClassifier", "HandcraftedFER", "HybridFER", "LateFusionFER", "load_model",
-           "model_classes"]
+__all__ = ["MODELS", "DeepFER", "EnsembleFER", "FERClassifier", "HandcraftedFER", "HybridFER", "LateFusionFER",
+           "load_model", "model_classes"]
 
 
 def __getattr__(name: str) -> Any:

@@ -15,41 +15,57 @@ from fer_lightning.data.preprocessing import to_unit
 from fer_lightning.errors import FERError
 from fer_lightning.features.extractor import blocks_in_batches
 from fer_lightning.models.base import FERClassifier
-from fer_lightning.models.components.fusion import WEIGHTINGS, EqualWeights
+from fer_lightning.models.components.fusion import WEIGHTINGS, EqualWeights, calibrate
+from fer_lightning.models.components.tta import TTA_VIEWS, tta_probs
 from fer_lightning.models.registry import MODELS, load_model
+from fer_lightning.runs.folder import resolve_checkpoint
 
 
 class LateFusionFER(FERClassifier):
     """``(B, 1, H, W)`` -> ``log(sum_m w_m p_m)``, where ``p_m`` are the member models' class probabilities.
 
-    ``members``: ``{name: checkpoint}`` of fer-lightning models with the same classes (in a pipeline, stage names
-    that the pipeline replaces by those stages' best checkpoints). ``weights``: ``mean`` (equal weights) or
-    ``loglik`` (``w_m`` proportional to ``exp(-NLL_m)``, member m's per-image geometric-mean likelihood of the true
-    class on the validation split). Every member runs on the raw images with its own preprocessing (features,
-    backbone). The members' weights and settings travel in the checkpoint, which loads with nothing else.
+    ``members``: ``{name: checkpoint}`` of fer-lightning models with the same classes, each a checkpoint file or a
+    run folder (its tested checkpoint); in a pipeline, stage names that the pipeline replaces by those stages' best
+    checkpoints. ``weights`` (:data:`~fer_lightning.models.components.fusion.WEIGHTINGS`): ``mean`` (equal
+    weights), ``loglik`` (``w_m`` proportional to ``exp(-NLL_m)``, member m's per-image geometric-mean likelihood of
+    the true class on the validation split), ``shrunk`` (halfway between the two) or ``calibrated`` (each member's
+    probabilities temperature-scaled on the validation split, then equal weights). Every member runs on the raw
+    images with its own preprocessing (features, backbone). ``tta`` (:data:`~fer_lightning.models.components.tta.
+    TTA_VIEWS`): ``none``, ``flip`` or ``flip_shift``, each member's probabilities averaged over transformed copies
+    of the face (at validation, which fits the weights, test, evaluation, prediction and in exported files). The
+    members' weights and settings travel in the checkpoint, which loads with nothing else.
     """
 
     model_name = "late_fusion"
     # nothing to fit: training validates (fixing the weights) and tests; in a pipeline, members name earlier stages
     needs = DataNeeds(trains=False, members_from_stages=True)
+    min_members = 2
+    default_weights = "loglik"  # model.weights when none is given
 
     def __init__(
         self,
         class_names: Sequence[str],
         members: Mapping[str, str] | Sequence[str] | None = None,
-        weights: str = "loglik",
+        weights: str | None = None,
         member_specs: dict[str, dict[str, Any]] | None = None,
         optim: dict[str, Any] | None = None,
+        tta: str = "none",
     ) -> None:
         super().__init__(class_names, optim=optim)
+        weights = weights or self.default_weights
         self.weighting = WEIGHTINGS.get(weights)()
+        TTA_VIEWS.get(tta)
+        self.tta = tta
         if member_specs is None:
             member_specs = self._load_members(members)
-        if len(member_specs) < 2:
-            raise FERError("model=late_fusion needs at least two members (model.members={name: checkpoint, ...})")
+        if len(member_specs) < self.min_members:
+            raise FERError(f"model={self.model_name} needs at least {self.min_members} member(s) "
+                           "(model.members={name: checkpoint or run folder, ...})")
         self.members = nn.ModuleDict({name: self._build(name, spec) for name, spec in member_specs.items()})
         self.members.requires_grad_(False).eval()
         self.register_buffer("weights", torch.full((len(member_specs),), 1.0 / len(member_specs)))
+        # per-member temperatures, in the checkpoint only for a calibrating weighting (older checkpoints load)
+        self.register_buffer("temperatures", torch.ones(len(member_specs)), persistent=self.weighting.calibrates)
         self.register_buffer("fitted", torch.tensor(False))
         self.save_hyperparameters(ignore=["members", "member_specs"])
         self.hparams["member_specs"] = {
@@ -59,17 +75,29 @@ class LateFusionFER(FERClassifier):
     # ------------------------------------------------------------------ members
     def _load_members(self, members: Mapping[str, str] | Sequence[str] | None) -> dict[str, dict[str, Any]]:
         if not members:
-            raise FERError("model=late_fusion needs model.members={name: checkpoint, ...} (two or more)")
+            raise FERError(f"model={self.model_name} needs model.members={{name: checkpoint, ...}} "
+                           f"({self.min_members} or more)")
         if not isinstance(members, Mapping):
-            members = {Path(str(p)).parent.parent.name or f"m{i}": p for i, p in enumerate(members)}
+            members = self.member_names(members)
         specs = {}
         for name, path in members.items():
-            model = load_model(str(path), option=f"model.members.{name}")
+            model = load_model(str(resolve_checkpoint(str(path), f"model.members.{name}")),
+                               option=f"model.members.{name}")
             if list(model.class_names) != list(self.class_names):
                 raise FERError(f"model.members.{name}={path} has classes {list(model.class_names)}, "
                                f"not {list(self.class_names)}")
             specs[name] = {"model": model.model_name, "hparams": dict(model.hparams), "module": model}
         return specs
+
+    @staticmethod
+    def member_names(paths: Sequence[str]) -> dict[str, str]:
+        """A list of members named by their run folders (``<run>/checkpoints/x.ckpt`` or ``<run>``)."""
+        names = {}
+        for i, p in enumerate(paths):
+            path = Path(str(p))
+            name = (path.parent.parent.name if path.suffix == ".ckpt" else path.name) or f"m{i}"
+            names[name if name not in names else f"{name}_{i}"] = str(p)
+        return names
 
     @staticmethod
     def _build(name: str, spec: dict[str, Any]) -> FERClassifier:
@@ -92,23 +120,45 @@ class LateFusionFER(FERClassifier):
 
     # ------------------------------------------------------------------ weights
     def member_probs(self, images: torch.Tensor) -> torch.Tensor:
-        """``(M, B, C)`` class probabilities of each member."""
+        """``(M, B, C)`` class probabilities of each member (temperature-scaled when the weighting calibrates)."""
+        probs = tta_probs(self._member_probs, images, self.tta)
+        return calibrate(probs, self.temperatures) if self.weighting.calibrates else probs
+
+    def _member_probs(self, images: torch.Tensor) -> torch.Tensor:
         return torch.stack([m(images).float().softmax(-1) for m in self.members.values()])
 
     @torch.no_grad()
     def fit_weights(self, images: torch.Tensor, targets: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
         """Set the weights from validation images ``(N, 1, H, W)`` uint8 and their labels; returns them."""
         probs = torch.zeros(len(self.members), 0, self.num_classes)
+        self.temperatures.fill_(1.0)
         if self.weighting.uses_validation and len(images):
             self.members.eval()  # fixed members: dropout off, BatchNorm statistics untouched
             per_image = blocks_in_batches(lambda x: {"p": self.member_probs(to_unit(x)).transpose(0, 1)}, images,
                                           batch_size, self.weights.device)["p"]
             probs = per_image.transpose(0, 1)  # (M, N, C)
+        if self.weighting.calibrates and len(images):
+            t = self.weighting.temperatures(probs, targets)
+            self.temperatures.copy_(t.to(self.temperatures.dtype))
+            probs = calibrate(probs, t)
         w = (self.weighting if len(images) else EqualWeights())(probs, targets)
         self.weights = w.to(self.weights.device, self.weights.dtype)
         self.fitted.fill_(True)
-        self.hparams["fitted_weights"] = {n: round(float(v), 6) for n, v in zip(self.members, w, strict=True)}
+        record = self.fit_record()
+        self.hparams["fitted_weights"] = record["fusion_weights"]
+        if "fusion_temperatures" in record:
+            self.hparams["fitted_temperatures"] = record["fusion_temperatures"]
         return self.weights
+
+    def fit_record(self) -> dict[str, Any]:
+        """What the weighting fitted, for the run's ``metrics.json``: ``fusion_weights`` (and
+        ``fusion_temperatures`` when it calibrates), ``{member: value}``."""
+        record = {"fusion_weighting": self.hparams["weights"], "fusion_weights": {
+            n: round(float(v), 6) for n, v in zip(self.members, self.weights, strict=True)}}
+        if self.weighting.calibrates:
+            record["fusion_temperatures"] = {n: round(float(v), 6)
+                                             for n, v in zip(self.members, self.temperatures, strict=True)}
+        return record
 
     def prepare(self, data: ModelData, stage: str) -> None:
         """Fix the weights on the validation split (once)."""
@@ -120,3 +170,18 @@ class LateFusionFER(FERClassifier):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         p = torch.einsum("m,mbc->bc", self.weights.float(), self.member_probs(images))
         return p.clamp_min(torch.finfo(p.dtype).tiny).log()
+
+
+class EnsembleFER(LateFusionFER):
+    """``model=ensemble``: the mean class probabilities of one or more checkpoints (seeds of one model, or
+    different models), weighted like a late fusion (``weights``, default ``mean``).
+
+    ``members``: a list of checkpoint files or run folders (each run's tested checkpoint), or ``{name: path}``.
+    It is a late fusion whose members come from finished runs, so it evaluates (``fer-eval``), predicts
+    (``fer-predict``) and exports (``fer-export``) like one. An ensemble of one checkpoint is that checkpoint.
+    """
+
+    model_name = "ensemble"
+    min_members = 1
+    default_weights = "mean"
+

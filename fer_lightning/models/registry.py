@@ -21,6 +21,7 @@ MODELS: Registry[Any] = Registry("model", {
     "handcrafted": "fer_lightning.models.handcrafted:HandcraftedFER",
     "hybrid": "fer_lightning.models.hybrid:HybridFER",
     "late_fusion": "fer_lightning.models.late_fusion:LateFusionFER",
+    "ensemble": "fer_lightning.models.late_fusion:EnsembleFER",
 })
 
 

@@ -24,6 +24,7 @@ from fer_lightning.reporting.tables import (
     _p,
     _pct,
     _selection_row,
+    fusion_weights,
     paired_tests,
     select_on_validation,
     table2,
@@ -136,6 +137,13 @@ def report(dirs: list[Path], output: Path | None = None, match: str = "data") ->
                   "lower validation NLL) was chosen and its test result is the `best on val` row: the selection "
                   f"never sees a test image, so that row is an honest estimate of choosing this way. Chosen: {picks} "
                   "(per test set in selection.csv)."]
+    weights = fusion_weights(runs)
+    if weights:
+        write_csv(out / "fusion_weights.csv", weights, list(weights[0]))
+        lines += ["", "## Fusion weights (fitted on validation; docs: \"Fusion weights\")", "",
+                  "| Model | dataset | split | fold | seed | weighting | weights | temperatures |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += ["| " + " | ".join(str(w[k] if w[k] is not None else "") for k in w) + " |" for w in weights]
     lines += ["", *matrix_markdown(cells)] if cells else []
     lines += ["", "## Figures", ""] + [f"![{n}]({n}.png)" for n in figs]
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")

@@ -89,6 +89,20 @@ def _selection_row(chosen: Run, runs: list[Run]) -> dict[str, Any]:
             "test_acc_deep": round(100 * deep[0].metrics["test/acc"], 2) if deep else None}
 
 
+def fusion_weights(runs: list[Run]) -> list[dict[str, Any]]:
+    """One row per late-fusion or ensemble run: its weighting and the weights (and temperatures) it fitted, as
+    ``member weight`` pairs (from ``metrics.json``)."""
+
+    def pairs(values: dict[str, float] | None) -> str:
+        return ", ".join(f"{k} {v:.3f}" for k, v in (values or {}).items())
+
+    return [{"model": r.model, "dataset": r.metrics.get("dataset"), "split": r.metrics.get("split"),
+             "fold": r.metrics.get("fold"), "seed": r.metrics.get("seed"),
+             "weighting": r.metrics.get("fusion_weighting"), "weights": pairs(r.metrics["fusion_weights"]),
+             "temperatures": pairs(r.metrics.get("fusion_temperatures"))}
+            for r in runs if r.metrics.get("fusion_weights")]
+
+
 def paired_tests(runs: list[Run], reference: str | None = None) -> list[dict[str, Any]]:
     """McNemar's test for each pair of models (or, with ``reference``, each model against it)."""
     rows = []

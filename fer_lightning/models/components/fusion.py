@@ -138,15 +138,69 @@ class LateFusionWeights(ABC):
     """How late fusion weights its members' class probabilities, from their predictions on validation images.
 
     ``uses_validation``: whether the weights depend on the validation predictions at all (when not, the members
-    are not run on them).
+    are not run on them). ``calibrates``: whether each member's probabilities are first sharpened or softened by a
+    temperature fitted on those predictions (:meth:`temperatures`, then :func:`calibrate`).
     """
 
     uses_validation = True
+    calibrates = False
 
     @abstractmethod
     def __call__(self, probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """``probs`` :math:`(M, N, C)` of the M members on N validation images, ``targets`` :math:`(N,)` ->
         the weights :math:`(M,)`, summing to 1."""
+
+    def temperatures(self, probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The members' temperatures :math:`(M,)` (all 1: no calibration)."""
+        return torch.ones(len(probs), dtype=torch.float64)
+
+
+def calibrate(probs: torch.Tensor, temperatures: torch.Tensor) -> torch.Tensor:
+    """Temperature scaling of probabilities: ``softmax(log p_m / T_m)`` for each member m.
+
+    Shape:
+        - probs: :math:`(M, ..., C)`; temperatures: :math:`(M,)`, positive.
+        - Output: like ``probs``.
+
+    Examples:
+        >>> p = torch.tensor([[[0.8, 0.2]], [[0.6, 0.4]]])
+        >>> calibrate(p, torch.tensor([1.0, 1e6]))  # T=1 leaves p; a huge T flattens it
+        tensor([[[0.8000, 0.2000]],
+        <BLANKLINE>
+                [[0.5000, 0.5000]]])
+    """
+    log_p = probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
+    t = temperatures.to(log_p.dtype).reshape(-1, *([1] * (probs.dim() - 1)))
+    return (log_p / t).softmax(-1)
+
+
+def fit_temperature(probs: torch.Tensor, targets: torch.Tensor, steps: int = 20) -> float:
+    """The temperature ``T > 0`` that minimises the mean negative log-likelihood of ``softmax(log p / T)`` on
+    held-out predictions (Guo et al. 2017), by L-BFGS on ``log T``; 1 when there are none.
+
+    Shape:
+        - probs: :math:`(N, C)`; targets: :math:`(N,)`.
+
+    Examples:
+        >>> p = torch.tensor([[0.6, 0.4], [0.6, 0.4], [0.6, 0.4], [0.4, 0.6]])  # right 3 times in 4, at 0.6
+        >>> round(fit_temperature(p, torch.tensor([0, 0, 0, 0])), 3)  # sharpened until p(right) = 0.75
+        0.369
+    """
+    if len(targets) == 0:
+        return 1.0
+    log_p = probs.double().clamp_min(torch.finfo(torch.float64).tiny).log()
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(log_p / log_t.exp(), targets.long())
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return float(log_t.detach().clamp(-6.0, 6.0).exp())
 
 
 class EqualWeights(LateFusionWeights):
@@ -178,6 +232,54 @@ class LikelihoodWeights(LateFusionWeights):
         return torch.softmax(-nll, 0)
 
 
-# model.weights: how the members of a late fusion are weighted
-WEIGHTINGS: Registry[type[LateFusionWeights]] = Registry("model.weights", {"mean": EqualWeights,
-                                                                           "loglik": LikelihoodWeights})
+class ShrunkWeights(LikelihoodWeights):
+    """``model.weights=shrunk``: the ``loglik`` weights shrunk toward equal weights,
+    ``w = s / M + (1 - s) w_loglik`` with ``shrinkage`` s in [0, 1] (1: ``mean``, 0: ``loglik``; default 0.5). The
+    members' validation predictions are optimistic (each member chose its best epoch on them), so their likelihood
+    is trusted only half.
+
+    Examples:
+        >>> probs = torch.tensor([[[0.9, 0.1]], [[0.5, 0.5]]])
+        >>> ShrunkWeights()(probs, torch.tensor([0]))
+        tensor([0.5714, 0.4286], dtype=torch.float64)
+        >>> ShrunkWeights(shrinkage=1.0)(probs, torch.tensor([0]))
+        tensor([0.5000, 0.5000], dtype=torch.float64)
+    """
+
+    def __init__(self, shrinkage: float = 0.5) -> None:
+        if not 0.0 <= shrinkage <= 1.0:
+            raise ValueError(f"shrinkage={shrinkage}: a number between 0 and 1")
+        self.shrinkage = float(shrinkage)
+
+    def __call__(self, probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        w = super().__call__(probs, targets)
+        return self.shrinkage / len(probs) + (1.0 - self.shrinkage) * w
+
+
+class CalibratedMean(LateFusionWeights):
+    """``model.weights=calibrated``: each member's probabilities temperature-scaled (:func:`fit_temperature` on
+    the validation images), then their plain mean (equal weights): no member is trusted more than another, but an
+    over- or under-confident one no longer dominates the mean by its confidence alone.
+
+    Examples:
+        >>> probs = torch.tensor([[[0.6, 0.4], [0.4, 0.6]], [[0.99, 0.01], [0.99, 0.01]]])
+        >>> w = CalibratedMean()
+        >>> w(probs, torch.tensor([0, 1]))
+        tensor([0.5000, 0.5000])
+        >>> t = w.temperatures(probs, torch.tensor([0, 1]))  # the member wrong with confidence is flattened
+        >>> bool(t[0] < 1 < t[1])
+        True
+    """
+
+    calibrates = True
+
+    def __call__(self, probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return torch.full((len(probs),), 1.0 / len(probs))
+
+    def temperatures(self, probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([fit_temperature(p, targets) for p in probs], dtype=torch.float64)
+
+
+# model.weights: how the members of a late fusion are weighted (docs: "Fusion weights")
+WEIGHTINGS: Registry[type[LateFusionWeights]] = Registry("model.weights", {
+    "mean": EqualWeights, "loglik": LikelihoodWeights, "shrunk": ShrunkWeights, "calibrated": CalibratedMean})
