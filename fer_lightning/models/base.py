@@ -14,6 +14,7 @@ from torch import nn
 
 from fer_lightning.data.contract import DataNeeds, ModelData, ProvidesModelData
 from fer_lightning.errors import FERError
+from fer_lightning.models.components.fitted import move_fitted
 from fer_lightning.models.components.metrics import ClassificationMetrics, mean_nll
 from fer_lightning.models.components.optim import OptimSettings
 from fer_lightning.runs.checkpoints import FORMAT_KEY, check_record, read_checkpoint
@@ -230,6 +231,7 @@ class FERClassifier(pl.LightningModule):
         if self.started_from is not None:  # model.init_from: the checkpoint it started from
             record["init_from"] = self.started_from
         checkpoint[FORMAT_KEY] = record
+        move_fitted(self, checkpoint)  # fitted layers: written once beside the checkpoints, named in the record
 
     def configure_optimizers(self) -> Any:
         max_epochs = self.trainer.max_epochs if self._trainer is not None else None
