@@ -19,13 +19,14 @@ import argparse
 import copy
 import tempfile
 import time
+from unittest import mock
 
 import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 
+from fer_lightning.engine import training
 from fer_lightning.engine.configs import config_dir
-from fer_lightning.engine.training import train
 from fer_lightning.models.components.heads import MLPHead
 
 
@@ -85,9 +86,16 @@ def main() -> None:
             cfg = compose("train", overrides=[
                 "model=handcrafted", "recipe=converged", f"data.image_size={args.size}",
                 f"trainer.max_epochs={args.epochs}", f"recipe.head.max_epochs={args.epochs}",
-                "callbacks.early_stopping=null", "+callbacks.clock._target_=__main__.Clock",
-                f"paths.output_dir={out}", *overrides])
-        train(cfg)
+                "callbacks.early_stopping=null", f"paths.output_dir={out}", *overrides])
+        build_trainer = training.build_trainer
+
+        def with_clock(*args, **kwargs):  # the trainer as train() builds it, and the clock last
+            trainer = build_trainer(*args, **kwargs)
+            trainer.callbacks.append(Clock())
+            return trainer
+
+        with mock.patch.object(training, "build_trainer", with_clock):
+            training.train(cfg)
         framework, model = Clock.seen["seconds"], Clock.seen["model"]
         plain = plain_loop(model, Clock.seen["epochs"], int(cfg.data.batch_size))
     n = len(model.data.split.train)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import io
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -204,7 +205,13 @@ class FERClassifier(pl.LightningModule):
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, weights_only: bool = True, **kwargs: Any) -> Any:
-        """Lightning's loader, reading with ``weights_only=True`` unless told otherwise."""
+        """Lightning's loader, reading with ``weights_only=True`` unless told otherwise; a checkpoint file is read
+        with :func:`~fer_lightning.runs.checkpoints.read_checkpoint` (its fitted layers put back from their file)."""
+        if isinstance(checkpoint_path, str | Path) and weights_only:
+            buffer = io.BytesIO()
+            torch.save(read_checkpoint(checkpoint_path), buffer)
+            buffer.seek(0)
+            checkpoint_path = buffer
         return super().load_from_checkpoint(checkpoint_path, *args, weights_only=weights_only, **kwargs)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
