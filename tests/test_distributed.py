@@ -23,6 +23,7 @@ from fer_lightning.evaluate import evaluate
 from fer_lightning.features.tables import block_store, blocks_of
 from fer_lightning.io.lock import one_at_a_time
 from fer_lightning.models.backbone import imagenet_weights_file
+from fer_lightning.runs.checkpoints import read_checkpoint
 from fer_lightning.runtime.collectives import unique_by_index
 from fer_lightning.runtime.ranks import is_global_zero, process_rank
 
@@ -119,7 +120,7 @@ def test_fitted_statistics_same_on_every_rank_and_once_in_checkpoint(ddp_paper, 
     cwd, _ = ddp_paper
     job = next((cwd / "outputs").rglob("0_paper_fold0_seed0"))
     assert (job / "paper.log").read_text().count("z-score/PCA statistics identical on all 2 processes") == 2
-    ckpt = torch.load(job / "handcrafted" / "checkpoints" / "last.ckpt", weights_only=True)
+    ckpt = read_checkpoint(job / "handcrafted" / "checkpoints" / "last.ckpt")  # fitted layers from their file
     fitted = {k: v for k, v in ckpt["state_dict"].items() if ".zscore." in k or ".pca." in k}
     assert fitted and not any(k.startswith("module.") for k in ckpt["state_dict"])
     # the same statistics as one process fits on the same training split

@@ -1,29 +1,83 @@
 """Lightning callbacks of the project: :class:`TrainingPictures` (TensorBoard pictures when training starts),
 :class:`ConfusionFigures` (the validation and test confusion matrices as TensorBoard figures) and
-:class:`LastCheckpoint` (``checkpoints/last.ckpt`` every epoch)."""
+:class:`LastCheckpoint` (``checkpoints/last.ckpt``: at most every ``every_s`` seconds, on interruption and at the
+end)."""
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from lightning_utilities.core.apply_func import apply_to_collection
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from fer_lightning.errors import FERError
 from fer_lightning.features.extractor import HandcraftedFeatures, resize_uint8
 from fer_lightning.reporting.faces import hog_figure, image_grid_figure, lbp_figure
 from fer_lightning.reporting.figures import confusion_matrix_figure
+from fer_lightning.runs.checkpoints import FITTED_KEY
 
 log = logging.getLogger(__name__)
 
 
 class LastCheckpoint(ModelCheckpoint):
-    """A :class:`~pytorch_lightning.callbacks.ModelCheckpoint` for ``last.ckpt`` at the end of every epoch (the
-    resume point; ``conf/callbacks/last_checkpoint.yaml``). A class of its own so that its state key never equals
-    another ModelCheckpoint's: ``callbacks.model_checkpoint.monitor=null`` would otherwise give two checkpoint
-    callbacks with the same key, which Lightning refuses."""
+    """A :class:`~pytorch_lightning.callbacks.ModelCheckpoint` for ``last.ckpt``, the resume point
+    (``conf/callbacks/last_checkpoint.yaml``), written at the end of an epoch when ``every_s`` seconds have passed
+    since it was last written (0: every epoch), and else kept in memory (a copy of the checkpoint of the epoch's
+    end) until it is due, training ends, or training is interrupted (:meth:`flush`). A run killed outright loses at
+    most ``every_s`` seconds and the epoch it was in; heads whose epochs take milliseconds no longer write a
+    checkpoint per epoch.
+
+    A class of its own also so that its state key never equals another ModelCheckpoint's:
+    ``callbacks.model_checkpoint.monitor=null`` would otherwise give two checkpoint callbacks with the same key,
+    which Lightning refuses.
+    """
+
+    def __init__(self, *args: Any, every_s: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if isinstance(every_s, bool) or not isinstance(every_s, int | float) or every_s < 0:
+            raise FERError(f"callbacks.last_checkpoint.every_s={every_s}: give 0 (every epoch) or a number of "
+                           "seconds between writes of last.ckpt")
+        self.every_s = float(every_s)
+        self._written_at = time.monotonic()
+        self._pending: tuple[str, dict[str, Any]] | None = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._written_at = time.monotonic()
+
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        if time.monotonic() - self._written_at >= self.every_s:
+            self._pending = None
+            super()._save_checkpoint(trainer, filepath)
+            self._written_at = time.monotonic()
+            return
+        # not due: the epoch's checkpoint as it would be written, its tensors copied (the fitted layers never change)
+        ckpt = trainer._checkpoint_connector.dump_checkpoint(self.save_weights_only)
+        self._pending = (filepath, {k: v if k == FITTED_KEY else apply_to_collection(
+            v, torch.Tensor, lambda t: t.detach().clone()) for k, v in ckpt.items()})
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+
+    def flush(self, trainer: pl.Trainer) -> None:
+        """Write the epoch-end checkpoint held in memory, if any (rank 0 writes)."""
+        if self._pending is not None:
+            filepath, ckpt = self._pending
+            self._pending = None
+            trainer.strategy.save_checkpoint(ckpt, filepath)
+            self._written_at = time.monotonic()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        self.flush(trainer)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        super().on_exception(trainer, pl_module, exception)
+        self.flush(trainer)
 
 
 class TrainingPictures(Callback):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import io
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ from torch import nn
 
 from fer_lightning.data.contract import DataNeeds, ModelData, ProvidesModelData
 from fer_lightning.errors import FERError
+from fer_lightning.models.components.fitted import move_fitted
 from fer_lightning.models.components.metrics import ClassificationMetrics, mean_nll
 from fer_lightning.models.components.optim import OptimSettings
 from fer_lightning.models.components.recipe import Primitives
@@ -210,7 +212,13 @@ class FERClassifier(pl.LightningModule):
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, weights_only: bool = True, **kwargs: Any) -> Any:
-        """Lightning's loader, reading with ``weights_only=True`` unless told otherwise."""
+        """Lightning's loader, reading with ``weights_only=True`` unless told otherwise; a checkpoint file is read
+        with :func:`~fer_lightning.runs.checkpoints.read_checkpoint` (its fitted layers put back from their file)."""
+        if isinstance(checkpoint_path, str | Path) and weights_only:
+            buffer = io.BytesIO()
+            torch.save(read_checkpoint(checkpoint_path), buffer)
+            buffer.seek(0)
+            checkpoint_path = buffer
         return super().load_from_checkpoint(checkpoint_path, *args, weights_only=weights_only, **kwargs)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -237,6 +245,7 @@ class FERClassifier(pl.LightningModule):
         if self.started_from is not None:  # model.init_from: the checkpoint it started from
             record["init_from"] = self.started_from
         checkpoint[FORMAT_KEY] = record
+        move_fitted(self, checkpoint)  # fitted layers: written once beside the checkpoints, named in the record
 
     def configure_callbacks(self) -> list[pl.Callback]:
         """The recipe's EMA of the weights and gradual unfreezing, when ``model.optim`` turns them on (for ``fit``:

@@ -4,10 +4,18 @@ Every read is ``torch.load(..., weights_only=True)`` (no code in a pickle runs):
 :func:`read_checkpoint`, and Lightning's (resuming ``fit`` from ``ckpt_path``) through :class:`CheckedCheckpointIO`,
 which a command installs on its trainer. A command reads each checkpoint file once and passes the loaded
 dict on (``load_model(ckpt)``, ``model.load_state_dict(ckpt["state_dict"])``).
+
+Fitted layers (z-score, PCA: tens of MB that never change while a head trains) are written once per run, beside
+the checkpoints, as ``fitted-<digest>.pt`` (content-addressed; :meth:`RunFolder.fitted_file
+<fer_lightning.runs.folder.RunFolder.fitted_file>`), and every checkpoint names that file in its record: a model puts
+them under :data:`FITTED_KEY` of the checkpoint dict, :class:`CheckedCheckpointIO` moves them out when it writes, and
+every read here puts them back into ``state_dict`` (checked against the digest). A checkpoint written before this,
+with its fitted layers in ``state_dict``, loads as it always did.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -18,8 +26,68 @@ from lightning_fabric.plugins import CheckpointIO
 
 from fer_lightning.errors import FERError
 from fer_lightning.io.atomic import atomic_write_bytes
+from fer_lightning.runs.folder import RunFolder
 
 FORMAT_KEY = "fer_lightning"
+# a checkpoint dict's fitted layers, {"digest": ..., "tensors": {state-dict key: tensor}}, until they are written
+FITTED_KEY = "fer_lightning_fitted"
+
+
+def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """A digest (16 hex digits of SHA-256) of named tensors: their names, dtypes, shapes and bytes.
+
+    Examples:
+        >>> a = tensors_digest({"w": torch.zeros(3)})
+        >>> a == tensors_digest({"w": torch.zeros(3)}), a == tensors_digest({"w": torch.ones(3)}), len(a)
+        (True, False, 16)
+    """
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}|{t.dtype}|{tuple(tensors[name].shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def write_fitted(checkpoint: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """``checkpoint`` as it is written to ``path``: its fitted layers (:data:`FITTED_KEY`) saved once beside it
+    (``fitted-<digest>.pt``, left as it is when already there) and named in its record instead."""
+    fitted = checkpoint.get(FITTED_KEY)
+    if fitted is None:
+        return checkpoint
+    target = RunFolder.fitted_file(Path(path).parent, fitted["digest"])
+    if not target.is_file():
+        buffer = io.BytesIO()
+        torch.save(fitted["tensors"], buffer)
+        atomic_write_bytes(target, buffer.getvalue())
+    out = {k: v for k, v in checkpoint.items() if k != FITTED_KEY}
+    out[FORMAT_KEY] = {**checkpoint[FORMAT_KEY], "fitted": {"file": target.name, "digest": fitted["digest"]}}
+    return out
+
+
+def _with_fitted(ckpt: dict[str, Any], path: Path, option: str) -> dict[str, Any]:
+    """``ckpt`` with its fitted layers back in ``state_dict``: from the file its record names, beside it (checked
+    against the digest), or from the checkpoint itself; a checkpoint of the old layout as it is."""
+    fitted = ckpt.pop(FITTED_KEY, None)
+    if fitted is not None:
+        tensors = fitted["tensors"]
+    else:
+        ref = ckpt[FORMAT_KEY].get("fitted")
+        if not isinstance(ref, Mapping):
+            return ckpt
+        file = path.parent / Path(str(ref.get("file"))).name
+        what = f"{option}={path}: its fitted z-score/PCA layers ({file.name}, written beside it by the run)"
+        if not file.is_file():
+            raise FERError(f"{what} are missing; copy the run's whole checkpoints/ folder, not the .ckpt alone")
+        try:
+            tensors = torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise FERError(f"{what} are unreadable ({e.__class__.__name__}); copy that file again from the run") from e
+        if not isinstance(tensors, dict) or tensors_digest(tensors) != ref.get("digest"):
+            raise FERError(f"{what} are damaged (their digest is not {ref.get('digest')}); copy that file again "
+                           "from the run")
+    ckpt["state_dict"] = {**ckpt.get("state_dict", {}), **tensors}
+    return ckpt
 
 
 def checkpoint_file(path: str | Path, option: str = "ckpt_path") -> Path:
@@ -38,7 +106,7 @@ def _checked(path: Path, option: str, load: Callable[[], Any]) -> dict[str, Any]
         raise FERError(f"{option}={path}: not a loadable PyTorch checkpoint ({e.__class__.__name__}: {first})") from e
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get(FORMAT_KEY), dict):
         raise FERError(f"{option}={path}: not a fer-lightning checkpoint (no '{FORMAT_KEY}' record in it)")
-    return ckpt
+    return _with_fitted(ckpt, path, option)
 
 
 def read_checkpoint(path: str | Path, option: str = "ckpt_path") -> dict[str, Any]:
@@ -82,13 +150,13 @@ class CheckedCheckpointIO(CheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         """A local checkpoint is written beside its name and renamed when complete (a crash or a full disk never
-        leaves part of one looking whole; a full disk ends the run with one line naming it); remote paths go
-        through the wrapped I/O."""
+        leaves part of one looking whole; a full disk ends the run with one line naming it), its fitted layers
+        once beside it (:func:`write_fitted`); remote paths go through the wrapped I/O, the fitted layers inside."""
         if "://" in str(path):
             self.inner.save_checkpoint(checkpoint, path, storage_options=storage_options)
             return
         buffer = io.BytesIO()  # serialised first (as Lightning does): the file write is then the only thing to fail
-        torch.save(checkpoint, buffer)
+        torch.save(write_fitted(checkpoint, path), buffer)
         atomic_write_bytes(path, buffer.getvalue())
 
     def remove_checkpoint(self, path: Any) -> None:

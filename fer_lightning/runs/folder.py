@@ -5,7 +5,8 @@ A training run's folder holds::
     config.yaml        the resolved configuration (written before training starts)
     run_info.json      command, start time, dataset, fingerprint, image folder, versions (and every resume)
     splits.csv         file, subject, label, split (train / val / test / unused) of every image
-    checkpoints/       the best checkpoint (epoch_NNN.ckpt) and last.ckpt (the resume point)
+    checkpoints/       the best checkpoint (epoch_NNN.ckpt) and last.ckpt (the resume point); fitted-<digest>.pt,
+                       the fitted z-score/PCA layers that every checkpoint of the run names (written once)
     tensorboard/       TensorBoard events
     metrics.json       test (and validation) metrics: the run is finished when it is there
     predictions.csv    file, subject, true, predicted, p_<class>... of every test image
@@ -37,6 +38,7 @@ METRICS, PREDICTIONS, ERROR = "metrics.json", "predictions.csv", "error.txt"
 WARNINGS = "warnings.txt"
 SUMMARY_MD, SUMMARY_CSV, SUMMARY_JSON = "summary.md", "summary.csv", "summary.json"
 CHECKPOINTS, LAST, TENSORBOARD = "checkpoints", "last.ckpt", "tensorboard"
+FITTED = "fitted-{digest}.pt"  # beside the checkpoints: their fitted layers, content-addressed (runs.checkpoints)
 # a run (metrics.json) or a pipeline (summary.json) that finished: never written into again
 FINISHED = (METRICS, SUMMARY_JSON)
 SPLIT_FIELDS = ["file", "subject", "label", "split"]
@@ -122,6 +124,11 @@ class RunFolder:
     def warnings_file(self) -> Path:
         """Where the full lists of the log's shortened warnings go (:mod:`fer_lightning.runtime.listing`)."""
         return self.path / WARNINGS
+
+    @staticmethod
+    def fitted_file(checkpoint_dir: str | Path, digest: str) -> Path:
+        """The file beside the checkpoints in ``checkpoint_dir`` that holds the fitted layers with this digest."""
+        return Path(checkpoint_dir) / FITTED.format(digest=digest)
 
     def checkpoints(self) -> list[Path]:
         return sorted(self.checkpoint_dir.glob("*.ckpt"))

@@ -13,7 +13,6 @@ variance ratios mean what sklearn's mean).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from typing import Any
 
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fer_lightning.errors import FERError
+from fer_lightning.runs.checkpoints import FITTED_KEY, tensors_digest
 
 log = logging.getLogger(__name__)
 CHUNK_ROWS = 4096
@@ -248,14 +248,33 @@ def _fitted_modules(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if isinstance(m, _Fitted)}
 
 
+def fitted_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every fitted statistic (z-score, PCA, block scale) in ``model``, under its ``model.state_dict()`` key."""
+    return {f"{name}.{key}": value for name, module in _fitted_modules(model).items()
+            for key, value in module.state_dict().items()}
+
+
 def fitted_digest(model: nn.Module) -> str:
-    """A digest of every fitted statistic (z-score, PCA, block scale) in ``model``."""
-    h = hashlib.sha256()
-    for name, module in _fitted_modules(model).items():
-        for key, value in module.state_dict().items():
-            h.update(f"{name}.{key}".encode())
-            h.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+    """A digest of every fitted statistic (z-score, PCA, block scale) in ``model``
+    (:func:`~fer_lightning.runs.checkpoints.tensors_digest`)."""
+    return tensors_digest(fitted_state(model))
+
+
+def move_fitted(model: nn.Module, checkpoint: dict[str, Any]) -> None:
+    """Move ``model``'s fitted statistics out of ``checkpoint["state_dict"]`` to ``checkpoint[FITTED_KEY]``, where
+    :class:`~fer_lightning.runs.checkpoints.CheckedCheckpointIO` writes them once beside the checkpoint. Their digest
+    is computed once for as long as no buffer changes (kept with the model, keyed on the buffers' storage and
+    version counters)."""
+    state = checkpoint.get("state_dict", {})
+    tensors = {k: state.pop(k) for k in fitted_state(model) if k in state}
+    if not tensors:
+        return
+    key = tuple((k, t.data_ptr(), t._version, tuple(t.shape)) for k, t in sorted(tensors.items()))
+    cached = model.__dict__.get("_fitted_digest")
+    if cached is None or cached[0] != key:  # the tensors are kept with it: their storage is never reused meanwhile
+        cached = (key, tensors_digest(tensors), tensors)
+        model.__dict__["_fitted_digest"] = cached
+    checkpoint[FITTED_KEY] = {"digest": cached[1], "tensors": tensors}
 
 
 def agree_on_fitted(model: nn.Module, strategy: Any) -> None:
