@@ -311,21 +311,28 @@ def lbp_histograms(codes: torch.Tensor, n_codes: int, grid: tuple[int, int] = (7
     b, _, h, w = codes.shape
     gy, gx = grid
     n_cells = gy * gx
-    ey, ex = grid_edges(h, gy), grid_edges(w, gx)
-    row_cell = torch.bucketize(torch.arange(h), torch.tensor(ey[1:-1]), right=True)
-    col_cell = torch.bucketize(torch.arange(w), torch.tensor(ex[1:-1]), right=True)
-    cell = (row_cell.view(-1, 1) * gx + col_cell.view(1, -1)).to(codes.device)  # (H, W)
-    area = torch.bincount(cell.reshape(-1), minlength=n_cells).to(torch.float32)  # pixels per cell
-    base = (cell * n_codes).unsqueeze(0)
+    cell_base, area = _cells(h, w, gy, gx, n_codes, str(codes.device))
     chunk = b if codes.is_cuda else 16
     parts = []
     for i in range(0, b, chunk):
         part = codes[i : i + chunk, 0]
         n = part.shape[0]
-        key = part.long().add_(base).add_((torch.arange(n, device=codes.device) * (n_cells * n_codes)).view(n, 1, 1))
+        key = cell_base + part  # int32 keys (half the bytes of int64), the same counts
+        key += (torch.arange(n, device=codes.device, dtype=torch.int32) * (n_cells * n_codes)).view(n, 1, 1)
         parts.append(torch.bincount(key.view(-1), minlength=n * n_cells * n_codes).view(n, n_cells, n_codes))
     counts = torch.cat(parts)
     return (counts.to(torch.float32) / area.view(1, -1, 1)).reshape(b, -1)
+
+
+@lru_cache(maxsize=16)
+def _cells(h: int, w: int, gy: int, gx: int, n_codes: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(1, h, w)`` int32 ``cell * n_codes`` of every pixel of a ``gy x gx`` grid, and each cell's area."""
+    ey, ex = grid_edges(h, gy), grid_edges(w, gx)
+    row_cell = torch.bucketize(torch.arange(h), torch.tensor(ey[1:-1]), right=True)
+    col_cell = torch.bucketize(torch.arange(w), torch.tensor(ex[1:-1]), right=True)
+    cell = row_cell.view(-1, 1) * gx + col_cell.view(1, -1)  # (H, W)
+    area = torch.bincount(cell.reshape(-1), minlength=gy * gx).to(torch.float32)  # pixels per cell
+    return (cell * n_codes).to(torch.int32).unsqueeze(0).to(device), area.to(device)
 
 
 class LBP(torch.nn.Module):
