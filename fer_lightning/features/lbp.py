@@ -16,8 +16,7 @@ Two paths give scikit-image's codes exactly:
   a side weight). ``u = 29 * s + 70 * t`` (in int16: ``|u| <= 32640``) is within ``|29 rho - 70| * 255 = 3.39``
   of ``29 * (s + rho * t)``, so ``|u| >= 4`` decides the bit. The few pixels with ``|u| <= 3`` (near-ties,
   mostly exact ties ``s = t = 0`` where scikit-image's float64 rounding decides) are replayed with scikit-image's
-  float64 formula, except flat ties (``a = b = d = c``), which scikit-image always sets (checked per image
-  size). Codes come from the pattern with uint8 bit arithmetic.
+  float64 formula, except flat ties (``a = b = d = c``), which scikit-image always sets (checked per size).
 """
 
 from __future__ import annotations
@@ -86,7 +85,6 @@ def _codes_general(x: torch.Tensor, P: int, R: float) -> torch.Tensor:
     return uniform_table(P).to(x.device)[pattern.long()]
 
 
-@lru_cache(maxsize=64)
 @lru_cache(maxsize=64)
 def fractions_np(n: int, offset: float) -> tuple[int, int, np.ndarray]:
     pos = np.arange(n, dtype=np.float64) + offset
@@ -163,9 +161,7 @@ def _diagonal_bits_at(xpad: torch.Tensor, idx: torch.Tensor, h: int, w: int) -> 
     flat = xpad.view(-1)
     shifts = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
     near = torch.stack([flat.index_select(0, base + (dy * stride + dx)) for dy, dx in shifts]).to(torch.float64)
-
-    def px(dy: int, dx: int) -> torch.Tensor:
-        return near[shifts.index((dy, dx))]
+    px = dict(zip(shifts, near, strict=True))  # the 3x3 neighbourhood in float64
 
     out = torch.zeros(len(idx), dtype=torch.uint8, device=idx.device)
     for i, (rp, cp) in enumerate(offsets(8, 1)):
@@ -173,10 +169,10 @@ def _diagonal_bits_at(xpad: torch.Tensor, idx: torch.Tensor, h: int, w: int) -> 
             r0, r1, dr_all = _fractions(h, rp, str(xpad.device))
             c0, c1, dc_all = _fractions(w, cp, str(xpad.device))
             dr, dc = dr_all.index_select(0, r), dc_all.index_select(0, col)
-            top = (1 - dc) * px(r0, c0) + dc * px(r0, c1)
-            bottom = (1 - dc) * px(r1, c0) + dc * px(r1, c1)
+            top = (1 - dc) * px[r0, c0] + dc * px[r0, c1]
+            bottom = (1 - dc) * px[r1, c0] + dc * px[r1, c1]
             # value - centre >= 0 is value >= centre for finite doubles (the difference is 0 only when equal)
-            out.add_(((1 - dr) * top + dr * bottom >= px(0, 0)).view(torch.uint8), alpha=1 << i)
+            out.add_(((1 - dr) * top + dr * bottom >= px[0, 0]).view(torch.uint8), alpha=1 << i)
     return out
 
 
@@ -193,12 +189,9 @@ def _uniform8(pattern: torch.Tensor) -> torch.Tensor:
 
 
 def _codes_uint8_p8r1(x: torch.Tensor) -> torch.Tensor:
-    """The exact fast path for 8-bit images, P=8, R=1. ``(B, H, W)`` uint8 -> uint8 codes.
-
-    Only element-wise uint8/int16 arithmetic, shifts and uint8 comparisons (the fast vectorised kernels): an int16
-    sign is ``u >> 15`` (-1 or 0)."""
-    b, h, w = x.shape
-    n = b * h * w
+    """The exact fast path for 8-bit images, P=8, R=1, ``(B, H, W)`` uint8 -> uint8 codes: element-wise uint8/int16
+    arithmetic, shifts and uint8 comparisons only (the vectorised kernels); an int16 sign is ``u >> 15``."""
+    (b, h, w), n = x.shape, x.numel()
     xpad = F.pad(x, (1, 1, 1, 1))
 
     def at(t: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
@@ -213,22 +206,18 @@ def _codes_uint8_p8r1(x: torch.Tensor) -> torch.Tensor:
     near = near_all[:n].view(b, h, w)
     negative = torch.zeros(b, h, w, dtype=torch.int16, device=x.device)  # minus the diagonal bits that are 0
     pattern = torch.zeros(b, h, w, dtype=torch.uint8, device=x.device)
-    diagonal_bits = 0
     for i, step in enumerate(_PLAN):
         if step[0] == "axis":
             pattern.add_((at(xpad, *step[1]) >= centre).view(torch.uint8), alpha=1 << i)
             continue
         _, side1, side2, far_at = step
-        u = at(side, *side1) + at(side, *side2)
-        u += at(far, *far_at)
-        u += minus_centre
+        u = (at(side, *side1) + at(side, *side2)).add_(at(far, *far_at)).add_(minus_centre)
         negative.add_(u >> 15, alpha=1 << i)
-        diagonal_bits |= 1 << i
         close = u.abs_().sub_(_NEAR).bitwise_right_shift_(15).to(torch.uint8)  # 255 where |u| < _NEAR
         if skip_flat:  # a flat tie (side1 = far = centre, so side2 = centre too): its bit is 1, as u >= 0 says
             close &= ((at(xpad, *side1) != centre) | (at(xpad, *far_at) != centre)).view(torch.uint8)
         near |= close
-    pattern += negative.to(torch.uint8).add_(diagonal_bits)
+    pattern += negative.to(torch.uint8).add_(0xFF ^ _AXIS_BITS)
     idx = _flagged(near_all)
     if len(idx):  # near-ties: scikit-image's float64 rounding decides
         flat = pattern.view(-1)
