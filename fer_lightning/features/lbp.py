@@ -9,14 +9,14 @@ Two paths give scikit-image's codes exactly:
 
 * the general path replays scikit-image's float64 arithmetic operation by operation, for any ``P``, ``R`` and
   any input dtype;
-* a fast path for 8-bit images with ``P=8, R=1``: each diagonal neighbour's test ``V - centre >= 0`` reduces to the
-  sign of ``s + rho * t`` with integers ``s = a + d - 2 * centre`` (the two side corners) and ``t = b - centre`` (the
-  far corner), ``rho = w_far / w_side``. Over all 8-bit values the smallest non-zero ``|V - centre|`` is 5.0e-4, so a
-  fixed-point ``rho`` (17 fractional bits, error < 1e-5 x 255) decides every case except exact ties (``s = t = 0``),
-  whose outcome depends on float64 rounding. Flat ties (all four corners equal to the centre ``v``) are read from a
-  table of scikit-image's float64 outcome per ``(v, row, column)``, built once per image size; other ties (such as
-  linear ramps) are recomputed with scikit-image's float64 formula from the few pixels they need. Photos with
-  smooth regions have many ties and run slower than textured faces (see ``bench/features.py``).
+* a fast path for 8-bit images with ``P=8, R=1``, in int16 and uint8 arithmetic. The four axis neighbours are
+  pixels: their bits are ``neighbour >= centre``. A diagonal neighbour is interpolated from its two side pixels
+  ``a, d`` (equal weights), the far corner ``b`` and the centre ``c``, so ``V - c`` has the sign of
+  ``s + rho * t`` with integers ``s = a + d - 2c``, ``t = b - c`` and ``rho = 2.41425...`` (the far weight over
+  a side weight). ``u = 29 * s + 70 * t`` (in int16: ``|u| <= 32640``) is within ``|29 rho - 70| * 255 = 3.39``
+  of ``29 * (s + rho * t)``, so ``|u| >= 4`` decides the bit. The few pixels with ``|u| <= 3`` (near-ties,
+  mostly exact ties ``s = t = 0`` where scikit-image's float64 rounding decides) are replayed with scikit-image's
+  float64 formula, except flat ties (``a = b = d = c``), which scikit-image always sets (checked per size).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-_FIXED_POINT = 1 << 17
+_SIDE, _FAR = 29, 70  # u = 29 * (a + d - 2c) + 70 * (b - c): 70 / 29 approximates rho
+_NEAR = 4  # |u| >= _NEAR decides a diagonal bit
 
 
 def offsets(P: int, R: float) -> list[tuple[float, float]]:
@@ -101,55 +102,8 @@ def _fractions(n: int, offset: float, device: str) -> tuple[int, int, torch.Tens
     return low, high, torch.from_numpy(frac.copy()).to(device)
 
 
-def _tie_bits(xpad: torch.Tensor, ties: torch.Tensor, h: int, w: int, rp: float, cp: float) -> torch.Tensor:
-    """scikit-image's float64 test ``bilinear(r + rp, c + cp) - centre >= 0`` at the tie positions ``(K, 3)`` of
-    an 8-bit chunk padded by 1; reads only the needed pixels."""
-    r0, r1, dr_all = _fractions(h, rp, str(xpad.device))
-    c0, c1, dc_all = _fractions(w, cp, str(xpad.device))
-    b, r, c = ties.unbind(1)
-    stride = w + 2
-    base = (b * (h + 2) + r + 1) * stride + c + 1
-    flat = xpad.reshape(-1)
-
-    def px(dy: int, dx: int) -> torch.Tensor:
-        return flat[base + (dy * stride + dx)].to(torch.float64)
-
-    dr, dc = dr_all[r], dc_all[c]
-    top = (1 - dc) * px(r0, c0) + dc * px(r0, c1)
-    bottom = (1 - dc) * px(r1, c0) + dc * px(r1, c1)
-    return ((1 - dr) * top + dr * bottom) - px(0, 0) >= 0
-
-
-@lru_cache(maxsize=16)
-def _flat_tie_table(h: int, w: int, rp: float, cp: float, device: str) -> torch.Tensor:
-    """``(256 * h * w,)`` bool: scikit-image's float64 outcome at a *flat* tie (all four corners equal to the
-    centre value ``v``) at ``(r, c)``, indexed by ``v * h * w + r * w + c``. Computed once per image size."""
-    dr, dc = _fractions(h, rp, "cpu")[2], _fractions(w, cp, "cpu")[2]
-    v = torch.arange(256, dtype=torch.float64).view(256, 1, 1)
-    dr, dc = dr.view(1, h, 1), dc.view(1, 1, w)
-    top = (1 - dc) * v + dc * v  # the same operations as the general formula with equal corners
-    value = (1 - dr) * top + dr * top
-    return (value - v >= 0).reshape(-1).to(device)
-
-
-def _resolve_ties(xpad, centre, ties, side1, h, w, rp, cp) -> torch.Tensor:
-    """Bits at tie positions (flat indices into the chunk): flat ties from the table, the rest computed."""
-    b, rc = ties // (h * w), ties % (h * w)
-    r, c = rc // w, rc % w
-    stride = w + 2
-    padded = (b * (h + 2) + r + 1) * stride + c + 1
-    flat_pad = xpad.reshape(-1)
-    v = flat_pad[padded]
-    flat = flat_pad[padded + side1[0] * stride + side1[1]] == v  # side equals centre, so all four corners do
-    out = _flat_tie_table(h, w, rp, cp, str(xpad.device))[v.long() * (h * w) + rc]
-    if not bool(flat.all()):
-        other = (~flat).nonzero().squeeze(1)
-        out[other] = _tie_bits(xpad, torch.stack([b[other], r[other], c[other]], 1), h, w, rp, cp)
-    return out
-
-
 def _fast_plan() -> list[tuple]:
-    """For P=8, R=1: per neighbour either ('axis', (dy, dx)) or ('diag', side1, side2, far, rho_fixed_point)."""
+    """For P=8, R=1: per neighbour either ('axis', (dy, dx)) or ('diag', side1, side2, far) (pixel offsets)."""
     plan = []
     for rp, cp in offsets(8, 1):
         r0, r1, c0, c1 = math.floor(rp), math.ceil(rp), math.floor(cp), math.ceil(cp)
@@ -161,38 +115,115 @@ def _fast_plan() -> list[tuple]:
         corners.pop((0, 0))  # the centre itself: its difference to the centre is 0
         far = max(corners, key=corners.get)
         side1, side2 = (k for k in corners if k != far)
-        plan.append(("diag", side1, side2, far, round(corners[far] / corners[side1] * _FIXED_POINT)))
+        rho = corners[far] / corners[side1]
+        if abs(corners[side1] - corners[side2]) > 1e-12 or abs(_SIDE * rho - _FAR) * 255 >= _NEAR - 0.5:
+            raise AssertionError("the int16 LBP decision does not hold for these offsets")
+        plan.append(("diag", side1, side2, far))
     return plan
 
 
 _PLAN = _fast_plan()
+_AXIS_BITS = sum(1 << i for i, step in enumerate(_PLAN) if step[0] == "axis")
+
+
+@lru_cache(maxsize=64)
+def _flat_ties_set(h: int, w: int) -> bool:
+    """Whether scikit-image's float64 bilinear value is ``>=`` the centre at every *flat* diagonal tie (the four
+    corners equal to the centre, any value 0..255) of an ``h x w`` image (True for all sizes up to 65536)."""
+    v = np.arange(256, dtype=np.float64).reshape(-1, 1, 1)
+    for i, (rp, cp) in enumerate(offsets(8, 1)):
+        if _PLAN[i][0] == "diag":
+            dr = np.unique(fractions_np(h, rp)[2]).reshape(1, -1, 1)
+            dc = np.unique(fractions_np(w, cp)[2]).reshape(1, 1, -1)
+            top = (1 - dc) * v + dc * v  # the same operations as the general formula with equal corners
+            if not bool((((1 - dr) * top + dr * top) - v >= 0).all()):
+                return False
+    return True
+
+
+def _flagged(buffer: torch.Tensor) -> torch.Tensor:
+    """Flat indices of the non-zero entries of a 1-d integer or bool tensor of a multiple of 8 bytes: the 8-byte
+    words holding one are found first (a search over fewer entries), then the entries inside those words."""
+    per = 8 // buffer.element_size()
+    words = buffer.view(torch.int64).nonzero().squeeze(1)
+    lanes = buffer.view(-1, per).index_select(0, words).nonzero()
+    return words.index_select(0, lanes[:, 0]) * per + lanes[:, 1]
+
+
+def _diagonal_bits_at(xpad: torch.Tensor, idx: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """scikit-image's float64 bits of the diagonal neighbours (a uint8 pattern holding only those bits) at the flat
+    positions ``idx`` of a ``(B, h, w)`` 8-bit chunk; ``xpad`` is the chunk zero-padded by 1."""
+    row = idx // w  # image * h + r
+    col = idx - row * w
+    r = row - (row // h) * h
+    stride = w + 2
+    base = (row + 2 * (row // h) + 1) * stride + col + 1
+    flat = xpad.view(-1)
+    shifts = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    near = torch.stack([flat.index_select(0, base + (dy * stride + dx)) for dy, dx in shifts]).to(torch.float64)
+    px = dict(zip(shifts, near, strict=True))  # the 3x3 neighbourhood in float64
+
+    out = torch.zeros(len(idx), dtype=torch.uint8, device=idx.device)
+    for i, (rp, cp) in enumerate(offsets(8, 1)):
+        if _PLAN[i][0] == "diag":
+            r0, r1, dr_all = _fractions(h, rp, str(xpad.device))
+            c0, c1, dc_all = _fractions(w, cp, str(xpad.device))
+            dr, dc = dr_all.index_select(0, r), dc_all.index_select(0, col)
+            top = (1 - dc) * px[r0, c0] + dc * px[r0, c1]
+            bottom = (1 - dc) * px[r1, c0] + dc * px[r1, c1]
+            # value - centre >= 0 is value >= centre for finite doubles (the difference is 0 only when equal)
+            out.add_(((1 - dr) * top + dr * bottom >= px[0, 0]).view(torch.uint8), alpha=1 << i)
+    return out
+
+
+def _uniform8(pattern: torch.Tensor) -> torch.Tensor:
+    """:func:`uniform_table` ``(8)`` applied to a uint8 pattern tensor with bit arithmetic (no gather): the number
+    of ones where bits 0..7 change at most twice, else 9."""
+    changes = (pattern ^ (pattern >> 1)).bitwise_and_(0x7F)
+    changes &= changes - 1
+    changes &= changes - 1  # zero when at most two changes
+    ones = pattern - ((pattern >> 1) & 0x55)
+    ones = (ones & 0x33).add_((ones >> 2) & 0x33)
+    ones = ones.add_(ones >> 4).bitwise_and_(0x0F)
+    return torch.maximum(ones, (changes != 0).view(torch.uint8) * 9)  # ones <= 8
 
 
 def _codes_uint8_p8r1(x: torch.Tensor) -> torch.Tensor:
-    """The exact fast path for 8-bit images, P=8, R=1. ``(B, H, W)`` uint8 -> uint8 codes."""
-    b, h, w = x.shape
+    """The exact fast path for 8-bit images, P=8, R=1, ``(B, H, W)`` uint8 -> uint8 codes: element-wise uint8/int16
+    arithmetic, shifts and uint8 comparisons only (the vectorised kernels); an int16 sign is ``u >> 15``."""
+    (b, h, w), n = x.shape, x.numel()
     xpad = F.pad(x, (1, 1, 1, 1))
-    wide = xpad.to(torch.int32)
 
     def at(t: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
         return t[:, 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
 
-    centre, centre32 = at(xpad, 0, 0), at(wide, 0, 0)
-    twice_centre = 2 * centre32
+    centre = at(xpad, 0, 0)
+    wide = xpad.to(torch.int16)
+    side, far = wide * _SIDE, wide * _FAR
+    minus_centre = at(wide, 0, 0) * -(2 * _SIDE + _FAR)
+    skip_flat = _flat_ties_set(h, w)
+    near_all = torch.zeros(-(-n // 8) * 8, dtype=torch.uint8, device=x.device)
+    near = near_all[:n].view(b, h, w)
+    negative = torch.zeros(b, h, w, dtype=torch.int16, device=x.device)  # minus the diagonal bits that are 0
     pattern = torch.zeros(b, h, w, dtype=torch.uint8, device=x.device)
     for i, step in enumerate(_PLAN):
         if step[0] == "axis":
-            bit = at(xpad, *step[1]) >= centre
-        else:
-            _, side1, side2, far, rho = step
-            s = at(wide, *side1) + at(wide, *side2) - twice_centre
-            u = s.mul_(_FIXED_POINT).add_(at(wide, *far) - centre32, alpha=rho)
-            bit = u >= 0
-            ties = (u == 0).view(-1).nonzero().squeeze(1)
-            if len(ties):  # exact ties: scikit-image's float64 rounding decides
-                bit.view(-1)[ties] = _resolve_ties(xpad, centre, ties, side1, h, w, *offsets(8, 1)[i])
-        pattern.add_(bit.view(torch.uint8), alpha=1 << i)
-    return uniform_table(8).to(x.device)[pattern.long()]
+            pattern.add_((at(xpad, *step[1]) >= centre).view(torch.uint8), alpha=1 << i)
+            continue
+        _, side1, side2, far_at = step
+        u = (at(side, *side1) + at(side, *side2)).add_(at(far, *far_at)).add_(minus_centre)
+        negative.add_(u >> 15, alpha=1 << i)
+        close = u.abs_().sub_(_NEAR).bitwise_right_shift_(15).to(torch.uint8)  # 255 where |u| < _NEAR
+        if skip_flat:  # a flat tie (side1 = far = centre, so side2 = centre too): its bit is 1, as u >= 0 says
+            close &= ((at(xpad, *side1) != centre) | (at(xpad, *far_at) != centre)).view(torch.uint8)
+        near |= close
+    pattern += negative.to(torch.uint8).add_(0xFF ^ _AXIS_BITS)
+    idx = _flagged(near_all)
+    if len(idx):  # near-ties: scikit-image's float64 rounding decides
+        flat = pattern.view(-1)
+        axis = flat.index_select(0, idx).bitwise_and_(_AXIS_BITS)
+        flat.index_copy_(0, idx, axis | _diagonal_bits_at(xpad, idx, h, w))
+    return _uniform8(pattern)
 
 
 def lbp_codes(x: torch.Tensor, P: int = 8, R: float = 1.0, chunk: int = 16) -> torch.Tensor:
@@ -269,21 +300,28 @@ def lbp_histograms(codes: torch.Tensor, n_codes: int, grid: tuple[int, int] = (7
     b, _, h, w = codes.shape
     gy, gx = grid
     n_cells = gy * gx
-    ey, ex = grid_edges(h, gy), grid_edges(w, gx)
-    row_cell = torch.bucketize(torch.arange(h), torch.tensor(ey[1:-1]), right=True)
-    col_cell = torch.bucketize(torch.arange(w), torch.tensor(ex[1:-1]), right=True)
-    cell = (row_cell.view(-1, 1) * gx + col_cell.view(1, -1)).to(codes.device)  # (H, W)
-    area = torch.bincount(cell.reshape(-1), minlength=n_cells).to(torch.float32)  # pixels per cell
-    base = (cell * n_codes).unsqueeze(0)
+    cell_base, area = _cells(h, w, gy, gx, n_codes, str(codes.device))
     chunk = b if codes.is_cuda else 16
     parts = []
     for i in range(0, b, chunk):
         part = codes[i : i + chunk, 0]
         n = part.shape[0]
-        key = part.long().add_(base).add_((torch.arange(n, device=codes.device) * (n_cells * n_codes)).view(n, 1, 1))
+        key = cell_base + part  # int32 keys (half the bytes of int64), the same counts
+        key += (torch.arange(n, device=codes.device, dtype=torch.int32) * (n_cells * n_codes)).view(n, 1, 1)
         parts.append(torch.bincount(key.view(-1), minlength=n * n_cells * n_codes).view(n, n_cells, n_codes))
     counts = torch.cat(parts)
     return (counts.to(torch.float32) / area.view(1, -1, 1)).reshape(b, -1)
+
+
+@lru_cache(maxsize=16)
+def _cells(h: int, w: int, gy: int, gx: int, n_codes: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(1, h, w)`` int32 ``cell * n_codes`` of every pixel of a ``gy x gx`` grid, and each cell's area."""
+    ey, ex = grid_edges(h, gy), grid_edges(w, gx)
+    row_cell = torch.bucketize(torch.arange(h), torch.tensor(ey[1:-1]), right=True)
+    col_cell = torch.bucketize(torch.arange(w), torch.tensor(ex[1:-1]), right=True)
+    cell = row_cell.view(-1, 1) * gx + col_cell.view(1, -1)  # (H, W)
+    area = torch.bincount(cell.reshape(-1), minlength=gy * gx).to(torch.float32)  # pixels per cell
+    return (cell * n_codes).to(torch.int32).unsqueeze(0).to(device), area.to(device)
 
 
 class LBP(torch.nn.Module):
