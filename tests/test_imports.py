@@ -19,6 +19,9 @@ import fer_lightning
 from .conftest import REPO
 
 PACKAGE = REPO / "fer_lightning"
+# modules that exist for one optional extra: the package imports them only inside a function, after checking the
+# extra is installed (runtime.optional.require), so their module-level imports belong to the extra
+EXTRA_MODULES = {"deploy/serving.py": "serve"}
 
 
 def _imported(tree: ast.AST, in_functions: bool) -> set[str]:
@@ -39,6 +42,8 @@ def third_party_imports(in_functions: bool = True) -> set[str]:
     (``in_functions=False``) only those imported when a module is imported."""
     found = set()
     for path in PACKAGE.rglob("*.py"):
+        if not in_functions and path.relative_to(PACKAGE).as_posix() in EXTRA_MODULES:
+            continue  # imported only when its extra is there: all its imports count as an optional feature's
         found |= _imported(ast.parse(path.read_text()), in_functions)
     return {m for m in found if m.split(".")[0] not in sys.stdlib_module_names and m.split(".")[0] != "fer_lightning"}
 
@@ -66,6 +71,18 @@ def test_every_imported_distribution_is_declared():
     missing = undeclared(lazy, declared | optional)
     assert not missing, f"imported but declared neither in [project] dependencies nor in an extra: {missing}"
     assert not declared & optional, "a dependency is both required and optional"
+
+
+def test_modules_of_an_extra_are_imported_only_inside_functions():
+    """A module of an extra (deploy/serving.py: litserve) imported at module level anywhere would make every
+    command need the extra."""
+    names = {"fer_lightning." + m.removesuffix(".py").replace("/", ".") for m in EXTRA_MODULES}
+    eager = set()
+    for path in PACKAGE.rglob("*.py"):
+        if path.relative_to(PACKAGE).as_posix() not in EXTRA_MODULES:
+            eager |= _imported(ast.parse(path.read_text()), in_functions=False)
+    assert not names & eager
+    assert all((PACKAGE / m).exists() for m in EXTRA_MODULES)
 
 
 def test_version_is_the_installed_distributions():
