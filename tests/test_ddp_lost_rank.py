@@ -12,6 +12,9 @@ import time
 import pytest
 import torch
 
+from fer_lightning.engine import ddp as distributed
+from fer_lightning.errors import FERError
+
 from .conftest import REPO
 
 RUN = ["model=deep", "model.backbone.weights=none", "trainer=ddp_cpu", "logger=none", "data.image_size=32",
@@ -59,3 +62,30 @@ def test_killed_rank_ends_the_job_with_one_line_and_a_resumable_checkpoint(tmp_p
     assert res.returncode == 0, res.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["epochs"] == 2 and metrics["stop_reason"] == "max_epochs", metrics
+
+
+def killed_child() -> distributed._Launch:
+    """A launch whose one child process (rank 1) was killed."""
+    launch = distributed._Launch()
+    launch.procs = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])]
+    launch.procs[0].kill()
+    distributed._LAUNCHES.append(launch)
+    return launch
+
+
+def test_a_failed_collective_after_a_lost_rank_is_one_line_naming_it():
+    launch = killed_child()
+    with pytest.raises(FERError, match=r"^the DDP process of rank 1 \(pid \d+\) died \(killed by SIGKILL\); the job "
+                                       r"stopped") as e:
+        with distributed.job_processes():
+            raise RuntimeError("[gloo] Connection closed by peer")  # what the collective raises
+    assert isinstance(e.value.__cause__, RuntimeError) and not distributed._LAUNCHES
+    assert launch.procs[0].returncode == -signal.SIGKILL
+
+
+def test_ctrl_c_stays_ctrl_c():
+    killed_child()  # Lightning ends the children itself on Ctrl+C: that is no lost rank
+    with pytest.raises(KeyboardInterrupt):
+        with distributed.job_processes():
+            raise KeyboardInterrupt
+    assert not distributed._LAUNCHES

@@ -221,10 +221,12 @@ def job_processes() -> Iterator[None]:
         yield
     except BaseException as e:
         procs = [p for launch in _LAUNCHES for p in launch.procs]
-        # a dead peer fails this process's collective a moment before its exit is seen
-        lost = lost_rank(procs, wait=5.0 if isinstance(e, RuntimeError) else 0.0) if procs else None
+        lost = None
+        if procs and isinstance(e, Exception) and not isinstance(e, FERError):  # not Ctrl+C: it ends them itself
+            # a dead peer fails this process's collective a moment before its exit is seen
+            lost = lost_rank(procs, wait=5.0 if isinstance(e, RuntimeError) else 0.0)
         end_job(failed=True)
-        if lost and not isinstance(e, FERError):
+        if lost:
             raise FERError(lost_line(lost)) from e
         raise
     end_job()
