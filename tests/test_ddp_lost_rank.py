@@ -89,3 +89,22 @@ def test_ctrl_c_stays_ctrl_c():
         with distributed.job_processes():
             raise KeyboardInterrupt
     assert not distributed._LAUNCHES
+
+
+WATCHDOG = """
+import subprocess, sys, time
+from fer_lightning.engine.ddp import _Observer
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+child.kill()
+_Observer([child], period=0.1, grace=0.5).start()
+time.sleep(120)  # a process stuck in a collective that waits for the dead one
+"""
+
+
+@pytest.mark.slow
+def test_the_watchdog_ends_a_process_stuck_after_a_lost_rank():
+    res = subprocess.run([sys.executable, "-c", WATCHDOG], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 1  # not 0: the process did not sleep its 120 s to the end
+    assert res.stderr.strip().splitlines()[-1].startswith(
+        "fer-lightning: error: the DDP process of rank 1 (pid "), res.stderr[-2000:]
+    assert "died (killed by SIGKILL); the job stopped" in res.stderr

@@ -118,7 +118,7 @@ class _Observer(threading.Thread):
                 return
             lost = lost_rank(self.procs)
             if lost and not self.stopped.is_set():
-                log.error("DDP: %s: ending the job's other processes", lost)
+                log.error("%s: ending the job's other processes", lost)
                 for p in self.procs:
                     p.kill()
                 if self.stopped.wait(self.grace):
