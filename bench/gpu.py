@@ -46,9 +46,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import features as feature_bench  # noqa: E402  (bench/features.py)
 import loop as loop_bench  # noqa: E402  (bench/loop.py)
+from hydra import compose, initialize_config_dir  # noqa: E402
 
 from fer_lightning.data.augment import FaceAugment  # noqa: E402
 from fer_lightning.engine.build import build  # noqa: E402
+from fer_lightning.engine.configs import config_dir  # noqa: E402
 from fer_lightning.features import HandcraftedFeatures  # noqa: E402
 from fer_lightning.models.backbone import imagenet_weights_file  # noqa: E402
 
@@ -163,6 +165,13 @@ def in_process(module: str, *args: str) -> tuple[float]:
     return (time.perf_counter() - start,)
 
 
+def deep_config(ctx: Context, size: int):
+    """The training config of ``model=deep`` at ``size`` px (its augmentation and model sections)."""
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return compose("train", overrides=["model=deep", f"model.backbone.weights={ctx.weights}",
+                                           f"data.image_size={size}", f"data.cache_dir={ctx.cache}"])
+
+
 def train_options(ctx: Context) -> list[str]:
     """What every training command of the check shares: the cache, no logger or bars, and tiny sizes in a dry run."""
     options = [f"data.cache_dir={ctx.cache}", "logger=none", "trainer.enable_progress_bar=false",
@@ -229,7 +238,7 @@ def handcrafted_features(ctx: Context) -> list[Row]:
 @step("augment", 10, 30)
 def augmentation(ctx: Context) -> list[Row]:
     size, batch = (32, 8) if ctx.dry else (224, 256)
-    cfg = loop_bench.config(size, 1, ctx.device, str(ctx.cache))
+    cfg = deep_config(ctx, size)
     augment = FaceAugment(**cfg.data.augment).to(ctx.device)
     x = torch.rand(batch, 1, size, size, device=ctx.device)
     reset_peak(ctx)
@@ -284,8 +293,7 @@ def finetune_rate(ctx: Context, cfg, batch: int, bf16: bool, channels_last: bool
 @step("finetune", 120, 90)
 def finetuning(ctx: Context) -> list[Row]:
     size, batches = (32, (4,)) if ctx.dry else (224, (128, 256))
-    cfg = loop_bench.config(size, 1, ctx.device, str(ctx.cache))
-    cfg.model.backbone.weights = ctx.weights
+    cfg = deep_config(ctx, size)
     rows = []
     for batch in batches:
         for name, bf16, channels_last, compiled in VARIANTS:
