@@ -281,12 +281,16 @@ class FERDataModule(pl.LightningDataModule):
             generator=torch.Generator() if order is not None else None,  # workers' seeds not from the global one
             num_workers=workers,
             persistent_workers=workers > 0,
-            pin_memory=torch.cuda.is_available(),
+            pin_memory=self._training_device().type == "cuda",  # pinned pages speed host-to-GPU copies only
         )
 
     def _epoch(self) -> int:
         """The training epoch now (as Lightning numbers it for samplers; 0 outside a fit)."""
         return self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0
+
+    def _training_device(self) -> torch.device:
+        strategy = getattr(self.trainer, "strategy", None)
+        return strategy.root_device if strategy is not None else torch.device("cpu")
 
     def _device_store(self) -> tuple | None:
         """``(images, targets, features)`` of the whole store on the training device (``data.on_device``), or None."""

@@ -17,10 +17,13 @@ import contextlib
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -66,25 +69,62 @@ def job_command(module: str) -> list[str]:
     return command
 
 
-class _Observer(threading.Thread):
-    """Like Lightning's: if a child process dies during the job, end the others and this process (which would
-    otherwise wait for it in a collective forever); stopped by :func:`end_job`."""
+def lost_line(lost: str) -> str:
+    """The one line of a job that lost a process: which, and how to resume (the job's ``last.ckpt``)."""
+    from hydra.core.hydra_config import HydraConfig
 
-    def __init__(self, procs: list[subprocess.Popen], period: float = 2.0) -> None:
+    from fer_lightning.engine.resume import resume_hint
+
+    if not HydraConfig.initialized():
+        return f"{lost}; the job stopped"
+    return f"{lost}; the job stopped: {resume_hint(Path(HydraConfig.get().runtime.output_dir))}"
+
+
+def lost_rank(procs: list[subprocess.Popen], wait: float = 0.0) -> str | None:
+    """One line naming the first child process (rank ``i + 1`` of ``procs[i]``) that exited with an error, waiting
+    up to ``wait`` seconds for one to do so; None when none did.
+
+    Examples:
+        >>> done = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+        >>> lost_rank([done], wait=30.0)  # doctest: +ELLIPSIS
+        'the DDP process of rank 1 (pid ...) died (exit code 3)'
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        for rank, p in enumerate(procs, start=1):
+            code = p.poll()
+            if code not in (None, 0):
+                how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+                return f"the DDP process of rank {rank} (pid {p.pid}) died ({how})"
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.1)
+
+
+class _Observer(threading.Thread):
+    """Like Lightning's: if a child process dies during the job, end the others; this process ends the job with one
+    line naming the lost rank. The main thread usually gets there first (its next collective fails, and
+    :func:`job_processes` turns that into the line); if it is still running ``grace`` seconds later (stuck in a
+    collective that waits for the dead process), this thread prints the line and ends the process (exit code 1).
+    Stopped by :func:`end_job`."""
+
+    def __init__(self, procs: list[subprocess.Popen], period: float = 2.0, grace: float = 20.0) -> None:
         super().__init__(daemon=True, name="fer-lightning-ddp-observer")
-        self.procs, self.period, self.stopped = procs, period, threading.Event()
+        self.procs, self.period, self.grace, self.stopped = procs, period, grace, threading.Event()
 
     def run(self) -> None:
         while not self.stopped.wait(self.period):
-            codes = [p.poll() for p in self.procs]
-            if all(c == 0 for c in codes):
+            if all(p.poll() == 0 for p in self.procs):
                 return
-            failed = [(p.pid, c) for p, c in zip(self.procs, codes, strict=True) if c not in (None, 0)]
-            if failed and not self.stopped.is_set():
-                log.error("DDP child process %d exited with code %d: ending the job's processes", *failed[0])
+            lost = lost_rank(self.procs)
+            if lost and not self.stopped.is_set():
+                log.error("%s: ending the job's other processes", lost)
                 for p in self.procs:
                     p.kill()
-                os.kill(os.getpid(), 9)
+                if self.stopped.wait(self.grace):
+                    return
+                print(f"fer-lightning: error: {lost_line(lost)}", file=sys.stderr, flush=True)
+                os._exit(1)
 
 
 class _Launch:
@@ -175,11 +215,19 @@ def end_job(failed: bool = False, timeout: float = 300.0) -> None:
 
 @contextlib.contextmanager
 def job_processes() -> Iterator[None]:
-    """Run a job so that the DDP processes it starts end with it (:func:`end_job`)."""
+    """Run a job so that the DDP processes it starts end with it (:func:`end_job`). A job that fails because one
+    of them died (its collectives fail) fails with a :class:`FERError` naming the lost rank."""
     try:
         yield
-    except BaseException:
+    except BaseException as e:
+        procs = [p for launch in _LAUNCHES for p in launch.procs]
+        lost = None
+        if procs and isinstance(e, Exception) and not isinstance(e, FERError):  # not Ctrl+C: it ends them itself
+            # a dead peer fails this process's collective a moment before its exit is seen
+            lost = lost_rank(procs, wait=5.0 if isinstance(e, RuntimeError) else 0.0)
         end_job(failed=True)
+        if lost:
+            raise FERError(lost_line(lost)) from e
         raise
     end_job()
 

@@ -1,0 +1,68 @@
+"""bench/gpu.py, the one-shot GPU check: its ``--dry-run`` (the same steps on the CPU, tiny sizes) runs every step
+and prints a row for each; a step that fails prints one line and the next step still runs."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import REPO
+
+SCRIPT = REPO / "bench" / "gpu.py"
+
+
+def gpu_check():
+    spec = importlib.util.spec_from_file_location("bench_gpu", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_failing_step_prints_one_line_and_the_next_runs(tmp_path, capsys):
+    gpu = gpu_check()
+    out = tmp_path / "gpu.json"
+    code = gpu.main(["--dry-run", "--only", "features", "augment", "--fail-step", "features", "--out", str(out),
+                     "--work", str(tmp_path / "work")])
+    printed = capsys.readouterr().out
+    assert code == 1  # a step failed
+    assert [ln for ln in printed.splitlines() if "failed" in ln and ln.startswith("step ")] == [
+        "step features failed: made to fail (--fail-step)"]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["step"], r["status"]) for r in rows] == [
+        ("features", "failed: made to fail (--fail-step)"), ("augment", "ok")]
+    assert rows[1]["numbers"]["images_per_s"] > 0
+    table = [ln for ln in printed.splitlines() if ln.startswith("| ")]
+    assert len(table) == 2 + len(rows) and table[-1].startswith("| augment | kornia augmentation")
+
+
+def test_only_and_skip_select_steps(tmp_path, capsys):
+    gpu = gpu_check()
+    assert gpu.main(["--dry-run", "--skip", *[s for s in gpu.STEPS if s != "augment"],
+                     "--work", str(tmp_path)]) == 0
+    assert [ln.split(":")[0] for ln in capsys.readouterr().out.splitlines() if ln.startswith("step ")] == [
+        "step augment"]
+
+
+@pytest.mark.slow
+def test_dry_run_prints_a_row_for_every_step(tmp_path):
+    out = tmp_path / "gpu.json"
+    res = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--out", str(out), "--work", str(tmp_path / "w")],
+                         cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    report = json.loads(out.read_text())
+    rows = report["rows"]
+    steps = ["tests", "features", "augment", "finetune", "paper", "ddp", "evaluate", "predict", "export"]
+    assert [r["step"] for r in rows if r["step"] not in {x["step"] for x in rows[: rows.index(r)]}] == steps
+    assert all(r["status"] == "ok" for r in rows), [r for r in rows if r["status"] != "ok"]
+    assert len([r for r in rows if r["step"] == "finetune"]) == 4  # fp32, bf16, + channels_last, + compile
+    features = next(r for r in rows if r["step"] == "features")
+    assert features["numbers"]["max_abs_diff_vs_cpu"] == 0
+    assert [r["what"].split(" (")[0] for r in rows if r["step"] == "paper"] == [
+        "experiment=paper end to end", "handcrafted stage", "hybrid stage"]
+    printed = res.stdout.splitlines()
+    header = printed.index("| step | what | result | target | seconds | peak GPU MB | status |")
+    table = [ln for ln in printed[header:] if ln.startswith("| ")]  # (the paper run prints its own table above)
+    assert len(table) == 2 + len(rows) and all(ln.count(" | ") == 6 for ln in table)
