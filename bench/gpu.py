@@ -226,7 +226,7 @@ def handcrafted_features(ctx: Context) -> list[Row]:
     xd = x.to(ctx.device)
     reset_peak(ctx)
     repeats = 2 if ctx.dry else 10
-    seconds, out = feature_bench.timed(lambda: extractor(xd), repeats, ctx.sync)
+    seconds, out = feature_bench.timed(extractor, xd, repeats, ctx.sync)
     diff = max(float((out[k].cpu() - reference[k]).abs().max()) for k in reference)
     rate = batch / seconds
     return [Row("features", f"HOG+LBP, {batch} x {size} px, on {ctx.device}",
@@ -243,7 +243,7 @@ def augmentation(ctx: Context) -> list[Row]:
     x = torch.rand(batch, 1, size, size, device=ctx.device)
     reset_peak(ctx)
     repeats = 2 if ctx.dry else 20
-    seconds, out = feature_bench.timed(lambda: augment(x), repeats, ctx.sync)
+    seconds, out = feature_bench.timed(augment, x, repeats, ctx.sync)
     assert out.device.type == ctx.device and out.shape == x.shape
     return [Row("augment", f"kornia augmentation (flip, rotation, zoom, brightness), {batch} x {size} px",
                 f"{batch / seconds:,.0f} images/s on {ctx.device}", seconds * repeats, peak_mb(ctx),

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from lightning_utilities.core.apply_func import apply_to_collection
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
@@ -22,6 +21,17 @@ from fer_lightning.reporting.figures import confusion_matrix_figure
 from fer_lightning.runs.checkpoints import FITTED_KEY
 
 log = logging.getLogger(__name__)
+
+
+def _copied(value):
+    """``value`` with every tensor in its dicts, lists and tuples copied (a checkpoint held until it is written)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return type(value)((k, _copied(v)) for k, v in value.items())
+    if isinstance(value, list | tuple) and not hasattr(value, "_fields"):
+        return type(value)(_copied(v) for v in value)
+    return value
 
 
 class LastCheckpoint(ModelCheckpoint):
@@ -58,8 +68,7 @@ class LastCheckpoint(ModelCheckpoint):
             return
         # not due: the epoch's checkpoint as it would be written, its tensors copied (the fitted layers never change)
         ckpt = trainer._checkpoint_connector.dump_checkpoint(self.save_weights_only)
-        self._pending = (filepath, {k: v if k == FITTED_KEY else apply_to_collection(
-            v, torch.Tensor, lambda t: t.detach().clone()) for k, v in ckpt.items()})
+        self._pending = (filepath, {k: v if k == FITTED_KEY else _copied(v) for k, v in ckpt.items()})
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
 
