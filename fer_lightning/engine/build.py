@@ -70,7 +70,9 @@ def build_trainer(cfg: DictConfig, model: Any, dm: Any) -> pl.Trainer:
     callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [build(c, **readable_name(c, model, dm, cfg.seed)) for c in (cfg.get("logger") or {}).values()
                if c is not None]
-    callbacks += [ConfusionFigures(), StopRecord()]
+    if "confusion_figures" not in (cfg.get("callbacks") or {}):  # e.g. callbacks=none: drawn every 10 epochs
+        callbacks.append(ConfusionFigures())
+    callbacks.append(StopRecord())
     if cfg.trainer.get("enable_progress_bar", True) and as_lines() and not any(
             isinstance(c, ProgressBar) for c in callbacks):
         callbacks.append(EpochLines())

@@ -1,0 +1,63 @@
+"""The confusion-matrix figures: every n epochs and at the end of training, each test, and every validation run
+outside training; drawn with the epoch they belong to."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from unittest import mock
+
+import pytest
+import torch
+from pytorch_lightning.loggers import TensorBoardLogger
+
+from fer_lightning.engine.callbacks import ConfusionFigures
+from fer_lightning.errors import FERError
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int, str]] = []
+
+    def add_figure(self, tag, fig, global_step, close):
+        self.calls.append((tag, global_step, fig.axes[0].get_title()))
+
+
+def run(cb: ConfusionFigures, fn: str, epochs: int, tmp_path) -> list[tuple[str, int, str]]:
+    rec = Recorder()
+    module = SimpleNamespace(confusion={"val": torch.eye(2, dtype=torch.long), "test": torch.eye(2, dtype=torch.long)},
+                             class_names=["a", "b"])
+    with mock.patch.object(TensorBoardLogger, "experiment", new=property(lambda self: rec)):
+        trainer = SimpleNamespace(loggers=[TensorBoardLogger(str(tmp_path))], sanity_checking=False,
+                                  state=SimpleNamespace(fn=fn), current_epoch=0, global_step=0)
+        for epoch in range(epochs):
+            trainer.current_epoch, trainer.global_step = epoch, 10 * (epoch + 1)
+            cb.on_validation_end(trainer, module)
+        if fn == "fit":
+            cb.on_train_end(trainer, module)
+        cb.on_test_end(trainer, module)
+    return rec.calls
+
+
+def test_every_n_epochs_and_the_last_validation_at_the_end(tmp_path):
+    calls = run(ConfusionFigures(every_n_epochs=10), "fit", 23, tmp_path)
+    val = [(step, title) for tag, step, title in calls if tag == "val/confusion_matrix"]
+    assert val == [(100, "val confusion matrix (epoch 9)"), (200, "val confusion matrix (epoch 19)"),
+                   (230, "val confusion matrix (epoch 22)")]
+    assert [tag for tag, _, _ in calls].count("test/confusion_matrix") == 1
+
+
+def test_the_last_epoch_is_not_drawn_twice_and_one_draws_every_epoch(tmp_path):
+    calls = run(ConfusionFigures(every_n_epochs=10), "fit", 20, tmp_path)
+    assert [s for tag, s, _ in calls if tag == "val/confusion_matrix"] == [100, 200]
+    calls = run(ConfusionFigures(every_n_epochs=1), "fit", 3, tmp_path)
+    assert [s for tag, s, _ in calls if tag == "val/confusion_matrix"] == [10, 20, 30]
+
+
+def test_validation_outside_training_is_always_drawn(tmp_path):
+    calls = run(ConfusionFigures(every_n_epochs=10), "validate", 1, tmp_path)
+    assert [tag for tag, _, _ in calls] == ["val/confusion_matrix", "test/confusion_matrix"]
+
+
+def test_a_bad_interval_is_one_line():
+    with pytest.raises(FERError, match="every_n_epochs=0"):
+        ConfusionFigures(every_n_epochs=0)
