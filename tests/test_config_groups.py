@@ -9,7 +9,7 @@ import pytest
 from hydra.utils import instantiate
 from pytorch_lightning import callbacks as plc
 
-from fer_lightning.engine.callbacks import LastCheckpoint, TrainingPictures
+from fer_lightning.engine.callbacks import ConfusionFigures, LastCheckpoint, TrainingPictures
 from fer_lightning.engine.progress import ModelTable
 from fer_lightning.engine.resume import ExactResume
 from fer_lightning.engine.training import train
@@ -25,12 +25,14 @@ def test_callbacks_compose_from_a_list(make_cfg):
     assert {k: type(v) for k, v in built.items()} == {
         "model_checkpoint": plc.ModelCheckpoint, "last_checkpoint": LastCheckpoint,
         "early_stopping": plc.EarlyStopping, "exact_resume": ExactResume, "training_pictures": TrainingPictures,
+        "confusion_figures": ConfusionFigures,
         "lr_monitor": plc.LearningRateMonitor, "model_summary": ModelTable,
         "rich_progress_bar": plc.RichProgressBar,
     }
     # the keys other configs and users set stay where they were
     assert built["early_stopping"].patience == 10 and built["model_checkpoint"].monitor == "val/loss"
     assert make_cfg("callbacks.early_stopping.patience=3").callbacks.early_stopping.patience == 3
+    assert make_cfg("callbacks.confusion_figures.every_n_epochs=1").callbacks.confusion_figures.every_n_epochs == 1
     assert not make_cfg("callbacks=none").get("callbacks")
 
 
