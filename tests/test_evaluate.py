@@ -80,11 +80,14 @@ def rows(path: Path) -> list[dict]:
 
 
 def copy_run(run: Path, dest: Path, ckpt: str) -> Path:
-    """The run's folder (config, splits, info, the checkpoint) somewhere a test may edit it."""
+    """The run's folder (config, splits, info, the checkpoint and the fitted layers beside it) somewhere a test may
+    edit it."""
     (dest / "checkpoints").mkdir(parents=True)
     for name in ("config.yaml", "splits.csv", "run_info.json"):
         shutil.copy(run / name, dest / name)
     shutil.copy(ckpt, dest / "checkpoints" / "best.ckpt")
+    for fitted in Path(ckpt).parent.glob("fitted-*.pt"):
+        shutil.copy(fitted, dest / "checkpoints" / fitted.name)
     return dest / "checkpoints" / "best.ckpt"
 
 
