@@ -2,7 +2,9 @@
 loop (``bench/loop.py``)."""
 
 import importlib.util
+import logging
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from fer_lightning.data.classes import CLASS_NAMES
 from fer_lightning.models.components.metrics import ClassificationMetrics
+from fer_lightning.runtime.progress import configure as configure_progress
 
 REPO = Path(__file__).resolve().parents[1]
 # operators whose result size or value the host needs: on a GPU each one waits for the device
@@ -55,7 +58,16 @@ def test_bench_loop_runs_both_sides_and_prints_its_ratios(capsys):
     spec = importlib.util.spec_from_file_location("bench_loop", REPO / "bench" / "loop.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    bench.main(["--sizes", "32", "--rows", "100", "--epochs", "2", "--repeats", "1", "--device", "cpu"])
+    # the bench quiets the loggers and warnings and sets progress lines for its process: give them back after
+    names = ("pytorch_lightning", "lightning.pytorch", "fer_lightning")
+    levels = {n: logging.getLogger(n).level for n in names}
+    try:
+        with warnings.catch_warnings():
+            bench.main(["--sizes", "32", "--rows", "100", "--epochs", "2", "--repeats", "1", "--device", "cpu"])
+    finally:
+        for n, level in levels.items():
+            logging.getLogger(n).setLevel(level)
+        configure_progress()
     lines = capsys.readouterr().out.strip().splitlines()
     assert re.fullmatch(r"cpu\s+32\s+64(\s+\d+\.\d+){4}\s+\d+\.\d\dx", lines[2]), lines[2]
     assert re.fullmatch(r"cpu 32 px, training : validation images/s: framework .* = 1:\d+\.\d, plain .* = 1:\d+\.\d",
