@@ -51,6 +51,23 @@ class FaceAugment(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.aug(x).clamp_(0.0, 1.0)
 
+    def draw(self, x: torch.Tensor) -> None:
+        """Draw what :meth:`forward` would draw for ``x`` and touch no pixel: the same random numbers from torch's
+        global generator (kornia's ``forward_parameters``), so that a model that never reads the images (a head on
+        stored features) skips their augmentation and every later draw stays what it was.
+
+        Examples:
+            >>> aug, x = FaceAugment(), torch.rand(4, 1, 32, 32)
+            >>> _ = torch.manual_seed(0)
+            >>> _ = aug(x)
+            >>> after_forward = torch.get_rng_state()
+            >>> _ = torch.manual_seed(0)
+            >>> aug.draw(x)
+            >>> torch.equal(torch.get_rng_state(), after_forward)
+            True
+        """
+        self.aug.forward_parameters(x.shape)
+
 
 class RecipeAugment(nn.Module):
     """The modern recipe's image augmentation, after :class:`FaceAugment`, batch-wise on the batch's device: kornia's

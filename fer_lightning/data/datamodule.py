@@ -310,9 +310,15 @@ class FERDataModule(pl.LightningDataModule):
 
     # ------------------------------------------------------------ on device
     def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, Any]:
+        """The batch's images as float in ``[0, 1]``, augmented when training. A model whose ``reads_images`` is
+        False (a head on stored features) never sees them: only the augmentation's random draws are made
+        (:meth:`~fer_lightning.data.augment.FaceAugment.draw`), so every number is what the full augmentation gives."""
         x = to_unit(batch["image"])
         if self.trainer is not None and self.trainer.training:
-            x = self.augment(x)
+            if getattr(self.trainer.lightning_module, "reads_images", True) or not hasattr(self.augment, "draw"):
+                x = self.augment(x)
+            else:
+                self.augment.draw(x)
         batch["image"] = x
         return batch
 

@@ -91,6 +91,12 @@ class HandcraftedFER(FERClassifier):
             **head,
         )
 
+    @property
+    def reads_images(self) -> bool:
+        """Whether training images reach the network: not when the blocks come precomputed in every batch (the data
+        module then skips the images' augmentation and only draws its random numbers)."""
+        return self.extractor.source != "precomputed"
+
     # ------------------------------------------------ hooks for models with more blocks
     def extra_block_dims(self) -> dict[str, int]:
         """Blocks besides the handcrafted ones, fused in front of them."""

@@ -71,6 +71,12 @@ class HybridFER(HandcraftedFER):
     def frozen(self) -> bool:
         return not self.backbone.trainable
 
+    @property
+    def reads_images(self) -> bool:
+        """A trainable backbone reads the (augmented) images; a frozen one's GAP features are looked up by index
+        (once its table is built, see :meth:`extra_blocks`)."""
+        return super().reads_images or not (self.frozen and self.gap_table is not None)
+
     def extra_block_dims(self) -> dict[str, int]:
         return {DEEP_BLOCK: MobileNetV2Backbone.out_features}
 
