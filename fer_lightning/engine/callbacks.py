@@ -123,6 +123,9 @@ class TrainingPictures(Callback):
             batch = self._sample(trainer)
             raw = batch["image"].clone()  # uint8, as stored
             seen = trainer.strategy.batch_to_device(batch, dataloader_idx=0)["image"]  # augmented, on the device
+            augment = getattr(trainer.datamodule, "augment", None)
+            if not getattr(pl_module, "reads_images", True) and augment is not None:
+                seen = augment(seen)  # a head on stored features: what its augmented copies were made with
         names = getattr(pl_module, "class_names", None)
         titles = [names[int(t)] if names else str(int(t)) for t in batch["label"]]
         out = {"pictures/augmented_batch": image_grid_figure(
