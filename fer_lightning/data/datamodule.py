@@ -315,7 +315,8 @@ class FERDataModule(pl.LightningDataModule):
         (:meth:`~fer_lightning.data.augment.FaceAugment.draw`), so every number is what the full augmentation gives."""
         x = to_unit(batch["image"])
         if self.trainer is not None and self.trainer.training:
-            if getattr(self.trainer.lightning_module, "reads_images", True) or not hasattr(self.augment, "draw"):
+            model = getattr(self.trainer, "lightning_module", None)
+            if getattr(model, "reads_images", True) or not hasattr(self.augment, "draw"):
                 x = self.augment(x)
             else:
                 self.augment.draw(x)
