@@ -54,6 +54,18 @@ def test_draw_takes_the_same_random_numbers_as_the_augmentation(recipe, variant)
         torch.set_rng_state(saved)
 
 
+@pytest.mark.gpu
+def test_draw_of_a_cuda_batch_takes_the_same_random_numbers_on_both_generators():
+    aug, x = FaceAugment(**composed_augment("paper")), torch.rand(16, 1, 64, 64, device="cuda")
+    with torch.random.fork_rng(devices=[x.device.index or 0]):
+        states = []
+        for step in (lambda: aug(x.clone()), lambda: aug.draw(x)):
+            torch.manual_seed(3)
+            step()
+            states.append((torch.get_rng_state(), torch.cuda.get_rng_state(x.device)))
+    assert all(torch.equal(a, b) for a, b in zip(*states, strict=True))
+
+
 def test_which_models_read_the_training_images():
     names, blocks = ["anger", "happiness"], {"hog": {"scales": [32]}, "lbp": {"scales": [32]}}
     assert not HandcraftedFER(names, blocks).reads_images  # blocks precomputed in every batch
