@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -68,14 +69,21 @@ def test_draw_of_a_cuda_batch_takes_the_same_random_numbers_on_both_generators()
 
 def test_which_models_read_the_training_images():
     names, blocks = ["anger", "happiness"], {"hog": {"scales": [32]}, "lbp": {"scales": [32]}}
-    assert not HandcraftedFER(names, blocks).reads_images  # blocks precomputed in every batch
-    assert HandcraftedFER(names, {**blocks, "source": "online"}).reads_images  # computed from the batch's images
+    stored = SimpleNamespace(features={"hog@32": torch.zeros(4, 1)})  # the data module's precomputed blocks
+    head = HandcraftedFER(names, blocks)
+    assert head.reads_images  # no data yet (or a data module without blocks): computed from the batch's images
+    head.data = stored
+    assert not head.reads_images  # blocks precomputed in every batch
+    online = HandcraftedFER(names, {**blocks, "source": "online"})
+    online.data = stored
+    assert online.reads_images  # computed from the batch's images
     frozen = HybridFER(names, blocks, backbone={"weights": "none"})
+    frozen.data = stored
     assert frozen.reads_images  # its GAP table is not built yet: the backbone would read the images
     frozen.gap_table = torch.zeros(4, 1280)
     assert not frozen.reads_images
     trainable = HybridFER(names, blocks, backbone={"weights": "none", "trainable": True})
-    trainable.gap_table = torch.zeros(4, 1280)
+    trainable.data, trainable.gap_table = stored, torch.zeros(4, 1280)
     assert trainable.reads_images
 
 

@@ -93,9 +93,10 @@ class HandcraftedFER(FERClassifier):
 
     @property
     def reads_images(self) -> bool:
-        """Whether training images reach the network: not when the blocks come precomputed in every batch (the data
-        module then skips the images' augmentation and only draws its random numbers)."""
-        return self.extractor.source != "precomputed"
+        """Whether training images reach the network: not when the data module puts precomputed blocks in every batch
+        (it then skips the images' augmentation and only draws its random numbers)."""
+        precomputed = self.data is not None and self.data.features is not None
+        return not (self.extractor.source == "precomputed" and precomputed)
 
     # ------------------------------------------------ hooks for models with more blocks
     def extra_block_dims(self) -> dict[str, int]:
