@@ -1,14 +1,14 @@
 """Time per training epoch: fer-lightning's default training vs a plain PyTorch loop doing the same work, per size.
 
-    uv run python bench/loop.py [--sizes 48 112 224] [--rows 640] [--epochs 3] [--repeats 2]
+    uv run python bench/loop.py [--sizes 48 112 224] [--rows 1280] [--epochs 3] [--repeats 3] [--threads N]
                                 [--device auto|cpu|cuda] [--bare]
 
 Data: a generated FER2013-format file (``write_fer2013``: ``--rows`` distinct synthetic 48 px faces, 80% train,
 10% validation, 10% test, FER2013's own split) read with ``data=fer2013`` and stored at each size (upscaled above
 48 px). Batch 64 at 48 px (``data=fer2013``, as FER2013 is trained) and 16 above (the paper's). Both sides train
-``model=deep`` (MobileNetV2 + the Dense-256 head, random init) with Adam (lr 1e-4), the same kornia augmentation
-on the device, the same thread count, in this one process, alternating (framework, plain, framework, ...) so that
-both see the same machine load:
+``model=deep`` (MobileNetV2 + the Dense-256 head, random init) with Adam (lr 1e-4) and the default augmentation
+(``data.augment``, kornia, on the device), with the same torch thread count (``--threads``, set once and checked
+after every run), in this one process:
 
 - framework: the data module, model and Trainer built from the Hydra config exactly as ``train()`` builds them
   (``build_trainer``): the default callbacks (best and last checkpoints, early stopping, exact resume, training
@@ -18,13 +18,21 @@ both see the same machine load:
   cross-entropy, backward, step; then validation (forward without gradients, loss and accuracy) and
   ``torch.save`` of the model and optimiser (a last checkpoint to resume from).
 
+The two alternate epoch by epoch (plain, framework, plain, framework, ...): each framework epoch starts right after
+a plain epoch, run from a callback between the framework's epochs and outside its clock, so that each pair of
+epochs sees the same machine load. A framework epoch runs from its start to the next one's (validation,
+checkpoints, logging and every callback after it count); the last one ends where training ends, before the
+end-of-fit work (the last checkpoint and figure written once per run). The first epoch of each side is a warm-up
+and not counted. ``--repeats`` fresh runs per size.
+
 ``--bare``: the framework without validation, checkpoints and logger, and the plain loop without validation and
 saving (the training step alone).
 
-The first epoch of every run is a warm-up and not counted. Prints, per device and size, the median seconds per
-epoch (training + validation + what follows an epoch) and training images/s of each side, and their ratio; then
-after the smallest size's row its train:eval throughput ratio (training images/s : validation images/s, each
-side); last, the largest framework/plain ratio (goal: at most 1.2x at every size).
+Prints, per device and size: the median seconds per epoch and training images/s of each side; the median over
+the epoch pairs of framework / plain wall time (``ratio``) with its lowest and highest pair (``spread``), and the
+same for process CPU time (``cpu ratio``: what the process itself computed, less sensitive to other jobs on the
+machine); then, at the smallest size, the train:eval throughput (training images/s : validation images/s) of each
+side; last, the largest ``ratio`` over the sizes (goal: at most 1.2x at every size).
 """
 
 from __future__ import annotations
@@ -73,118 +81,144 @@ def sync(device: str) -> None:
 
 
 class Times:
-    """Seconds of each epoch (all of it), of its training batches and of its validation."""
+    """Per epoch: wall seconds of all of it, of its training batches and of its validation; process CPU seconds."""
 
-    def __init__(self) -> None:
-        self.epoch: list[float] = []
-        self.train: list[float] = []
-        self.val: list[float] = []
+    def __init__(self, epoch=(), train=(), val=(), cpu=()) -> None:
+        self.epoch, self.train, self.val, self.cpu = list(epoch), list(train), list(val), list(cpu)
 
     def counted(self) -> Times:
         """Without the first (warm-up) epoch."""
-        out = Times()
-        out.epoch, out.train, out.val = self.epoch[1:], self.train[1:], self.val[1:]
-        return out
+        return Times(self.epoch[1:], self.train[1:], self.val[1:], self.cpu[1:])
 
     def __iadd__(self, other: Times) -> Times:
-        self.epoch += other.epoch
-        self.train += other.train
-        self.val += other.val
+        for name in ("epoch", "train", "val", "cpu"):
+            getattr(self, name).extend(getattr(other, name))
         return self
 
 
-class EpochTimer(Callback):
-    """An epoch runs from one training epoch's start to the next one's (the last: to the end of training), so
-    that validation, checkpoints, logging and every callback after it count."""
+class Clock:
+    """Wall and process CPU time since :meth:`start`, the device synchronised at both ends."""
 
     def __init__(self, device: str) -> None:
-        self.device, self.times, self.start, self.val_start = device, Times(), None, 0.0
+        self.device, self.wall, self.cpu = device, 0.0, 0.0
 
-    def _now(self) -> float:
+    def now(self) -> tuple[float, float]:
         sync(self.device)
-        return time.perf_counter()
+        return time.perf_counter(), time.process_time()
+
+    def start(self) -> None:
+        self.wall, self.cpu = self.now()
+
+    def since(self) -> tuple[float, float]:
+        wall, cpu = self.now()
+        return wall - self.wall, cpu - self.cpu
+
+
+class PlainLoop:
+    """The plain PyTorch loop, one epoch per :meth:`epoch` call (its times appended to ``times``)."""
+
+    def __init__(self, cfg, device: str, bare: bool, out: Path) -> None:
+        dm = prepare_data(cfg)
+        self.model = build(cfg.model, class_names=list(dm.class_names)).to(device).train()
+        self.augment = FaceAugment(**cfg.data.augment).to(device)
+        self.optimiser = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad],
+                                          lr=float(cfg.model.optim.lr))
+        self.images, self.targets = dm.decoded.images.to(device), dm.targets.to(device)
+        self.train_idx, self.val_idx = torch.as_tensor(dm.split.train), torch.as_tensor(dm.split.val)
+        self.batch, self.device, self.bare, self.out = int(cfg.data.batch_size), device, bare, out
+        self.times, self.clock = Times(), Clock(device)
+
+    def _inputs(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.images[idx].float().div_(255.0)
+
+    def epoch(self) -> None:
+        model, batch = self.model, self.batch
+        self.clock.start()
+        model.train()
+        order = self.train_idx[torch.randperm(len(self.train_idx))].to(self.device)
+        for i in range(0, len(order), batch):
+            idx = order[i : i + batch]
+            loss = torch.nn.functional.cross_entropy(model(self.augment(self._inputs(idx))), self.targets[idx])
+            self.optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimiser.step()
+        train, _ = self.clock.since()
+        self.times.train.append(train)
+        if not self.bare:
+            model.eval()
+            val = self.val_idx.to(self.device)
+            with torch.no_grad():
+                logits = torch.cat([model(self._inputs(val[i : i + batch])) for i in range(0, len(val), batch)])
+            y = self.targets[val]
+            _ = float(torch.nn.functional.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())
+            self.times.val.append(self.clock.since()[0] - train)
+            torch.save({"model": model.state_dict(), "optimiser": self.optimiser.state_dict()}, self.out / "last.pt")
+        wall, cpu = self.clock.since()
+        self.times.epoch.append(wall)
+        self.times.cpu.append(cpu)
+
+
+class Interleave(Callback):
+    """Times the framework's epochs and runs one epoch of ``plain`` before each, outside the framework's clock.
+
+    A framework epoch runs from one training epoch's start to the next one's, the last one to the start of
+    ``on_train_end`` (this callback goes first, before the end-of-fit work of the others)."""
+
+    def __init__(self, plain: PlainLoop, device: str) -> None:
+        self.plain, self.times, self.clock, self.open, self.val_start = plain, Times(), Clock(device), False, 0.0
 
     def _close(self) -> None:
-        if self.start is not None:
-            self.times.epoch.append(self._now() - self.start)
+        if self.open:
+            wall, cpu = self.clock.since()
+            self.times.epoch.append(wall)
+            self.times.cpu.append(cpu)
+            if len(self.times.train) < len(self.times.epoch):  # no validation this epoch
+                self.times.train.append(wall)
+            self.open = False
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._close()
-        self.start = self._now()
+        self.plain.epoch()
+        self.clock.start()
+        self.open = True
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking:
-            self.val_start = self._now()
-            self.times.train.append(self.val_start - self.start)
+            self.val_start = self.clock.since()[0]
+            self.times.train.append(self.val_start)
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking:
-            self.times.val.append(self._now() - self.val_start)
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if len(self.times.train) < len(self.times.epoch) + 1:  # no validation this epoch
-            self.times.train.append(self._now() - self.start)
+            self.times.val.append(self.clock.since()[0] - self.val_start)
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._close()
 
 
-def framework_epochs(cfg, device: str) -> Times:
+def interleaved_epochs(cfg, device: str, bare: bool, out: Path) -> tuple[Times, Times]:
+    """(framework, plain) times of one run of ``cfg.trainer.max_epochs`` epochs each, warm-up left out."""
     pl.seed_everything(0, workers=True, verbose=False)
+    plain = PlainLoop(cfg, device, bare, out)
     dm = prepare_data(cfg)
     model = build(cfg.model, class_names=list(dm.class_names))
     trainer = build_trainer(cfg, model, dm)
-    timer = EpochTimer(device)
-    trainer.callbacks.append(timer)
+    timer = Interleave(plain, device)
+    trainer.callbacks.insert(0, timer)
     trainer.fit(model, datamodule=dm, weights_only=True)
-    return timer.times.counted()
+    return timer.times.counted(), plain.times.counted()
 
 
-def plain_epochs(cfg, device: str, bare: bool, out: Path) -> Times:
-    pl.seed_everything(0, workers=True, verbose=False)
-    dm = prepare_data(cfg)
-    model = build(cfg.model, class_names=list(dm.class_names)).to(device).train()
-    augment = FaceAugment(**cfg.data.augment).to(device)
-    optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=float(cfg.model.optim.lr))
-    images, targets = dm.decoded.images.to(device), dm.targets.to(device)
-    train, val = torch.as_tensor(dm.split.train), torch.as_tensor(dm.split.val)
-    batch, times = int(cfg.data.batch_size), Times()
-    for _ in range(int(cfg.trainer.max_epochs)):
-        sync(device)
-        start = time.perf_counter()
-        model.train()
-        order = train[torch.randperm(len(train))].to(device)
-        for i in range(0, len(order), batch):
-            idx = order[i : i + batch]
-            x = augment(images[idx].float().div_(255.0))
-            loss = torch.nn.functional.cross_entropy(model(x), targets[idx])
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-        sync(device)
-        val_start = time.perf_counter()
-        times.train.append(val_start - start)
-        if not bare:
-            model.eval()
-            with torch.no_grad():
-                logits = torch.cat([model(images[val[i : i + batch].to(device)].float().div_(255.0))
-                                    for i in range(0, len(val), batch)])
-            y = targets[val.to(device)]
-            _ = float(torch.nn.functional.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())
-            sync(device)
-            times.val.append(time.perf_counter() - val_start)
-            torch.save({"model": model.state_dict(), "optimiser": optimiser.state_dict()}, out / "last.pt")
-        sync(device)
-        times.epoch.append(time.perf_counter() - start)
-    return times.counted()
+def spread(values: list[float]) -> str:
+    return f"{min(values):.2f}-{max(values):.2f}"
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[48, 112, 224])
-    ap.add_argument("--rows", type=int, default=640, help="generated FER2013 rows (80%% of them train)")
-    ap.add_argument("--epochs", type=int, default=3, help="per run, the first one not counted")
-    ap.add_argument("--repeats", type=int, default=2, help="runs of each loop, alternating")
+    ap.add_argument("--rows", type=int, default=1280, help="generated FER2013 rows (80%% of them train)")
+    ap.add_argument("--epochs", type=int, default=3, help="per run and side, the first one not counted")
+    ap.add_argument("--repeats", type=int, default=3, help="fresh runs per size")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads, both sides")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--bare", action="store_true", help="training steps only: no validation, checkpoints, logger")
     args = ap.parse_args(argv)
@@ -194,16 +228,17 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("pytorch_lightning", "lightning.pytorch", "fer_lightning"):  # the table alone on stdout
         logging.getLogger(name).setLevel(logging.ERROR)
     configure_progress("lines")
+    torch.set_num_threads(args.threads)
 
     name = torch.cuda.get_device_name() if "cuda" in devices else "no GPU"
-    n_train = int(args.rows * 0.8)
+    n_train, n_val = int(args.rows * 0.8), int(args.rows * 0.1)
     what = "training steps only (--bare)" if args.bare else "default training (validation, checkpoints, logger)"
-    print(f"model=deep, {what}; {n_train} training / {int(args.rows * 0.1)} validation images, batch "
+    print(f"model=deep, {what}; {n_train} training / {n_val} validation images, batch "
           + ", ".join(f"{batch_size(s)} at {s} px" for s in args.sizes)
-          + f"; {args.epochs - 1} timed epochs x {args.repeats} runs per loop; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} CPU threads, {name}")
+          + f"; {args.epochs - 1} timed epochs x {args.repeats} runs, epochs alternating; torch {torch.__version__},"
+          f" {args.threads} CPU threads, {name}")
     print(f"{'device':<6} {'size':>5} {'batch':>5} {'framework s/epoch':>18} {'plain s/epoch':>14} "
-          f"{'framework train img/s':>22} {'plain train img/s':>18} {'ratio':>6}")
+          f"{'framework train img/s':>22} {'plain train img/s':>18} {'ratio':>6} {'spread':>10} {'cpu ratio':>10}")
     ratios = []
     with tempfile.TemporaryDirectory() as work:
         csv = write_fer2013(Path(work) / "fer2013.csv", args.rows)
@@ -214,20 +249,25 @@ def main(argv: list[str] | None = None) -> None:
                 for _ in range(args.repeats):
                     run += 1
                     cfg = config(csv, size, args.epochs, device, work, args.bare, run)
-                    fw += framework_epochs(cfg, device)
-                    plain += plain_epochs(cfg, device, args.bare, Path(work))
-                t_fw, t_plain = statistics.median(fw.epoch), statistics.median(plain.epoch)
-                ratios.append(t_fw / t_plain)
+                    one_fw, one_plain = interleaved_epochs(cfg, device, args.bare, Path(work))
+                    fw += one_fw
+                    plain += one_plain
+                    if torch.get_num_threads() != args.threads:
+                        raise RuntimeError(f"torch threads changed to {torch.get_num_threads()} during the run")
+                wall = [f / p for f, p in zip(fw.epoch, plain.epoch, strict=True)]
+                cpu = [f / p for f, p in zip(fw.cpu, plain.cpu, strict=True)]
+                ratios.append(statistics.median(wall))
                 rate_fw, rate_plain = n_train / statistics.median(fw.train), n_train / statistics.median(plain.train)
-                print(f"{device:<6} {size:>5} {batch_size(size):>5} {t_fw:>18.3f} {t_plain:>14.3f} {rate_fw:>22.1f} "
-                      f"{rate_plain:>18.1f} {t_fw / t_plain:>5.2f}x", flush=True)
+                print(f"{device:<6} {size:>5} {batch_size(size):>5} {statistics.median(fw.epoch):>18.3f} "
+                      f"{statistics.median(plain.epoch):>14.3f} {rate_fw:>22.1f} {rate_plain:>18.1f} "
+                      f"{ratios[-1]:>5.2f}x {spread(wall):>10} {statistics.median(cpu):>9.2f}x", flush=True)
                 if fw.val and plain.val and size == min(args.sizes):  # at once: a long run may be cut short
-                    n_val = int(args.rows * 0.1)
                     fw_val, pl_val = n_val / statistics.median(fw.val), n_val / statistics.median(plain.val)
                     print(f"{device} {size} px, training : validation images/s: framework {rate_fw:.1f} : "
                           f"{fw_val:.1f} = 1:{fw_val / rate_fw:.1f}, plain {rate_plain:.1f} : {pl_val:.1f} = "
                           f"1:{pl_val / rate_plain:.1f}", flush=True)
-    print(f"framework / plain loop time per epoch, largest over the settings above, ratio: {max(ratios):.2f}x")
+    print(f"framework / plain loop time per epoch (median of the epoch pairs), largest over the settings above, "
+          f"ratio: {max(ratios):.2f}x")
 
 
 if __name__ == "__main__":

@@ -70,8 +70,8 @@ class FERClassifier(pl.LightningModule):
         self.register_buffer("class_weight", None, persistent=False)
         # one metric set per stage, as attributes so they follow the module's device
         # (val/test metrics see every process's outputs already gathered: they must not sum them again)
-        # (training metrics are updated at every step, with the step's own softmax and labels: no input checks,
-        # which would make the host wait for the device every step)
+        # (training metrics are updated once per epoch with the softmax and labels of its steps, known to be well
+        # formed: no input checks, which read values back from the device)
         self.train_metrics = ClassificationMetrics(self.class_names, validate_args=False)
         self.val_metrics = ClassificationMetrics(self.class_names, sync_on_compute=False)
         self.test_metrics = ClassificationMetrics(self.class_names, sync_on_compute=False)
@@ -79,6 +79,7 @@ class FERClassifier(pl.LightningModule):
         self.confusion: dict[str, torch.Tensor] = {}
         self.outputs: dict[str, dict[str, torch.Tensor]] = {}
         self._collected: dict[str, list[dict[str, torch.Tensor]]] = {"val": [], "test": []}
+        self._seen: list[tuple[torch.Tensor, torch.Tensor]] = []  # this training epoch's (probs, label) per step
         self.data: ModelData | None = None  # handed over at setup by a data module that provides it
         # the checkpoint this model started from (model.init_from), recorded in its checkpoints
         self.started_from: dict[str, Any] | None = None
@@ -105,7 +106,9 @@ class FERClassifier(pl.LightningModule):
                 {"index": batch["index"], "logits": logits.detach().float(), "target": batch["label"]}
             )
             return loss
-        self.stage_metrics(stage).update(logits.detach().float().softmax(dim=-1), batch["label"])
+        # the training metrics take the epoch's outputs in one update at its end (the same values: their states
+        # are counts and the concatenated outputs), not one update of each of them per step
+        self._seen.append((logits.detach().float().softmax(dim=-1), batch["label"]))
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(logits),
                  sync_dist=True)
         return loss
@@ -152,6 +155,10 @@ class FERClassifier(pl.LightningModule):
 
     def _epoch_end(self, stage: str) -> None:
         metrics = self.stage_metrics(stage)
+        if stage == "train" and self._seen:
+            probs, labels = zip(*self._seen, strict=True)
+            self._seen = []
+            metrics.update(torch.cat(probs), torch.cat(labels))
         outputs = self._split_outputs(stage) if self._collected.get(stage) else None
         values = metrics.compute()
         self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=False, sync_dist=True)
@@ -162,6 +169,9 @@ class FERClassifier(pl.LightningModule):
             self.results[stage]["nll"] = mean_nll(self.outputs[stage]["probs"], self.outputs[stage]["target"])
             self.confusion[stage] = cm
         metrics.reset()
+
+    def on_train_epoch_start(self) -> None:
+        self._seen = []  # nothing left from an epoch that did not end (an interrupted fit)
 
     def on_train_epoch_end(self) -> None:
         self._epoch_end("train")
