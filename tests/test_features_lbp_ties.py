@@ -8,7 +8,7 @@ import torch
 from skimage.feature import local_binary_pattern
 
 from fer_lightning.features import lbp_codes
-from fer_lightning.features.lbp import _PLAN, _flagged, _uniform8, uniform_table
+from fer_lightning.features.lbp_uint8 import _PLAN, _flagged, uniform8, uniform_table
 
 
 def _assert_like_skimage(images: dict[str, np.ndarray]) -> None:
@@ -51,8 +51,8 @@ def _planted(pairs: list[tuple[int, int]], size: int = 224, seed: int = 0) -> np
 
 def test_uniform_codes_by_bit_arithmetic_equal_the_table():
     patterns = torch.arange(256, dtype=torch.uint8)
-    assert torch.equal(_uniform8(patterns), uniform_table(8))
-    assert torch.equal(_uniform8(patterns.view(16, 16)), uniform_table(8).view(16, 16))
+    assert torch.equal(uniform8(patterns), uniform_table(8))
+    assert torch.equal(uniform8(patterns.view(16, 16)), uniform_table(8).view(16, 16))
 
 
 def test_flagged_finds_every_marked_entry():
