@@ -24,7 +24,8 @@ _CPU_CHUNK = 16
 
 
 @lru_cache(maxsize=1)
-def _pool() -> ThreadPoolExecutor:
+def thread_pool() -> ThreadPoolExecutor:
+    """The threads that CPU chunks of HOG and LBP run on (as many as torch uses)."""
     return ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads()), thread_name_prefix="fer-hog")
 
 
@@ -187,7 +188,7 @@ def hog(
     # On the CPU: chunks small enough to stay in cache, on as many threads as torch uses (index_add, the
     # histogram step, runs on one core); each chunk's result does not depend on the others.
     chunk = _CPU_CHUNK
-    return torch.cat(list(_pool().map(one_chunk, range(0, x.shape[0], chunk))))
+    return torch.cat(list(thread_pool().map(one_chunk, range(0, x.shape[0], chunk))))
 
 
 class HOG(torch.nn.Module):

@@ -22,6 +22,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
+from fer_lightning.features.hog import thread_pool
 from fer_lightning.features.lbp_uint8 import offsets, pattern_counts, patterns_uint8, uniform8, uniform_table
 
 
@@ -170,7 +171,12 @@ def uniform_lbp(x: torch.Tensor, P: int = 8, R: float = 1.0, grid: tuple[int, in
     b, _, h, w = x.shape
     rows, cols = (tuple(int(c) for c in _cell_of(size, cells)) for size, cells in ((h, grid[0]), (w, grid[1])))
     chunk = max(1, b) if x.is_cuda else chunk
-    parts = [pattern_counts(patterns_uint8(x[i : i + chunk, 0]), rows, cols) for i in range(0, b, chunk)]
+
+    def counts_of(start: int) -> torch.Tensor:
+        return pattern_counts(patterns_uint8(x[start : start + chunk, 0]), rows, cols)
+
+    starts = range(0, b, chunk)  # on the CPU: the chunks on threads (the tie replay and bincount use one core)
+    parts = list(thread_pool().map(counts_of, starts)) if len(starts) > 1 else [counts_of(0)] if b else []
     counts = torch.cat(parts) if parts else torch.zeros(0, grid[0] * grid[1], 10, dtype=torch.int64)
     area = _cells(h, w, grid[0], grid[1], 10, str(x.device))[1]
     return (counts.to(torch.float32) / area.view(1, -1, 1)).reshape(b, -1)

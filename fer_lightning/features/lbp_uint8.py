@@ -170,12 +170,12 @@ def _workspace(b: int, h: int, w: int, device: str, thread: int) -> dict[str, to
     n = b * h * w
     new = lambda *shape, dtype: torch.empty(*shape, dtype=dtype, device=device)  # noqa: E731
     space = {"xpad": torch.zeros(b, h + 2, w + 2, dtype=torch.uint8, device=device),  # its zero border stays
-             "near_all": new(-(-n // 8) * 8, dtype=torch.uint8)}
+             "near_all": torch.zeros(-(-n // 8) * 8, dtype=torch.uint8, device=device)}  # its tail stays 0
     for name in ("wide", "side", "far"):
         space[name] = new(b, h + 2, w + 2, dtype=torch.int16)
-    for name in ("minus_centre", "negative", "u", "sign"):
+    for name in ("minus_centre", "signs", "decided", "u", "sign"):
         space[name] = new(b, h, w, dtype=torch.int16)
-    for name in ("close", "bit", "other"):
+    for name in ("close", "bit", "nonflat"):
         space[name] = new(b, h, w, dtype=torch.uint8)
     return space
 
@@ -187,7 +187,7 @@ def patterns_uint8(x: torch.Tensor) -> torch.Tensor:
     ``abs`` its near-tie flag; the flagged pixels are replayed in float64."""
     (b, h, w), n = x.shape, x.numel()
     ws = _workspace(b, h, w, str(x.device), threading.get_ident())
-    xpad, u, sign, close, bit, other = (ws[k] for k in ("xpad", "u", "sign", "close", "bit", "other"))
+    xpad, u, sign, close, bit = (ws[k] for k in ("xpad", "u", "sign", "close", "bit"))
 
     def at(t: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
         return t[:, 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
@@ -198,11 +198,9 @@ def patterns_uint8(x: torch.Tensor) -> torch.Tensor:
     side, far = torch.mul(wide, _SIDE, out=ws["side"]), torch.mul(wide, _FAR, out=ws["far"])
     wide_centre = at(wide, 0, 0)
     minus_centre = torch.mul(wide_centre, -(2 * _SIDE + _FAR), out=ws["minus_centre"])
-    skip_flat = _flat_ties_set(h, w)
-    near_all = ws["near_all"].zero_()
-    near = near_all[:n].view(b, h, w)
-    negative = ws["negative"].zero_()  # minus the diagonal bits that are 0
+    signs, decided = ws["signs"].zero_(), ws["decided"].zero_()  # sum of z_i 2^i, sum of |z_i| 2^i
     pattern = torch.zeros(b, h, w, dtype=torch.uint8, device=x.device)
+    nonflat = ws["nonflat"].zero_()  # bit i - 1: side1 of diagonal i differs from the centre (its tie is not flat)
     for i, step in enumerate(_PLAN):
         if step[0] == "axis":
             pattern.add_(torch.ge(at(xpad, *step[1]), centre, out=bit.view(torch.bool)).view(torch.uint8),
@@ -211,13 +209,19 @@ def patterns_uint8(x: torch.Tensor) -> torch.Tensor:
         _, side1, side2, far_at = step
         torch.add(at(side, *side1), at(side, *side2), out=u).add_(at(far, *far_at)).add_(minus_centre)
         z = torch.add(at(wide, *far_at), u.clamp_(-_NEAR, _NEAR), alpha=_STEP, out=sign).sub_(wide_centre)
-        negative.add_(torch.clamp(z.clamp_(-1, 1), -1, 0, out=u), alpha=1 << i)  # -1 where the bit is 0
-        close.copy_(z.abs_())  # 0 at an exact tie (s = t = 0), else 1
-        # near-tie: an exact tie that is not flat (side1 = centre too); a flat one is set, as z >= 0 says
-        nonflat = torch.ne(at(xpad, *side1), centre, out=bit.view(torch.bool)) if skip_flat else bit.fill_(1)
-        near |= torch.gt(nonflat.view(torch.uint8), close, out=other.view(torch.bool)).view(torch.uint8)
-    pattern += close.copy_(negative).add_(0xFF ^ _AXIS_BITS)
-    idx = _flagged(near_all)
+        signs.add_(z.clamp_(-1, 1), alpha=1 << (i - 1))  # z_i in -1, 0 (an exact tie s = t = 0), 1 (i is odd)
+        decided.add_(z.abs_(), alpha=1 << (i - 1))
+        if _flat_ties_set(h, w):  # a flat tie (side1 = far = centre, so side2 = centre too) is set, as z >= 0 says
+            nonflat.add_(torch.ne(at(xpad, *side1), centre, out=bit.view(torch.bool)).view(torch.uint8),
+                         alpha=1 << (i - 1))
+        else:
+            nonflat.add_(1 << (i - 1))
+    # diagonal bit i = 1 + min(z_i, 0), and sum_i min(z_i, 0) 2^i = sum_i (z_i - |z_i|) 2^(i-1); near-ties: the
+    # exact ties that are not flat
+    pattern.add_(close.copy_(signs.sub_(decided)).add_(0xFF ^ _AXIS_BITS))
+    near = ws["near_all"][:n].view(b, h, w)
+    torch.bitwise_and(nonflat, close.copy_(decided).bitwise_not_(), out=near)
+    idx = _flagged(ws["near_all"])
     if len(idx):  # near-ties: scikit-image's float64 rounding decides
         flat = pattern.view(-1)
         axis = flat.index_select(0, idx).bitwise_and_(_AXIS_BITS)
