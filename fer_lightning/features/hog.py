@@ -93,7 +93,7 @@ def _cell_histograms(x: torch.Tensor, orientations: int, cell: int) -> torch.Ten
         g_row, g_col = g_row[:, :hh, :ww], g_col[:, :hh, :ww]
         table = orientation_table(orientations).to(x.device)
         index = (g_row + INT_RANGE).mul_(2 * INT_RANGE + 1).add_(g_col + INT_RANGE)
-        key = table[index.long()]
+        key = table.index_select(0, index.view(-1)).view(index.shape)  # int32 indices: no int64 copy of them
         magnitude = torch.hypot(g_row.float(), g_col.float())
     else:
         g_row, g_col = _gradients(x, x.dtype)
