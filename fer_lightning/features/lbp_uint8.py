@@ -1,13 +1,15 @@
-"""The exact fast path of uniform LBP (``P=8, R=1``) for 8-bit images: patterns in uint8/int16 arithmetic, the
-rare near-ties replayed with scikit-image's float64 formula, and per-cell histograms counted from the patterns.
+"""The exact fast path of uniform LBP (``P=8, R=1``) for 8-bit images: patterns in uint8/int16 arithmetic, only the
+exact non-flat ties replayed with scikit-image's float64 formula, and per-cell histograms counted from the patterns.
 
 The four axis neighbours are pixels: their bits are ``neighbour >= centre``. A diagonal neighbour is interpolated
 from its two side pixels ``a, d`` (equal weights), the far corner ``b`` and the centre ``c``, so ``V - c`` has the
 sign of ``s + rho * t`` with integers ``s = a + d - 2c``, ``t = b - c`` and ``rho = 2.41425...`` (the far weight
-over a side weight). ``u = 29 * s + 70 * t`` (in int16: ``|u| <= 32640``) is within ``|29 rho - 70| * 255 = 3.39``
-of ``29 * (s + rho * t)``, so ``|u| >= 4`` decides the bit. The few pixels with ``|u| <= 3`` (near-ties, mostly
-exact ties ``s = t = 0`` where scikit-image's float64 rounding decides) are replayed with scikit-image's float64
-formula, except flat ties (``a = b = d = c``), which scikit-image always sets (checked per size).
+over a side weight), which is at least 0.002 away from 0 unless ``s = t = 0``. Two int16 steps decide it:
+``u = 29 * s + 70 * t`` (``|u| <= 32640``) is within ``|29 rho - 70| * 255 = 3.39`` of ``29 * (s + rho * t)``, so
+``|u| >= 4`` decides; for ``|u| <= 3``, ``29 * (s + rho * t) = u + 0.01328 t`` has the sign of ``75 u + t``. So
+``z = 75 * clamp(u, -4, 4) + t`` has the bit's sign everywhere and is 0 exactly at the ties ``s = t = 0`` (both
+checked over every integer pair at import). At a tie scikit-image's float64 rounding decides: the flat ties
+(``a = b = d = c``) it always sets (checked per size), the others are replayed.
 """
 
 from __future__ import annotations
@@ -163,7 +165,7 @@ def uniform8(pattern: torch.Tensor) -> torch.Tensor:
     return torch.maximum(ones, (changes != 0).view(torch.uint8) * 9)  # ones <= 8
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=4)
 def _workspace(b: int, h: int, w: int, device: str, thread: int) -> dict[str, torch.Tensor]:
     """The buffers of :func:`patterns_uint8` for ``(b, h, w)`` chunks, reused from chunk to chunk (fresh
     multi-megabyte tensors cost their page faults on every call, more than the arithmetic on them)."""
@@ -183,8 +185,9 @@ def _workspace(b: int, h: int, w: int, device: str, thread: int) -> dict[str, to
 def patterns_uint8(x: torch.Tensor) -> torch.Tensor:
     """scikit-image's 8-bit LBP patterns (bit ``i`` = neighbour ``i`` of :func:`offsets` ``(8, 1)``) of ``(B, H, W)``
     uint8 images, exactly: element-wise uint8/int16 arithmetic in reused buffers (no int16 comparison or shift,
-    whose kernels are slow), each diagonal's ``u`` clamped to ``[-4, 4]`` so that one clamp gives its bit and one
-    ``abs`` its near-tie flag; the flagged pixels are replayed in float64."""
+    whose kernels are slow). Each diagonal's ``z`` (module docstring), clamped to -1..1, is summed as ``z`` and
+    ``|z|``: their difference gives the bits, ``|z| = 0`` the ties; the exact non-flat ties are replayed in
+    float64."""
     (b, h, w), n = x.shape, x.numel()
     ws = _workspace(b, h, w, str(x.device), threading.get_ident())
     xpad, u, sign, close, bit = (ws[k] for k in ("xpad", "u", "sign", "close", "bit"))
@@ -229,7 +232,7 @@ def patterns_uint8(x: torch.Tensor) -> torch.Tensor:
     return pattern
 
 
-@lru_cache(maxsize=16)
+@lru_cache(maxsize=8)
 def _cell_keys(n: int, h: int, w: int, row_cell: tuple, col_cell: tuple, device: str) -> torch.Tensor:
     """``(n, h, w)`` int32 ``(image * cells + cell) * 256`` of every pixel (the cell of each row and column given)."""
     cells = (max(row_cell) + 1) * (max(col_cell) + 1)
