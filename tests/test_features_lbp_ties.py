@@ -2,13 +2,16 @@
 exactly with scikit-image (a tie decided the wrong way changes a code, so any such mistake fails here)."""
 
 import math
+import threading
 
 import numpy as np
+import pytest
 import torch
 from skimage.feature import local_binary_pattern
 
-from fer_lightning.features import lbp_codes
-from fer_lightning.features.lbp import _PLAN, _flagged, _uniform8, uniform_table
+from fer_lightning.features import lbp_codes, lbp_histograms, lbp_uint8
+from fer_lightning.features.lbp import uniform_lbp
+from fer_lightning.features.lbp_uint8 import _PLAN, _flagged, patterns_uint8, uniform8, uniform_table
 
 
 def _assert_like_skimage(images: dict[str, np.ndarray]) -> None:
@@ -51,8 +54,8 @@ def _planted(pairs: list[tuple[int, int]], size: int = 224, seed: int = 0) -> np
 
 def test_uniform_codes_by_bit_arithmetic_equal_the_table():
     patterns = torch.arange(256, dtype=torch.uint8)
-    assert torch.equal(_uniform8(patterns), uniform_table(8))
-    assert torch.equal(_uniform8(patterns.view(16, 16)), uniform_table(8).view(16, 16))
+    assert torch.equal(uniform8(patterns), uniform_table(8))
+    assert torch.equal(uniform8(patterns.view(16, 16)), uniform_table(8).view(16, 16))
 
 
 def test_flagged_finds_every_marked_entry():
@@ -113,3 +116,59 @@ def test_lbp_sizes_and_batches_with_ties():
     codes = lbp_codes(torch.from_numpy(batch)[:, None], chunk=2)[:, 0].numpy()
     for i, img in enumerate(batch):
         np.testing.assert_array_equal(codes[i], local_binary_pattern(img, 8, 1, method="uniform"))
+
+
+def test_two_step_decision_is_checked_and_a_wrong_step_breaks_near_ties(monkeypatch):
+    """``z = 75 * clamp(29 s + 70 t, -4, 4) + t`` decides every diagonal but the exact ties: the import-time
+    check rejects other steps, and with a wrong step the planted near-ties (|29 s + 70 t| <= 3, |t| up to 255)
+    differ from scikit-image, so the planted tests would catch it."""
+    rho = 0.5000045521 / 0.2071054479
+    lbp_uint8._check_two_steps(rho)
+    pairs = [(s, t) for t in range(-255, 256) for s in range(-510, 511) if 0 < abs(29 * s + 70 * t) <= 3]
+    img = _planted(pairs, seed=7)
+    _assert_like_skimage({"planted_near": img})
+    for wrong in (40, 60):
+        monkeypatch.setattr(lbp_uint8, "_STEP", wrong)
+        with pytest.raises(AssertionError, match="two-step"):
+            lbp_uint8._check_two_steps(rho)
+        with pytest.raises(AssertionError):
+            _assert_like_skimage({f"planted_near_step_{wrong}": img})
+
+
+def test_only_exact_non_flat_ties_are_replayed():
+    """The pixels replayed in float64 are exactly those with, at some diagonal, ``s = t = 0`` and a side pixel
+    that differs from the centre (computed here in NumPy)."""
+    img = _planted([(0, 0), (1, 0), (0, 1), (-12, 5), (29, -12)], size=64, seed=3)
+    img[40:50, 10:30] = 77  # a flat patch: its ties are not replayed
+    patterns_uint8(torch.from_numpy(img)[None])
+    space = lbp_uint8._workspace(1, 64, 64, "cpu", threading.get_ident())
+    flagged = space["near_all"][: 64 * 64].view(64, 64).numpy() != 0
+    pad = np.pad(img.astype(np.int64), 1)
+    expected = np.zeros_like(flagged)
+    for step in _PLAN:
+        if step[0] == "diag":
+            (y1, x1), (y2, x2), (yf, xf) = step[1:]
+            at = lambda dy, dx: pad[1 + dy : 65 + dy, 1 + dx : 65 + dx]  # noqa: E731
+            s, t = at(y1, x1) + at(y2, x2) - 2 * at(0, 0), at(yf, xf) - at(0, 0)
+            expected |= (s == 0) & (t == 0) & (at(y1, x1) != at(0, 0))
+    assert expected.any() and (~expected).any()
+    np.testing.assert_array_equal(flagged, expected)
+
+
+def test_uniform_lbp_equals_codes_then_histograms_across_sizes_chunks_and_buffers():
+    """The fused path (patterns counted per cell, chunks on threads, buffers reused between calls of other sizes)
+    gives the histograms of the codes, which equal scikit-image's."""
+    rng = np.random.default_rng(4)
+    shapes = [(5, 64, 48), (1, 37, 53), (5, 64, 48), (3, 224, 224), (2, 17, 16)]
+    for i, (b, h, w) in enumerate(shapes):
+        x = torch.from_numpy(rng.integers(0, 256, (b, 1, h, w)).astype(np.uint8))
+        x[:, :, : h // 3] = x[:, :, : h // 3] // 64 * 64  # plateaus and ties
+        grid = (7, 7) if h >= 7 and w >= 7 else (2, 2)
+        codes = lbp_codes(x)
+        for k, img in enumerate(x[:, 0].numpy()):
+            np.testing.assert_array_equal(codes[k, 0].numpy(), local_binary_pattern(img, 8, 1, method="uniform"))
+        expected = lbp_histograms(codes, 10, grid)
+        for chunk in (1, 2, 16):
+            assert torch.equal(uniform_lbp(x, grid=grid, chunk=chunk), expected), (i, chunk)
+    floats = x.float() / 255
+    assert torch.equal(uniform_lbp(floats, grid=(2, 2)), lbp_histograms(lbp_codes(floats), 10, (2, 2)))

@@ -14,7 +14,7 @@ from torch import nn
 from fer_lightning.errors import FERError
 from fer_lightning.features.graph import hog_graph, lbp_codes_graph, lbp_histograms_graph
 from fer_lightning.features.hog import hog, hog_dim
-from fer_lightning.features.lbp import lbp_codes, lbp_histograms
+from fer_lightning.features.lbp import lbp_histograms, uniform_lbp
 from fer_lightning.runtime.registry import choose
 
 log = logging.getLogger(__name__)
@@ -186,14 +186,15 @@ class HandcraftedFeatures(nn.Module):
                 return self.graph(x)
             if self.backend == "skimage":
                 return self._skimage(x)
-            return self._blocks(x, hog, lbp_codes, lbp_histograms)
+            return self._blocks(x, hog, uniform_lbp)
 
     def graph(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The same blocks as one static graph (what ``torch.export`` and the ONNX export trace): no threads,
         tie search or scatter; LBP codes still exactly scikit-image's, HOG equal up to float32 summation order."""
-        return self._blocks(to_uint8(x), hog_graph, lbp_codes_graph, lbp_histograms_graph)
+        return self._blocks(to_uint8(x), hog_graph, lambda im, P, R, grid: lbp_histograms_graph(  # noqa: N803
+            lbp_codes_graph(im, P, R), P + 2, grid))
 
-    def _blocks(self, x: torch.Tensor, hog_fn, codes_fn, histograms_fn) -> dict[str, torch.Tensor]:
+    def _blocks(self, x: torch.Tensor, hog_fn, lbp_fn) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         if self.hog_cfg is not None:
             h = self.hog_cfg
@@ -204,8 +205,7 @@ class HandcraftedFeatures(nn.Module):
         if self.lbp_cfg is not None:
             lb = self.lbp_cfg
             for s in lb["scales"]:
-                codes = codes_fn(resize_uint8(x, s), lb["P"], lb["R"])
-                out[f"lbp@{s}"] = histograms_fn(codes, lb["P"] + 2, tuple(lb["grid"]))
+                out[f"lbp@{s}"] = lbp_fn(resize_uint8(x, s), lb["P"], lb["R"], tuple(lb["grid"]))
         return out
 
     def _skimage(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

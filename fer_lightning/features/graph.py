@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from fer_lightning.features.hog import INT_RANGE, normalize_blocks, orientation_table
-from fer_lightning.features.lbp import fractions_np, grid_edges, offsets, uniform_table
+from fer_lightning.features.lbp import grid_edges
+from fer_lightning.features.lbp_uint8 import fractions_np, offsets, uniform_table
 
 __all__ = ["hog_graph", "lbp_codes_graph", "lbp_histograms_graph"]
 

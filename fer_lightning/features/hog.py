@@ -24,7 +24,8 @@ _CPU_CHUNK = 16
 
 
 @lru_cache(maxsize=1)
-def _pool() -> ThreadPoolExecutor:
+def thread_pool() -> ThreadPoolExecutor:
+    """The threads that CPU chunks of HOG and LBP run on (as many as torch uses)."""
     return ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads()), thread_name_prefix="fer-hog")
 
 
@@ -92,7 +93,7 @@ def _cell_histograms(x: torch.Tensor, orientations: int, cell: int) -> torch.Ten
         g_row, g_col = g_row[:, :hh, :ww], g_col[:, :hh, :ww]
         table = orientation_table(orientations).to(x.device)
         index = (g_row + INT_RANGE).mul_(2 * INT_RANGE + 1).add_(g_col + INT_RANGE)
-        key = table[index.long()]
+        key = table.index_select(0, index.view(-1)).view(index.shape)  # int32 indices: no int64 copy of them
         magnitude = torch.hypot(g_row.float(), g_col.float())
     else:
         g_row, g_col = _gradients(x, x.dtype)
@@ -187,7 +188,7 @@ def hog(
     # On the CPU: chunks small enough to stay in cache, on as many threads as torch uses (index_add, the
     # histogram step, runs on one core); each chunk's result does not depend on the others.
     chunk = _CPU_CHUNK
-    return torch.cat(list(_pool().map(one_chunk, range(0, x.shape[0], chunk))))
+    return torch.cat(list(thread_pool().map(one_chunk, range(0, x.shape[0], chunk))))
 
 
 class HOG(torch.nn.Module):
