@@ -144,10 +144,12 @@ def test_ema_is_the_moving_average_and_what_validation_and_the_checkpoint_evalua
     decay = 0.9
     model, trainer, record = fit(tmp_path, 2, ema=decay)
     ema = next(c for c in trainer.callbacks if isinstance(c, EMAWeights))._average_model.module
-    # torch's EMA, step by step, of a head weight: the first step copies, then decay * old + (1 - decay) * new
+    # torch's EMA, step by step, of a head weight: the first step copies, then d * old + (1 - d) * new with the
+    # decay warmed up, d = min(decay, (1 + n) / (10 + n)) after n updates
     expected = record.steps[0]
-    for w in record.steps[1:]:
-        expected = decay * expected + (1 - decay) * w
+    for n, w in enumerate(record.steps[1:], start=1):
+        d = min(decay, (1 + n) / (10 + n))
+        expected = d * expected + (1 - d) * w
     assert torch.allclose(ema.head[-1].weight, expected, atol=1e-6)
     assert not torch.allclose(expected, record.steps[-1])  # the average differs from the raw weights
     ckpt = torch.load(tmp_path / "last.ckpt", weights_only=True)
@@ -163,6 +165,14 @@ def test_ema_is_the_moving_average_and_what_validation_and_the_checkpoint_evalua
         val = torch.cat([b["image"] for b in batches(8, 1)]), torch.cat([b["label"] for b in batches(8, 1)])
         loss = torch.nn.functional.cross_entropy(ema(val[0]), val[1])
     assert float(trainer.callback_metrics["val/loss"]) == pytest.approx(float(loss), rel=1e-5)
+
+
+def test_ema_forgets_the_starting_weights_in_a_short_fit(tmp_path):
+    # decay 0.99 over 12 steps: without the warmed-up decay the average would stay ~90% the first step's weights
+    _, trainer, record = fit(tmp_path, 4, ema=0.99, lr=1e-2)
+    ema = next(c for c in trainer.callbacks if isinstance(c, EMAWeights))._average_model.module.head[-1].weight
+    first, last = record.steps[0], record.steps[-1]
+    assert (ema - last).norm() < 0.5 * (ema - first).norm()
 
 
 def test_gradual_unfreezing_at_the_given_epoch_with_the_backbone_rate(tmp_path):
