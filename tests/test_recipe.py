@@ -121,10 +121,11 @@ class Record(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.steps.append(pl_module.head[-1].weight.detach().clone())
+        self.bn_training = [m.training for m in pl_module.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
 
     def on_train_epoch_end(self, trainer, pl_module):
         self.epochs.append({
-            "lrs": [g["lr"] for g in trainer.optimizers[0].param_groups],
+            "lrs": [g["lr"] for g in trainer.optimizers[0].param_groups], "bn_training": self.bn_training,
             "backbone_trains": all(p.requires_grad for p in pl_module.backbone.parameters()),
             "backbone_weight": next(pl_module.backbone.parameters()).detach().clone()})
 
@@ -182,9 +183,10 @@ def test_gradual_unfreezing_at_the_given_epoch_with_the_backbone_rate(tmp_path):
     for e, seen in enumerate(record.epochs):
         if e < 2:  # frozen: one group, backbone untouched
             assert not seen["backbone_trains"] and len(seen["lrs"]) == 1
+            assert not any(seen["bn_training"])  # BatchNorm frozen as validation sees it: running statistics
             assert torch.equal(seen["backbone_weight"], first)
         else:  # unfrozen at epoch 2, in a group at 0.1 x the head's (scheduled) rate
-            assert seen["backbone_trains"] and len(seen["lrs"]) == 2
+            assert seen["backbone_trains"] and len(seen["lrs"]) == 2 and all(seen["bn_training"])
             assert seen["lrs"][1] == pytest.approx(0.1 * seen["lrs"][0], rel=1e-6)
             assert not torch.equal(seen["backbone_weight"], first)
 

@@ -158,7 +158,16 @@ class GradualUnfreezing(BaseFinetuning):
     def freeze_before_training(self, pl_module: pl.LightningModule) -> None:
         self.freeze(pl_module.backbone, train_bn=False)
 
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        if trainer.current_epoch < self.epoch:  # frozen BatchNorm normalises with its running statistics, as the
+            for module in pl_module.backbone.modules():  # validation does (Lightning's freeze leaves batch statistics)
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+
     def finetune_function(self, pl_module: pl.LightningModule, epoch: int, optimizer: torch.optim.Optimizer) -> None:
+        if epoch >= self.epoch:
+            pl_module.backbone.train()
         if epoch == self.epoch:
             self.unfreeze_and_add_param_group(pl_module.backbone, optimizer, lr=optimizer.param_groups[0]["lr"]
                                               * self.lr_factor, initial_denom_lr=1.0, train_bn=True)
