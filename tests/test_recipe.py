@@ -282,8 +282,8 @@ def test_every_recipe_section_sets_every_key_and_modern_reaches_the_models():
         assert cfg["model"]["optim"] == cfg["recipe"]["finetune"]
     paper = _compose("recipe=paper", "model=deep")["model"]["optim"]
     assert not OptimSettings.from_config(paper).augments_images and paper["ema"] == 0 and paper["unfreeze_epoch"] == 0
-    modern = _compose("recipe=modern", "model=deep", "recipe.finetune.mixup=0")["model"]["optim"]
-    assert modern["mixup"] == 0 and modern["cutmix"] > 0 and modern["ema"] > 0
+    modern = _compose("recipe=modern", "model=deep", "recipe.finetune.mixup=0.2")["model"]["optim"]
+    assert modern["mixup"] == 0.2 and modern["cutmix"] == 0 and modern["label_smoothing"] > 0
 
 
 def test_the_modern_experiment_trains_deep_and_handcrafted_with_the_recipe_and_fuses_with_the_mean():
