@@ -242,7 +242,10 @@ class Interrupt(pl.Callback):
 @pytest.mark.slow
 def test_exact_resume_with_recipe_modern(make_cfg, tmp_path):
     settings = [*FAST, "recipe=modern", "trainer.max_epochs=3", "callbacks.early_stopping=null",
-                "recipe.finetune.unfreeze_epoch=1", "recipe.finetune.warmup_epochs=1"]
+                "recipe.finetune.unfreeze_epoch=1", "recipe.finetune.warmup_epochs=1",
+                # every primitive on (the chosen defaults turn most off)
+                "recipe.finetune.ema=0.9", "recipe.finetune.mixup=0.2", "recipe.finetune.cutmix=1.0",
+                "recipe.finetune.auto_augment=trivial", "recipe.finetune.erasing=0.25"]
     train(make_cfg(*settings, out=tmp_path / "whole"))
     stop = ["+callbacks.interrupt._target_=tests.test_recipe.Interrupt", "+callbacks.interrupt.epoch=2"]
     with pytest.raises(RuntimeError, match="interrupted by the test"):
