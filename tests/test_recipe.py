@@ -121,10 +121,11 @@ class Record(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.steps.append(pl_module.head[-1].weight.detach().clone())
+        self.bn_training = [m.training for m in pl_module.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
 
     def on_train_epoch_end(self, trainer, pl_module):
         self.epochs.append({
-            "lrs": [g["lr"] for g in trainer.optimizers[0].param_groups],
+            "lrs": [g["lr"] for g in trainer.optimizers[0].param_groups], "bn_training": self.bn_training,
             "backbone_trains": all(p.requires_grad for p in pl_module.backbone.parameters()),
             "backbone_weight": next(pl_module.backbone.parameters()).detach().clone()})
 
@@ -144,10 +145,12 @@ def test_ema_is_the_moving_average_and_what_validation_and_the_checkpoint_evalua
     decay = 0.9
     model, trainer, record = fit(tmp_path, 2, ema=decay)
     ema = next(c for c in trainer.callbacks if isinstance(c, EMAWeights))._average_model.module
-    # torch's EMA, step by step, of a head weight: the first step copies, then decay * old + (1 - decay) * new
+    # torch's EMA, step by step, of a head weight: the first step copies, then d * old + (1 - d) * new with the
+    # decay warmed up, d = min(decay, (1 + n) / (10 + n)) after n updates
     expected = record.steps[0]
-    for w in record.steps[1:]:
-        expected = decay * expected + (1 - decay) * w
+    for n, w in enumerate(record.steps[1:], start=1):
+        d = min(decay, (1 + n) / (10 + n))
+        expected = d * expected + (1 - d) * w
     assert torch.allclose(ema.head[-1].weight, expected, atol=1e-6)
     assert not torch.allclose(expected, record.steps[-1])  # the average differs from the raw weights
     ckpt = torch.load(tmp_path / "last.ckpt", weights_only=True)
@@ -165,6 +168,14 @@ def test_ema_is_the_moving_average_and_what_validation_and_the_checkpoint_evalua
     assert float(trainer.callback_metrics["val/loss"]) == pytest.approx(float(loss), rel=1e-5)
 
 
+def test_ema_forgets_the_starting_weights_in_a_short_fit(tmp_path):
+    # decay 0.99 over 12 steps: without the warmed-up decay the average would stay ~90% the first step's weights
+    _, trainer, record = fit(tmp_path, 4, ema=0.99, lr=1e-2)
+    ema = next(c for c in trainer.callbacks if isinstance(c, EMAWeights))._average_model.module.head[-1].weight
+    first, last = record.steps[0], record.steps[-1]
+    assert (ema - last).norm() < 0.5 * (ema - first).norm()
+
+
 def test_gradual_unfreezing_at_the_given_epoch_with_the_backbone_rate(tmp_path):
     _, _, record = fit(tmp_path, 4, unfreeze_epoch=2, backbone_lr_factor=0.1, lr=1e-3, scheduler="warmup_cosine",
                        warmup_epochs=1)
@@ -172,9 +183,10 @@ def test_gradual_unfreezing_at_the_given_epoch_with_the_backbone_rate(tmp_path):
     for e, seen in enumerate(record.epochs):
         if e < 2:  # frozen: one group, backbone untouched
             assert not seen["backbone_trains"] and len(seen["lrs"]) == 1
+            assert not any(seen["bn_training"])  # BatchNorm frozen as validation sees it: running statistics
             assert torch.equal(seen["backbone_weight"], first)
         else:  # unfrozen at epoch 2, in a group at 0.1 x the head's (scheduled) rate
-            assert seen["backbone_trains"] and len(seen["lrs"]) == 2
+            assert seen["backbone_trains"] and len(seen["lrs"]) == 2 and all(seen["bn_training"])
             assert seen["lrs"][1] == pytest.approx(0.1 * seen["lrs"][0], rel=1e-6)
             assert not torch.equal(seen["backbone_weight"], first)
 
@@ -230,7 +242,10 @@ class Interrupt(pl.Callback):
 @pytest.mark.slow
 def test_exact_resume_with_recipe_modern(make_cfg, tmp_path):
     settings = [*FAST, "recipe=modern", "trainer.max_epochs=3", "callbacks.early_stopping=null",
-                "recipe.finetune.unfreeze_epoch=1", "recipe.finetune.warmup_epochs=1"]
+                "recipe.finetune.unfreeze_epoch=1", "recipe.finetune.warmup_epochs=1",
+                # every primitive on (the chosen defaults turn most off)
+                "recipe.finetune.ema=0.9", "recipe.finetune.mixup=0.2", "recipe.finetune.cutmix=1.0",
+                "recipe.finetune.auto_augment=trivial", "recipe.finetune.erasing=0.25"]
     train(make_cfg(*settings, out=tmp_path / "whole"))
     stop = ["+callbacks.interrupt._target_=tests.test_recipe.Interrupt", "+callbacks.interrupt.epoch=2"]
     with pytest.raises(RuntimeError, match="interrupted by the test"):
@@ -270,8 +285,8 @@ def test_every_recipe_section_sets_every_key_and_modern_reaches_the_models():
         assert cfg["model"]["optim"] == cfg["recipe"]["finetune"]
     paper = _compose("recipe=paper", "model=deep")["model"]["optim"]
     assert not OptimSettings.from_config(paper).augments_images and paper["ema"] == 0 and paper["unfreeze_epoch"] == 0
-    modern = _compose("recipe=modern", "model=deep", "recipe.finetune.mixup=0")["model"]["optim"]
-    assert modern["mixup"] == 0 and modern["cutmix"] > 0 and modern["ema"] > 0
+    modern = _compose("recipe=modern", "model=deep", "recipe.finetune.mixup=0.2")["model"]["optim"]
+    assert modern["mixup"] == 0.2 and modern["cutmix"] == 0 and modern["label_smoothing"] > 0
 
 
 def test_the_modern_experiment_trains_deep_and_handcrafted_with_the_recipe_and_fuses_with_the_mean():

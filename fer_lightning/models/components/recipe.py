@@ -60,6 +60,28 @@ class BatchMixing(nn.Module):
         return self.mix(images, labels)
 
 
+def ema_decay(decay: float, updates: int) -> float:
+    """The decay of the weights' moving average after ``updates`` updates: ``decay``, warmed up as
+    ``min(decay, (1 + updates) / (10 + updates))`` (TensorFlow's ``ExponentialMovingAverage`` with ``num_updates``).
+
+    Examples:
+        >>> ema_decay(0.9, 1), ema_decay(0.9, 10_000)
+        (0.18181818181818182, 0.9)
+    """
+    return min(float(decay), (1.0 + updates) / (10.0 + updates))
+
+
+def warmed_ema(decay: float) -> Any:
+    """torch's EMA update (``get_ema_multi_avg_fn``) for ``AveragedModel(multi_avg_fn=...)``, at the warmed-up decay
+    :func:`ema_decay` of the number of updates so far."""
+
+    @torch.no_grad()
+    def update(average: list[torch.Tensor], current: list[torch.Tensor], updates: torch.Tensor) -> None:
+        get_ema_multi_avg_fn(ema_decay(decay, int(updates)))(average, current, updates)
+
+    return update
+
+
 class EMAWeights(WeightAveraging):
     """An exponential moving average of the weights (and BatchNorm statistics), updated after every optimiser step:
     Lightning's ``WeightAveraging`` with torch's ``get_ema_multi_avg_fn``. Validation while fitting runs on the
@@ -67,16 +89,23 @@ class EMAWeights(WeightAveraging):
     them (what evaluating, predicting, exporting and late fusion read), and the raw weights and the average travel in
     the checkpoint too, so a resumed fit continues both.
 
+    The decay is warmed up as TensorFlow's ``ExponentialMovingAverage(num_updates=...)`` and timm's EMA do: after
+    ``n`` updates the old average weighs ``min(decay, (1 + n) / (10 + n))``. Without it the average starts from the
+    first step's weights (the pretrained backbone and a random head) and a short fine-tuning never forgets them: with
+    decay 0.99, 9 steps an epoch and 15 epochs, a quarter of the final average would still be the starting weights.
+
     Args:
-        decay: weight of the old average at each step (0.999: about the last 1000 steps).
+        decay: weight of the old average at each step, once warmed up (0.99: about the last 100 steps).
 
     Examples:
         >>> EMAWeights(0.99).decay
         0.99
+        >>> [round(ema_decay(0.99, n), 3) for n in (1, 10, 100, 1000)]
+        [0.182, 0.579, 0.927, 0.99]
     """
 
     def __init__(self, decay: float) -> None:
-        super().__init__(multi_avg_fn=get_ema_multi_avg_fn(decay))
+        super().__init__(multi_avg_fn=warmed_ema(decay))
         self.decay = float(decay)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -129,7 +158,16 @@ class GradualUnfreezing(BaseFinetuning):
     def freeze_before_training(self, pl_module: pl.LightningModule) -> None:
         self.freeze(pl_module.backbone, train_bn=False)
 
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        if trainer.current_epoch < self.epoch:  # frozen BatchNorm normalises with its running statistics, as the
+            for module in pl_module.backbone.modules():  # validation does (Lightning's freeze leaves batch statistics)
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+
     def finetune_function(self, pl_module: pl.LightningModule, epoch: int, optimizer: torch.optim.Optimizer) -> None:
+        if epoch >= self.epoch:
+            pl_module.backbone.train()
         if epoch == self.epoch:
             self.unfreeze_and_add_param_group(pl_module.backbone, optimizer, lr=optimizer.param_groups[0]["lr"]
                                               * self.lr_factor, initial_denom_lr=1.0, train_bn=True)
