@@ -3,6 +3,7 @@ weighted mean. Nothing is trained; the weights come from the validation split.""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from fer_lightning.models.components.fusion import WEIGHTINGS, EqualWeights, cal
 from fer_lightning.models.components.tta import TTA_VIEWS, tta_probs
 from fer_lightning.models.registry import MODELS, load_model
 from fer_lightning.runs.folder import resolve_checkpoint
+
+log = logging.getLogger(__name__)
 
 
 class LateFusionFER(FERClassifier):
@@ -132,7 +135,7 @@ class LateFusionFER(FERClassifier):
         """Set the weights from validation images ``(N, 1, H, W)`` uint8 and their labels; returns them."""
         probs = torch.zeros(len(self.members), 0, self.num_classes)
         self.temperatures.fill_(1.0)
-        if self.weighting.uses_validation and len(images):
+        if len(images):  # every weighting records its accuracy on these images (the mean's weights ignore them)
             self.members.eval()  # fixed members: dropout off, BatchNorm statistics untouched
             per_image = blocks_in_batches(lambda x: {"p": self.member_probs(to_unit(x)).transpose(0, 1)}, images,
                                           batch_size, self.weights.device)["p"]
@@ -144,6 +147,9 @@ class LateFusionFER(FERClassifier):
         w = (self.weighting if len(images) else EqualWeights())(probs, targets)
         self.weights = w.to(self.weights.device, self.weights.dtype)
         self.fitted.fill_(True)
+        if len(images):
+            fused = torch.einsum("m,mnc->nc", w.to(probs.dtype), probs).argmax(-1)
+            self.hparams["fit_acc"] = float((fused == targets.to(fused.device)).float().mean())
         record = self.fit_record()
         self.hparams["fitted_weights"] = record["fusion_weights"]
         if "fusion_temperatures" in record:
@@ -153,7 +159,8 @@ class LateFusionFER(FERClassifier):
     def fit_record(self) -> dict[str, Any]:
         """What the weighting fitted, for the run's ``metrics.json``: ``fusion_weights`` (and
         ``fusion_temperatures`` when it calibrates), ``{member: value}``."""
-        record = {"fusion_weighting": self.hparams["weights"], "fusion_weights": {
+        record = {"fusion_weighting": self.hparams["weights"], "fusion_fitted_on": self.hparams.get("fitted_on"),
+                  "fusion_fit_acc": self.hparams.get("fit_acc"), "fusion_weights": {
             n: round(float(v), 6) for n, v in zip(self.members, self.weights, strict=True)}}
         if self.weighting.calibrates:
             record["fusion_temperatures"] = {n: round(float(v), 6)
@@ -161,11 +168,16 @@ class LateFusionFER(FERClassifier):
         return record
 
     def prepare(self, data: ModelData, stage: str) -> None:
-        """Fix the weights on the validation split (once)."""
+        """Fix the weights (once) on the validation images reserved for them (``data.fusion_reserve``), which no
+        member was selected on; without a reserve, on the validation split."""
         if bool(self.fitted):
             return
-        val = torch.as_tensor(data.split.val, dtype=torch.long)
-        self.fit_weights(data.images[val], data.targets[val])
+        part = "reserve" if len(data.split.reserve) else "val"
+        rows = torch.as_tensor(getattr(data.split, part), dtype=torch.long)
+        log.info("fusion weights (%s) fitted on the %d %s images", self.hparams["weights"], len(rows),
+                 "reserved validation" if part == "reserve" else "validation")
+        self.fit_weights(data.images[rows], data.targets[rows])
+        self.hparams["fitted_on"] = f"{part} ({len(rows)} images)"
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         p = torch.einsum("m,mbc->bc", self.weights.float(), self.member_probs(images))
