@@ -251,8 +251,8 @@ def test_a_late_fusion_fits_its_weights_on_the_reserved_images_when_there_are_so
     no = np.zeros(0, dtype=np.int64)
     val, reserve = np.arange(10, 25), np.arange(25, 40)
 
-    def fitted(split: Split) -> LateFusionFER:
-        fusion = LateFusionFER(CLASSES, weights="loglik", member_specs=_members(0, 1, 2))
+    def fitted(split: Split, fit_on: str = "auto") -> LateFusionFER:
+        fusion = LateFusionFER(CLASSES, weights="loglik", member_specs=_members(0, 1, 2), fit_on=fit_on)
         fusion.prepare(SimpleNamespace(split=split, images=images, targets=targets), "fit")
         return fusion
 
@@ -264,9 +264,16 @@ def test_a_late_fusion_fits_its_weights_on_the_reserved_images_when_there_are_so
     record = by_reserve.fit_record()
     assert record["fusion_fitted_on"] == "reserve (15 images)" and by_val.fit_record()["fusion_fitted_on"] == (
         "val (15 images)")
-    with torch.no_grad():
-        fused = by_reserve(images[reserve].float() / 255).argmax(-1)
-    assert record["fusion_fit_acc"] == pytest.approx(float((fused == targets[reserve]).float().mean()), abs=1e-6)
+    on_val = fitted(Split(np.arange(10), val, no, reserve), fit_on="val")  # the members' validation, as before
+    torch.testing.assert_close(on_val.weights, by_val.weights)
+    for fusion in (by_reserve, on_val):  # both scored on the reserve, which selected no member
+        with torch.no_grad():
+            fused = fusion(images[reserve].float() / 255).argmax(-1)
+        accuracy = float((fused == targets[reserve]).float().mean())
+        assert fusion.fit_record()["fusion_reserve_acc"] == pytest.approx(accuracy, abs=1e-6)
+    assert "fusion_reserve_acc" not in by_val.fit_record()
+    with pytest.raises(FERError, match="model.fit_on"):
+        LateFusionFER(CLASSES, member_specs=_members(0, 1), fit_on="test")
 
 
 def test_tta_on_a_single_deep_model_is_no_tta_for_a_mirror_symmetric_face_and_off_while_training():
