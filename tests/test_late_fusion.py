@@ -313,6 +313,8 @@ def test_a_deep_checkpoint_with_flip_tta_exports_to_onnx_with_the_same_probabili
 
     ckpt = read_checkpoint(tiny_checkpoints["deep"])
     ckpt["hyper_parameters"]["tta"] = "flip_shift"
+    # ImageNet's backbone (the tiny run's random one gives every face about the same output)
+    ckpt["state_dict"] = DeepFER(ckpt["hyper_parameters"]["class_names"], backbone={"weights": "imagenet"}).state_dict()
     torch.save(ckpt, tmp_path / "deep.ckpt")
     model = DeepFER.from_checkpoint(tmp_path / "deep.ckpt").eval()
     assert model.tta == "flip_shift"
@@ -323,3 +325,39 @@ def test_a_deep_checkpoint_with_flip_tta_exports_to_onnx_with_the_same_probabili
         model.tta = "none"
         assert not np.allclose(model(faces.float() / 255).softmax(-1).numpy(), expected, atol=1e-4)
     np.testing.assert_allclose(ExportedModel(path)(faces.numpy()), expected, rtol=0, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_the_modern_experiment_runs_end_to_end_with_a_reserve_and_a_flip_tta_deep_member(tmp_path, cache_dir):
+    import csv
+    import json
+
+    from hydra import compose, initialize_config_dir
+
+    from fer_lightning.engine.configs import config_dir
+    from fer_lightning.engine.pipeline import run_pipeline
+
+    out = tmp_path / "job"
+    small = ["data.image_size=48", "recipes.modern.finetune.max_epochs=2", "recipes.modern.finetune.warmup_epochs=1",
+             "recipes.modern.finetune.unfreeze_epoch=1", "recipes.modern.head.max_epochs=3",
+             "recipes.modern.head.warmup_epochs=1", "recipes.modern.augment.copies=1", "data.fusion_reserve=0.5",
+             "pipeline.models.deep.backbone.weights=none", "pipeline.models.deep.tta=flip", "logger=none",
+             "callbacks.training_pictures=null", "trainer.enable_progress_bar=false"]
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=modern", *small, f"data.cache_dir={cache_dir}",
+                                          f"paths.output_dir={out}"])
+    run_pipeline(cfg)
+    assert [r["model"] for r in json.loads((out / "summary.json").read_text())["rows"]] == [
+        "deep", "handcrafted", "late_fusion"]
+    metrics = {s: json.loads((out / s / "metrics.json").read_text()) for s in ("deep", "handcrafted", "late_fusion")}
+    parts = [r["split"] for r in csv.DictReader((out / "deep" / "splits.csv").open())]
+    assert metrics["deep"]["n_val"] == parts.count("val") and parts.count("reserve") >= 7  # the members never saw it
+    fused = metrics["late_fusion"]
+    reserved = parts.count("reserve")
+    assert fused["fusion_weighting"] == "mean" and fused["fusion_fitted_on"] == f"reserve ({reserved} images)"
+    assert 0.0 <= fused["fusion_reserve_acc"] <= 1.0
+    # the fusion's test probabilities are the mean of its members' (deep's own with flip TTA), as recorded
+    probs = {s: np.array([[float(v) for k, v in row.items() if k.startswith("p_")]
+                          for row in csv.DictReader((out / s / "predictions.csv").open())])
+             for s in metrics}
+    np.testing.assert_allclose(probs["late_fusion"], (probs["deep"] + probs["handcrafted"]) / 2, atol=2e-6)
