@@ -192,11 +192,13 @@ def test_the_report_lists_each_fusion_runs_weights():
     from fer_lightning.runs.survey import Run
 
     fused = {"model": "late_fusion", "dataset": "synthetic", "split": "paper", "fold": None, "seed": 3,
-             "fusion_weighting": "calibrated", "fusion_weights": {"deep": 0.5, "handcrafted": 0.5},
+             "fusion_weighting": "calibrated", "fusion_fitted_on": "reserve (12 images)",
+             "fusion_weights": {"deep": 0.5, "handcrafted": 0.5},
              "fusion_temperatures": {"deep": 0.61, "handcrafted": 1.7}}
     rows = fusion_weights([Run(Path("a"), fused), Run(Path("b"), {"model": "deep", "seed": 3})])
     assert rows == [{"model": "late_fusion", "dataset": "synthetic", "split": "paper", "fold": None, "seed": 3,
-                     "weighting": "calibrated", "weights": "deep 0.500, handcrafted 0.500",
+                     "weighting": "calibrated", "fitted_on": "reserve (12 images)",
+                     "weights": "deep 0.500, handcrafted 0.500",
                      "temperatures": "deep 0.610, handcrafted 1.700"}]
 
 
@@ -218,3 +220,144 @@ def test_an_ensemble_with_flip_tta_exports_to_onnx_with_the_same_probabilities(t
         expected = ensemble(faces.float() / 255).exp().numpy()
     np.testing.assert_allclose(ExportedModel(path)(faces.numpy()), expected, rtol=0, atol=1e-4)
     assert ExportedModel(path).metadata["model"] == "ensemble"
+
+
+def test_the_fusion_reserve_is_a_stratified_seeded_part_of_validation():
+    from fer_lightning.data.splits import paper_split, reserve_for_fusion
+
+    labels = [f"c{i % 7}" for i in range(210)]
+    full = paper_split(labels, test_size=57, val_size=42, seed=4)
+    part = reserve_for_fusion(full, labels, 0.5, seed=4)
+    assert np.array_equal(part.train, full.train) and np.array_equal(part.test, full.test)
+    assert len(part.reserve) == 21 and not set(part.val) & set(part.reserve)
+    assert sorted([*part.val, *part.reserve]) == sorted(full.val)
+    counts = np.bincount([int(labels[i][1]) for i in part.reserve], minlength=7)
+    assert counts.min() >= 2 and counts.max() <= 4  # stratified: 3 of each class's 6
+    assert np.array_equal(reserve_for_fusion(full, labels, 0.5, seed=4).reserve, part.reserve)
+    assert not np.array_equal(reserve_for_fusion(full, labels, 0.5, seed=5).reserve, part.reserve)
+    assert part.assignment(210).count("reserve") == 21 and full.assignment(210).count("reserve") == 0
+    with pytest.raises(FERError, match="data.fusion_reserve"):
+        reserve_for_fusion(full, labels, 40, seed=4)  # too few validation images left for every class
+
+
+def test_a_late_fusion_fits_its_weights_on_the_reserved_images_when_there_are_some():
+    from types import SimpleNamespace
+
+    from fer_lightning.data.splits import Split
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (40, 1, 32, 32), dtype=torch.uint8, generator=g)
+    targets = torch.randint(0, 3, (40,), generator=g)
+    no = np.zeros(0, dtype=np.int64)
+    val, reserve = np.arange(10, 25), np.arange(25, 40)
+
+    def fitted(split: Split, fit_on: str = "auto") -> LateFusionFER:
+        fusion = LateFusionFER(CLASSES, weights="loglik", member_specs=_members(0, 1, 2), fit_on=fit_on)
+        fusion.prepare(SimpleNamespace(split=split, images=images, targets=targets), "fit")
+        return fusion
+
+    by_reserve, by_val = fitted(Split(np.arange(10), val, no, reserve)), fitted(Split(np.arange(10), val, no))
+    expected = LateFusionFER(CLASSES, weights="loglik", member_specs=_members(0, 1, 2))
+    torch.testing.assert_close(by_reserve.weights, expected.fit_weights(images[reserve], targets[reserve]))
+    torch.testing.assert_close(by_val.weights, expected.fit_weights(images[val], targets[val]))
+    assert not torch.allclose(by_reserve.weights, by_val.weights)
+    record = by_reserve.fit_record()
+    assert record["fusion_fitted_on"] == "reserve (15 images)" and by_val.fit_record()["fusion_fitted_on"] == (
+        "val (15 images)")
+    on_val = fitted(Split(np.arange(10), val, no, reserve), fit_on="val")  # the members' validation, as before
+    torch.testing.assert_close(on_val.weights, by_val.weights)
+    for fusion in (by_reserve, on_val):  # both scored on the reserve, which selected no member
+        with torch.no_grad():
+            fused = fusion(images[reserve].float() / 255).argmax(-1)
+        accuracy = float((fused == targets[reserve]).float().mean())
+        assert fusion.fit_record()["fusion_reserve_acc"] == pytest.approx(accuracy, abs=1e-6)
+    assert "fusion_reserve_acc" not in by_val.fit_record()
+    with pytest.raises(FERError, match="model.fit_on"):
+        LateFusionFER(CLASSES, member_specs=_members(0, 1), fit_on="test")
+
+
+def test_tta_on_a_single_deep_model_is_no_tta_for_a_mirror_symmetric_face_and_off_while_training():
+    from fer_lightning.models.deep import DeepFER
+
+    torch.manual_seed(0)
+    plain = DeepFER(CLASSES, backbone={"weights": "none"}).eval()
+    flip = DeepFER(CLASSES, backbone={"weights": "none"}, tta="flip").eval()
+    # a small backbone that tells faces apart (a random MobileNetV2 gives every face about the same output)
+    plain.backbone = flip.backbone = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(4),
+                                                   nn.Flatten(), nn.Linear(128, 1280))
+    flip.head = plain.head
+    assert flip.hparams["tta"] == "flip"
+    y = _faces(3)
+    symmetric = (y + y.flip(-1)) / 2
+    with torch.no_grad():
+        torch.testing.assert_close(flip(symmetric).softmax(-1), plain(symmetric).softmax(-1), rtol=0, atol=1e-6)
+        expected = (plain(y).softmax(-1) + plain(y.flip(-1)).softmax(-1)) / 2
+        torch.testing.assert_close(flip(y).exp(), expected, rtol=0, atol=1e-6)
+        assert not torch.allclose(plain(y).softmax(-1), plain(y.flip(-1)).softmax(-1), atol=1e-4)
+    flip.train()
+    torch.manual_seed(1)
+    trained = flip(y)
+    plain.train()
+    torch.manual_seed(1)
+    torch.testing.assert_close(trained, plain(y))  # training sees each face once, as without TTA
+    with pytest.raises(FERError, match="unknown|choose"):
+        DeepFER(CLASSES, backbone={"weights": "none"}, tta="rotate")
+
+
+@pytest.mark.slow
+def test_a_deep_checkpoint_with_flip_tta_exports_to_onnx_with_the_same_probabilities(tiny_checkpoints, tmp_path):
+    from fer_lightning.deploy.exported import ExportedModel
+    from fer_lightning.deploy.exporters import export
+    from fer_lightning.models.deep import DeepFER
+    from fer_lightning.runs.checkpoints import read_checkpoint
+
+    ckpt = read_checkpoint(tiny_checkpoints["deep"])
+    ckpt["hyper_parameters"]["tta"] = "flip_shift"
+    # ImageNet's backbone (the tiny run's random one gives every face about the same output)
+    ckpt["state_dict"] = DeepFER(ckpt["hyper_parameters"]["class_names"], backbone={"weights": "imagenet"}).state_dict()
+    torch.save(ckpt, tmp_path / "deep.ckpt")
+    model = DeepFER.from_checkpoint(tmp_path / "deep.ckpt").eval()
+    assert model.tta == "flip_shift"
+    path = export(tmp_path / "deep.ckpt", "onnx", tmp_path / "deep.onnx")["onnx"]
+    faces = torch.randint(0, 256, (3, 1, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(faces.float() / 255).exp().numpy()
+        model.tta = "none"
+        assert not np.allclose(model(faces.float() / 255).softmax(-1).numpy(), expected, atol=1e-4)
+    np.testing.assert_allclose(ExportedModel(path)(faces.numpy()), expected, rtol=0, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_the_modern_experiment_runs_end_to_end_with_a_reserve_and_a_flip_tta_deep_member(tmp_path, cache_dir):
+    import csv
+    import json
+
+    from hydra import compose, initialize_config_dir
+
+    from fer_lightning.engine.configs import config_dir
+    from fer_lightning.engine.pipeline import run_pipeline
+
+    out = tmp_path / "job"
+    small = ["data.image_size=48", "recipes.modern.finetune.max_epochs=2", "recipes.modern.finetune.warmup_epochs=1",
+             "recipes.modern.finetune.unfreeze_epoch=1", "recipes.modern.head.max_epochs=3",
+             "recipes.modern.head.warmup_epochs=1", "recipes.modern.augment.copies=1", "data.fusion_reserve=0.5",
+             "pipeline.models.deep.backbone.weights=none", "pipeline.models.deep.tta=flip", "logger=none",
+             "callbacks.training_pictures=null", "trainer.enable_progress_bar=false"]
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=modern", *small, f"data.cache_dir={cache_dir}",
+                                          f"paths.output_dir={out}"])
+    run_pipeline(cfg)
+    assert [r["model"] for r in json.loads((out / "summary.json").read_text())["rows"]] == [
+        "deep", "handcrafted", "late_fusion"]
+    metrics = {s: json.loads((out / s / "metrics.json").read_text()) for s in ("deep", "handcrafted", "late_fusion")}
+    parts = [r["split"] for r in csv.DictReader((out / "deep" / "splits.csv").open())]
+    assert metrics["deep"]["n_val"] == parts.count("val") and parts.count("reserve") >= 7  # the members never saw it
+    fused = metrics["late_fusion"]
+    reserved = parts.count("reserve")
+    assert fused["fusion_weighting"] == "mean" and fused["fusion_fitted_on"] == f"reserve ({reserved} images)"
+    assert 0.0 <= fused["fusion_reserve_acc"] <= 1.0
+    # the fusion's test probabilities are the mean of its members' (deep's own with flip TTA), as recorded
+    probs = {s: np.array([[float(v) for k, v in row.items() if k.startswith("p_")]
+                          for row in csv.DictReader((out / s / "predictions.csv").open())])
+             for s in metrics}
+    np.testing.assert_allclose(probs["late_fusion"], (probs["deep"] + probs["handcrafted"]) / 2, atol=2e-6)

@@ -107,6 +107,7 @@ class FERDataModule(pl.LightningDataModule):
         crop_box: Sequence[int] | None = None,
         inner_folds: int = 0,
         inner_fold: int = 0,
+        fusion_reserve: int | float = 0,
         decode_workers: int | None = None,
         min_side: int | None = 32,
         duplicates: str = "warn",
@@ -118,7 +119,8 @@ class FERDataModule(pl.LightningDataModule):
         """The data module from the flat options of a data config (``data.*``): the source's own options go in
         ``options`` (``data.subject_regex``, ``data.labels``, ``data.synthetic``, ...)."""
         loader = LoaderSettings(batch_size, num_workers, sampler, on_device, on_device_max_mb)
-        splits = SplitSettings(split, test_size, val_size, train_size, fold, folds, seed, inner_folds, inner_fold)
+        splits = SplitSettings(split, test_size, val_size, train_size, fold, folds, seed, inner_folds, inner_fold,
+                               fusion_reserve)
         if int(image_size) < 32:
             raise FERError(f"data.image_size={image_size} is too small; MobileNetV2 needs at least 32 pixels")
         data_source = make_source(source, root, cache_dir, **options)
@@ -211,8 +213,9 @@ class FERDataModule(pl.LightningDataModule):
             groups = duplicate_groups(d, self.file_names(), d.labels, self.store_settings.duplicates)
             self.split = draw_split(s, self.source, d.labels, d.subjects, groups)
         split = self.split
-        log.info("%s split of %d images: %d train / %d val / %d test", "given" if given else s.name, len(d.labels),
-                 len(split.train), len(split.val), len(split.test))
+        log.info("%s split of %d images: %d train / %d val / %d test%s", "given" if given else s.name, len(d.labels),
+                 len(split.train), len(split.val), len(split.test),
+                 f" / {len(split.reserve)} reserved for fusion weights" if len(split.reserve) else "")
         if self.extractor is not None and self.extractor.source == "precomputed":
             log.info("handcrafted descriptor blocks: %s", self.extractor.describe())
             self.feature_store = feature_store(self.extractor, d.images, d.fingerprint, self.store_settings.cache_dir,

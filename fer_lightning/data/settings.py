@@ -29,7 +29,8 @@ ON_DEVICE = ("auto", "true", "false")
 @dataclass(frozen=True)
 class SplitSettings:
     """How images are split (``data.split``, ``data.test_size``, ``data.val_size``, ``data.train_size``,
-    ``data.fold``, ``data.folds``, ``data.seed``, ``data.inner_folds``, ``data.inner_fold``).
+    ``data.fold``, ``data.folds``, ``data.seed``, ``data.inner_folds``, ``data.inner_fold``,
+    ``data.fusion_reserve``).
 
     Args:
         name: ``paper`` (stratified random), ``loso``, ``subject_kfold``, ``official`` / ``manifest`` / ``folders``
@@ -39,6 +40,8 @@ class SplitSettings:
         fold, folds: the fold of ``loso`` / ``subject_kfold`` (and the number of folds of the latter).
         seed: seeds the split and, through the run's seed, training.
         inner_folds, inner_fold: an inner fold of the training part held out as the test set (0: off).
+        fusion_reserve: validation images (a count, or a fraction of them) set aside, stratified, for fitting a
+            late fusion's weights; the members never validate on them (0: off).
     """
 
     name: str = "paper"
@@ -50,6 +53,7 @@ class SplitSettings:
     seed: int = 0
     inner_folds: int = 0
     inner_fold: int = 0
+    fusion_reserve: int | float = 0
 
     def __post_init__(self) -> None:
         choose(self.name, SPLITS, "data.split")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
@@ -21,16 +21,18 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Split:
-    """Indices into the dataset for each part; disjoint and sorted."""
+    """Indices into the dataset for each part; disjoint and sorted. ``reserve``: validation images set aside for
+    fitting fusion weights (``data.fusion_reserve``), never seen by the members' early stopping or selection."""
 
     train: np.ndarray
     val: np.ndarray
     test: np.ndarray
+    reserve: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def assignment(self, n: int) -> list[str]:
-        """``'train' | 'val' | 'test' | 'unused'`` for each of the ``n`` images."""
+        """``'train' | 'val' | 'test' | 'reserve' | 'unused'`` for each of the ``n`` images."""
         out = ["unused"] * n
-        for name in ("train", "val", "test"):
+        for name in ("train", "val", "test", "reserve"):
             for i in getattr(self, name):
                 out[int(i)] = name
         return out
@@ -266,6 +268,15 @@ def inner_split(
     return Split(train=np.sort(split.train[keep]), val=split.val, test=np.sort(split.train[held]))
 
 
+def reserve_for_fusion(split: Split, labels: Sequence[str], size: int | float, seed: int = 0) -> Split:
+    """``size`` of the validation images (a count or a fraction of them), stratified and seeded, moved to
+    ``split.reserve``: the members validate on the rest; a late fusion fits its weights on the reserve."""
+    k = _count(size, len(split.val), "data.fusion_reserve")
+    val, reserve = _stratified_take(np.asarray(split.val), np.asarray(labels), k, seed + 3, "data.fusion_reserve",
+                                    _is_fraction(size))
+    return Split(split.train, val, split.test, reserve)
+
+
 def resolve_split(settings: SplitSettings, source: Source) -> SplitSettings:
     """``data.split=auto`` made concrete: ``folders`` / ``manifest`` / ``official`` (the dataset's own split) when
     every image has a split part, else the source's default split (said in the log, one line); other settings
@@ -323,6 +334,8 @@ def draw_split(settings: SplitSettings, source: Source, labels: Sequence[str], s
                             by_subject=s.subject_independent)
         log.info("inner fold %d of %d: the held-out training images are this run's test set (outer test unused)",
                  s.inner_fold, s.inner_folds)
+    if s.fusion_reserve:
+        split = reserve_for_fusion(split, labels, s.fusion_reserve, s.seed)
     for c in sorted(set(labels) - {labels[i] for i in split.train}):
         raise FERError(f"class '{c}' has no training images in the {name} split of {source.name}; choose another "
                        "split or add images of it")

@@ -10,6 +10,7 @@ import torch
 from fer_lightning.models.backbone import MobileNetV2Backbone
 from fer_lightning.models.base import FERClassifier
 from fer_lightning.models.components.heads import MLPHead
+from fer_lightning.models.components.tta import TTA_VIEWS, tta_log_probs
 
 
 class DeepFER(FERClassifier):
@@ -18,7 +19,10 @@ class DeepFER(FERClassifier):
     ``backbone``: ``{"weights": "imagenet" | "none" | path, "trainable": bool}``;
     ``head``: keyword arguments of :class:`~fer_lightning.models.components.heads.MLPHead` (default: the paper's
     256 / 0.5); ``init_from``: another run's checkpoint to start from, applied by the training command before
-    training starts (:func:`~fer_lightning.models.init_from.start_from`; recorded here, never read by the model).
+    training starts (:func:`~fer_lightning.models.init_from.start_from`; recorded here, never read by the model);
+    ``tta`` (:data:`~fer_lightning.models.components.tta.TTA_VIEWS`): ``none``, ``flip`` or ``flip_shift``, the
+    mean probabilities of transformed copies of the face whenever the model is not training (validation, test,
+    evaluation, prediction, exported files); the output is then their log.
     """
 
     model_name = "deep"
@@ -33,15 +37,20 @@ class DeepFER(FERClassifier):
         channels_last: bool = False,
         compile: bool | str = False,
         init_from: str | None = None,
+        tta: str = "none",
     ) -> None:
         super().__init__(class_names, optim=optim, class_weights=class_weights, channels_last=channels_last,
                          compile=compile)
         self.save_hyperparameters()
         self.init_from = init_from
+        TTA_VIEWS.get(tta)
+        self.tta = tta
         backbone = {"weights": "imagenet", "trainable": True, **(backbone or {})}
         head = {"hidden": [256], "dropout": [0.5], **(head or {})}
         self.backbone = MobileNetV2Backbone(**backbone)
         self.head = MLPHead(MobileNetV2Backbone.out_features, self.num_classes, **head)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(images))
+        if self.training or self.tta == "none":
+            return self.head(self.backbone(images))
+        return tta_log_probs(lambda x: self.head(self.backbone(x)), images, self.tta)

@@ -3,6 +3,7 @@ weighted mean. Nothing is trained; the weights come from the validation split.""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,12 @@ from fer_lightning.models.components.fusion import WEIGHTINGS, EqualWeights, cal
 from fer_lightning.models.components.tta import TTA_VIEWS, tta_probs
 from fer_lightning.models.registry import MODELS, load_model
 from fer_lightning.runs.folder import resolve_checkpoint
+from fer_lightning.runtime.registry import choose
+
+log = logging.getLogger(__name__)
+# model.fit_on: auto (the validation images reserved for the fusion, data.fusion_reserve, when there are some; else
+# the validation split) | val (the validation split, on which the members were selected, even with a reserve)
+FIT_ON = ("auto", "val")
 
 
 class LateFusionFER(FERClassifier):
@@ -32,8 +39,11 @@ class LateFusionFER(FERClassifier):
     probabilities temperature-scaled on the validation split, then equal weights). Every member runs on the raw
     images with its own preprocessing (features, backbone). ``tta`` (:data:`~fer_lightning.models.components.tta.
     TTA_VIEWS`): ``none``, ``flip`` or ``flip_shift``, each member's probabilities averaged over transformed copies
-    of the face (at validation, which fits the weights, test, evaluation, prediction and in exported files). The
-    members' weights and settings travel in the checkpoint, which loads with nothing else.
+    of the face (at validation, which fits the weights, test, evaluation, prediction and in exported files).
+    ``fit_on``: ``auto`` fits the weights on the validation images reserved for them (``data.fusion_reserve``),
+    which no member was selected on, when there are some, else on the validation split; ``val``: on the
+    validation split even with a reserve. The members' weights and settings travel in the checkpoint, which loads
+    with nothing else.
     """
 
     model_name = "late_fusion"
@@ -50,8 +60,10 @@ class LateFusionFER(FERClassifier):
         member_specs: dict[str, dict[str, Any]] | None = None,
         optim: dict[str, Any] | None = None,
         tta: str = "none",
+        fit_on: str = "auto",
     ) -> None:
         super().__init__(class_names, optim=optim)
+        self.fit_on = choose(fit_on, FIT_ON, "model.fit_on")
         weights = weights or self.default_weights
         self.weighting = WEIGHTINGS.get(weights)()
         TTA_VIEWS.get(tta)
@@ -153,19 +165,36 @@ class LateFusionFER(FERClassifier):
     def fit_record(self) -> dict[str, Any]:
         """What the weighting fitted, for the run's ``metrics.json``: ``fusion_weights`` (and
         ``fusion_temperatures`` when it calibrates), ``{member: value}``."""
-        record = {"fusion_weighting": self.hparams["weights"], "fusion_weights": {
+        record = {"fusion_weighting": self.hparams["weights"], "fusion_fitted_on": self.hparams.get("fitted_on"),
+                  "fusion_weights": {
             n: round(float(v), 6) for n, v in zip(self.members, self.weights, strict=True)}}
+        if self.hparams.get("reserve_acc") is not None:
+            record["fusion_reserve_acc"] = self.hparams["reserve_acc"]
         if self.weighting.calibrates:
             record["fusion_temperatures"] = {n: round(float(v), 6)
                                              for n, v in zip(self.members, self.temperatures, strict=True)}
         return record
 
     def prepare(self, data: ModelData, stage: str) -> None:
-        """Fix the weights on the validation split (once)."""
+        """Fix the weights (once) on the validation images reserved for them (``data.fusion_reserve``), which no
+        member was selected on; without a reserve, on the validation split."""
         if bool(self.fitted):
             return
-        val = torch.as_tensor(data.split.val, dtype=torch.long)
-        self.fit_weights(data.images[val], data.targets[val])
+        reserve = torch.as_tensor(data.split.reserve, dtype=torch.long)
+        part = "reserve" if len(reserve) and self.fit_on == "auto" else "val"
+        rows = torch.as_tensor(getattr(data.split, part), dtype=torch.long)
+        log.info("fusion weights (%s) fitted on the %d %s images", self.hparams["weights"], len(rows),
+                 "reserved validation" if part == "reserve" else "validation")
+        self.fit_weights(data.images[rows], data.targets[rows])
+        self.hparams["fitted_on"] = f"{part} ({len(rows)} images)"
+        if len(reserve):  # the fused accuracy on the reserve, which selected no member: what chooses a weighting
+            self.hparams["reserve_acc"] = self.accuracy(data.images[reserve], data.targets[reserve])
+
+    @torch.no_grad()
+    def accuracy(self, images: torch.Tensor, targets: torch.Tensor, batch_size: int = 32) -> float:
+        """The fused accuracy on ``(N, 1, H, W)`` uint8 images with labels ``targets``."""
+        logits = blocks_in_batches(lambda x: {"p": self(to_unit(x))}, images, batch_size, self.weights.device)["p"]
+        return round(float((logits.argmax(-1) == targets.cpu()).float().mean()), 6)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         p = torch.einsum("m,mbc->bc", self.weights.float(), self.member_probs(images))

@@ -98,7 +98,8 @@ def fusion_weights(runs: list[Run]) -> list[dict[str, Any]]:
 
     return [{"model": r.model, "dataset": r.metrics.get("dataset"), "split": r.metrics.get("split"),
              "fold": r.metrics.get("fold"), "seed": r.metrics.get("seed"),
-             "weighting": r.metrics.get("fusion_weighting"), "weights": pairs(r.metrics["fusion_weights"]),
+             "weighting": r.metrics.get("fusion_weighting"), "fitted_on": r.metrics.get("fusion_fitted_on"),
+             "weights": pairs(r.metrics["fusion_weights"]),
              "temperatures": pairs(r.metrics.get("fusion_temperatures"))}
             for r in runs if r.metrics.get("fusion_weights")]
 

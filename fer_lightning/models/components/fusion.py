@@ -137,9 +137,10 @@ class FusionHead(nn.Module):
 class LateFusionWeights(ABC):
     """How late fusion weights its members' class probabilities, from their predictions on validation images.
 
-    ``uses_validation``: whether the weights depend on the validation predictions at all (when not, the members
-    are not run on them). ``calibrates``: whether each member's probabilities are first sharpened or softened by a
-    temperature fitted on those predictions (:meth:`temperatures`, then :func:`calibrate`).
+    ``uses_validation``: whether the weights depend on the validation predictions at all (the members run on
+    them anyway: the fit records the fused accuracy there). ``calibrates``: whether each member's probabilities
+    are first sharpened or softened by a temperature fitted on those predictions (:meth:`temperatures`, then
+    :func:`calibrate`).
     """
 
     uses_validation = True

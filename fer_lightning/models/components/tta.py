@@ -67,3 +67,24 @@ def tta_probs(probs_of: Callable[[torch.Tensor], torch.Tensor], images: torch.Te
     probs = probs_of(torch.cat(views))
     b = images.shape[0]
     return probs.unflatten(-2, (len(views), b)).mean(-3)
+
+
+def tta_log_probs(logits_of: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, mode: str) -> torch.Tensor:
+    """A single model with test-time augmentation: the log of its mean class probabilities over the views of
+    ``images`` (``logits_of``: images -> logits); ``mode="none"``: ``logits_of(images)`` itself.
+
+    Shape:
+        - images: :math:`(B, 1, H, W)`.
+        - Output: :math:`(B, C)` logits (log-probabilities with TTA: their softmax is the mean probability).
+
+    Examples:
+        >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+        >>> x = torch.rand(2, 1, 4, 4)
+        >>> p = tta_log_probs(net, x, "flip").softmax(-1)
+        >>> torch.allclose(p, (net(x).softmax(-1) + net(x.flip(-1)).softmax(-1)) / 2)
+        True
+    """
+    if TTA_VIEWS.get(mode) is _none:
+        return logits_of(images)
+    p = tta_probs(lambda x: logits_of(x).float().softmax(-1), images, mode)
+    return p.clamp_min(torch.finfo(p.dtype).tiny).log()
