@@ -1,24 +1,29 @@
 """Load test of fer-serve on the loopback: N concurrent clients posting real face photos, batch 1 vs dynamic batching,
 a checkpoint vs its ONNX file, the deep and the handcrafted model.
 
-    uv run python bench/serve.py [--size 112] [--clients 1 8 32] [--seconds 8] [--max-batch 16]
+    uv run python bench/serve.py [--size 112] [--clients 1 8 32] [--seconds 8] [--rounds 4] [--max-batch 16]
                                  [--batch-timeout 0.02] [--models deep handcrafted] [--formats ckpt onnx]
 
 Each model is trained for one epoch on the synthetic set (random-init MobileNetV2: weights do not change the speed)
 at ``--size`` pixels and exported to ONNX by ``fer-export``'s code. For every model, format and batching setting a
-``fer-serve`` process is started on a free 127.0.0.1 port (a model's four together); then, for each client count and
-each of them in turn, that many asyncio clients (one process, httpx) post the London-faces photos
-(../shared/data/london-faces-256, else the 12 test fixtures) one after the other for ``--seconds`` (bounded: at
-most 100000 requests). Prints requests/s, p50/p95/p99 latency
-(seconds, as the clients see it), errors, and the batch sizes the server formed (from its /metrics); the last line
-is the dynamic-batching / batch-1 throughput ratio at the largest client count for the deep checkpoint. The
-clients share the machine's cores with the server: on 2 cores, figures are for the whole loop.
+``fer-serve`` process is started on a free 127.0.0.1 port (a model's four together); then, for each client count,
+that many clients post the London-faces photos (../shared/data/london-faces-256, else the 12 test fixtures) one
+after the other, to each server in turn, ``--rounds`` windows of ``--seconds / --rounds`` each, interleaved, so
+that a load that varies during the run falls on every setting (bounded: at most 100000 requests a window). The
+clients are cheap (one asyncio process, a keep-alive connection each, requests encoded beforehand), so that they
+leave the cores to the server. Prints requests/s, p50/p95/p99 latency (seconds, as the clients see it), errors,
+the server's CPU time per answered request (all its processes, from /proc, idle time included) and the batch sizes
+it formed (from its /metrics); the last line is the dynamic-batching / batch-1 throughput ratio at the largest
+client count for the deep checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
+import re
 import sys
 import tempfile
 import time
@@ -51,36 +56,70 @@ def tiny_checkpoint(model: str, size: int, out: Path) -> Path:
 
 
 async def load(url: str, photos: list[bytes], clients: int, seconds: float) -> dict:
-    """``clients`` concurrent clients posting photos for ``seconds``: throughput, latency percentiles, errors."""
+    """``clients`` concurrent clients posting photos for ``seconds``: throughput, latency percentiles, errors.
+
+    Cheap clients, so that they leave the cores to the server: one asyncio process, a keep-alive connection per
+    client, the requests encoded once beforehand, only the status line and ``content-length`` read back."""
+    host, port = url.rsplit("/", 1)[1].split(":")
+    requests = [b"POST /predict HTTP/1.1\r\nhost: %s\r\ncontent-type: image/jpeg\r\ncontent-length: %d\r\n\r\n"
+                % (host.encode(), len(p)) + p for p in photos]
     latencies: list[float] = []
     errors = 0
     stop = time.perf_counter() + seconds
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
 
-        async def one(k: int) -> None:
-            nonlocal errors
-            i = k
-            while time.perf_counter() < stop and len(latencies) + errors < MAX_REQUESTS:
-                start = time.perf_counter()
-                try:
-                    r = await client.post(f"{url}/predict", content=photos[i % len(photos)],
-                                          headers={"content-type": "image/jpeg"})
-                    ok = r.status_code == 200
-                except httpx.HTTPError:  # a connection reset or refused under load: an error, not the end
-                    ok = False
-                if ok:
-                    latencies.append(time.perf_counter() - start)
-                else:
-                    errors += 1
-                i += clients
+    async def one(k: int) -> None:
+        nonlocal errors
+        reader = writer = None
+        i = k
+        while time.perf_counter() < stop and len(latencies) + errors < MAX_REQUESTS:
+            start = time.perf_counter()
+            try:
+                if writer is None:
+                    reader, writer = await asyncio.open_connection(host, int(port))
+                writer.write(requests[i % len(requests)])
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+                await reader.readexactly(int(length.group(1)) if length else 0)
+                ok = head.startswith(b"HTTP/1.1 200")
+            except (OSError, asyncio.IncompleteReadError):  # a reset or refused connection: an error, not the end
+                ok, writer = False, None
+            if ok:
+                latencies.append(time.perf_counter() - start)
+            else:
+                errors += 1
+            i += clients
+        if writer is not None:
+            writer.close()
 
-        began = time.perf_counter()
-        await asyncio.gather(*(one(k) for k in range(clients)))
-        elapsed = time.perf_counter() - began
+    began = time.perf_counter()
+    await asyncio.gather(*(one(k) for k in range(clients)))
+    return {"seconds": time.perf_counter() - began, "latencies": latencies, "errors": errors}
+
+
+def summary(windows: list[dict]) -> dict:
+    """The windows of one setting together: requests/s over their total time, latency percentiles, errors."""
+    latencies = [t for w in windows for t in w["latencies"]]
     p = np.percentile(latencies, [50, 95, 99]) if latencies else [float("nan")] * 3
-    return {"rps": len(latencies) / elapsed, "p50": p[0], "p95": p[1], "p99": p[2], "errors": errors,
-            "n": len(latencies)}
+    return {"rps": len(latencies) / sum(w["seconds"] for w in windows), "p50": p[0], "p95": p[1], "p99": p[2],
+            "errors": sum(w["errors"] for w in windows), "n": len(latencies)}
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) used so far by a process and its descendants (Linux /proc; nan elsewhere)."""
+    try:
+        stats = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError):
+                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                    stats[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    except OSError:
+        return float("nan")
+    tree, todo = set(), [pid]
+    while todo:
+        tree.add(p := todo.pop())
+        todo += [c for c, (parent, _) in stats.items() if parent == p and c not in tree]
+    return sum(stats[p][1] for p in tree if p in stats) / os.sysconf("SC_CLK_TCK")
 
 
 def batches(url: str) -> dict[int, float]:
@@ -94,6 +133,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=112)
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--rounds", type=int, default=4, help="windows per setting, interleaved (a load that varies "
+                    "during the run is shared by the settings)")
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--batch-timeout", type=float, default=0.02)
     ap.add_argument("--models", nargs="+", default=["deep", "handcrafted"])
@@ -120,16 +161,21 @@ def main() -> None:
                         servers[fmt, setting] = (*start(paths[fmt], *overrides, log=log), log)
                 for proc, url, log in servers.values():
                     wait_ready(proc, url, log)
-                for n in args.clients:  # side by side: every setting at one client count, then the next count
-                    for (fmt, setting), (_, url, _) in servers.items():
-                        before = batches(url)
-                        r = asyncio.run(load(url, photos, n, args.seconds))
+                for n in args.clients:  # side by side: the settings in turn, `--rounds` times, then the next count
+                    seen = {key: ([], batches(url), cpu_seconds(proc.pid)) for key, (proc, url, _) in servers.items()}
+                    for _ in range(args.rounds):
+                        for key, (_, url, _) in servers.items():
+                            seen[key][0].append(asyncio.run(load(url, photos, n, args.seconds / args.rounds)))
+                    for (fmt, setting), (proc, url, _) in servers.items():
+                        windows, before, cpu = seen[fmt, setting]
+                        r = summary(windows)
+                        cpu = (cpu_seconds(proc.pid) - cpu) / max(r["n"], 1) * 1000
                         formed = {s: round(c - before.get(s, 0)) for s, c in batches(url).items()}
                         formed = {s: c for s, c in formed.items() if c}
                         rps[model, fmt, setting, n] = r["rps"]
                         print(f"{model:11s} {fmt:4s} {setting:7s} {n:3d} clients: {r['rps']:7.1f} req/s, p50 "
                               f"{r['p50']:.3f} s, p95 {r['p95']:.3f} s, p99 {r['p99']:.3f} s, {r['errors']} "
-                              f"errors, batches formed {formed}", flush=True)
+                              f"errors, server CPU {cpu:.1f} ms/request, batches formed {formed}", flush=True)
             finally:
                 for proc, _, _ in servers.values():
                     stop(proc)

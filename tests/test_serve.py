@@ -194,6 +194,36 @@ def test_metrics_count_batches_once():
     assert m.percentiles()[0.5] == pytest.approx(0.5)
 
 
+def test_the_batching_worker_waits_then_fills_a_batch():
+    """A worker takes what is queued up to max_batch_size, waits batch_timeout after a batch's first request for
+    more (no longer), blocks (no polling) while nothing comes, and stops on LitServe's sentinel."""
+    import queue
+    import threading
+    import time
+
+    from litserve.loops.base import _SENTINEL_VALUE, _StopLoopError
+
+    from fer_lightning.deploy.serving import WaitingBatchedLoop
+
+    class API:
+        max_batch_size, batch_timeout, request_timeout = 3, 0.2, 30
+
+    loop, requests = WaitingBatchedLoop(), queue.Queue()
+    for i in range(4):
+        requests.put((0, f"u{i}", time.monotonic(), i))
+    batch, late = loop.get_batch_requests(API, requests, None)
+    assert [x for _, _, x in batch] == [0, 1, 2] and late == []
+    threading.Timer(0.1, requests.put, [(0, "u4", time.monotonic(), 4)]).start()  # within the batch's wait
+    began = time.monotonic()
+    batch, _ = loop.get_batch_requests(API, requests, None)
+    assert [x for _, _, x in batch] == [3, 4] and 0.2 <= time.monotonic() - began < 5
+    began = time.monotonic()
+    assert loop.get_batch_requests(API, requests, None) == ([], []) and time.monotonic() - began >= 0.9
+    requests.put(_SENTINEL_VALUE)
+    with pytest.raises(_StopLoopError):
+        loop.get_batch_requests(API, requests, None)
+
+
 @pytest.mark.slow
 def test_onnx_file_of_a_handcrafted_model_with_face_detection(make_cfg, tmp_path):
     """An exported ONNX file is served: the answers equal fer-predict's on its checkpoint (within the export's own

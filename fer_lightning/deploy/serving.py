@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import queue
 import signal
 import sys
 import time
@@ -27,7 +28,10 @@ from typing import Any
 import litserve as ls
 from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from litserve.loops.base import _SENTINEL_VALUE, _StopLoopError
+from litserve.loops.simple_loops import BatchedLoop
 from litserve.server import RegularRequestHandler
+from litserve.utils import LitAPIStatus, LoopResponseType
 
 from fer_lightning.data.images import ImageTooLarge
 from fer_lightning.deploy.metrics import ServeMetrics
@@ -52,6 +56,31 @@ class Refused(Exception):
         return JSONResponse({"error": " ".join(str(self).split())}, status_code=self.status)
 
 
+class WaitingBatchedLoop(BatchedLoop):
+    """LitServe's batched loop, but a worker waits for requests instead of polling for them: it sleeps until a
+    request arrives, then takes more until ``max_batch_size`` or until ``batch_timeout`` has passed since that first
+    request. (LitServe's own loop polls its queue every millisecond, idle or not: on 2 cores an idle server took
+    ~0.15 of a core from the busy ones.)"""
+
+    def get_batch_requests(self, lit_api: ls.LitAPI, request_queue: Any, transport: Any) -> tuple[list, list]:
+        payloads, timed_out, deadline = [], [], None
+        while len(payloads) < lit_api.max_batch_size:
+            try:
+                item = request_queue.get(timeout=1.0 if deadline is None else max(deadline - time.monotonic(), 0))
+            except queue.Empty:
+                break
+            if item == _SENTINEL_VALUE:
+                raise _StopLoopError()
+            response_queue_id, uid, timestamp, x_enc = item
+            deadline = deadline or time.monotonic() + lit_api.batch_timeout
+            self.put_response(transport, response_queue_id, uid, (), LitAPIStatus.START, LoopResponseType.REGULAR)
+            if lit_api.request_timeout not in (-1, False) and time.monotonic() - timestamp > lit_api.request_timeout:
+                timed_out.append((response_queue_id, uid))
+            else:
+                payloads.append((response_queue_id, uid, x_enc))
+        return payloads, timed_out
+
+
 class FERServeAPI(ls.LitAPI):
     """The LitAPI of ``fer-serve``: each inference worker loads the model once (:meth:`setup`) and answers batches.
 
@@ -65,7 +94,8 @@ class FERServeAPI(ls.LitAPI):
 
     def __init__(self, model_path: str, max_pixels: int, threads: int | None = None, max_batch_size: int = 1,
                  batch_timeout: float = 0.0) -> None:
-        super().__init__(max_batch_size=int(max_batch_size), batch_timeout=float(batch_timeout))
+        super().__init__(max_batch_size=int(max_batch_size), batch_timeout=float(batch_timeout),
+                         loop=WaitingBatchedLoop() if int(max_batch_size) > 1 else "auto")
         self.model_path, self.max_pixels, self.threads = str(model_path), int(max_pixels), threads
 
     def setup(self, device: str) -> None:
