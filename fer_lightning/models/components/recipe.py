@@ -101,7 +101,7 @@ class EMAWeights(WeightAveraging):
         >>> EMAWeights(0.99).decay
         0.99
         >>> [round(ema_decay(0.99, n), 3) for n in (1, 10, 100, 1000)]
-        [0.182, 0.579, 0.927, 0.99]
+        [0.182, 0.55, 0.918, 0.99]
     """
 
     def __init__(self, decay: float) -> None:
