@@ -9,7 +9,7 @@ import pytest
 from hydra.utils import instantiate
 from pytorch_lightning import callbacks as plc
 
-from fer_lightning.engine.callbacks import ConfusionFigures, LastCheckpoint, TrainingPictures
+from fer_lightning.engine.callbacks import BestCheckpoint, ConfusionFigures, LastCheckpoint, TrainingPictures
 from fer_lightning.engine.progress import ModelTable
 from fer_lightning.engine.resume import ExactResume
 from fer_lightning.engine.training import train
@@ -23,7 +23,7 @@ def test_callbacks_compose_from_a_list(make_cfg):
     cfg = make_cfg("callbacks=[default,lr_monitor,model_summary,rich_progress_bar]")
     built = {k: instantiate(v) for k, v in cfg.callbacks.items()}
     assert {k: type(v) for k, v in built.items()} == {
-        "model_checkpoint": plc.ModelCheckpoint, "last_checkpoint": LastCheckpoint,
+        "model_checkpoint": BestCheckpoint, "last_checkpoint": LastCheckpoint,
         "early_stopping": plc.EarlyStopping, "exact_resume": ExactResume, "training_pictures": TrainingPictures,
         "confusion_figures": ConfusionFigures,
         "lr_monitor": plc.LearningRateMonitor, "model_summary": ModelTable,

@@ -159,3 +159,55 @@ def test_interrupted_with_no_last_checkpoint_due_it_is_written_and_an_old_layout
     assert (out / "predictions.csv").read_bytes() == (cut / "predictions.csv").read_bytes()
     sa, sb = (read_checkpoint(d / "checkpoints" / "last.ckpt")["state_dict"] for d in (out, cut))
     assert sorted(sa) == sorted(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.slow
+def test_best_checkpoint_held_in_memory_leaves_the_same_files_and_is_written_before_last(tmp_path, cache_dir):
+    out = tmp_path / "run"
+    runs = {}
+    for every_s in ("0", "3600"):  # at every improvement (as before) / held until the end
+        with pytest.MonkeyPatch.context() as mp:
+            writes = spy_writes(mp)
+            train(compose_train(f"callbacks.last_checkpoint.every_s={every_s}", f"data.cache_dir={cache_dir}",
+                                f"paths.output_dir={out}"))
+        runs[every_s] = writes, {p.name: p.read_bytes() for p in (out / "checkpoints").iterdir()}
+        out.rename(tmp_path / f"every_{every_s}")
+    (at_once, files), (held, held_files) = runs["0"], runs["3600"]
+    assert held_files == files  # the same names (best epoch included), byte for byte
+    assert any(name.startswith("epoch_") for name in files)
+    assert at_once.count("last.ckpt") == 3 and held.count("last.ckpt") == 1
+    assert len([w for w in held if w.startswith("epoch_")]) == 1  # written once, at the end
+    # last.ckpt due every epoch, the best held: a new best is written with last.ckpt, just before it
+    with pytest.MonkeyPatch.context() as mp:
+        writes = spy_writes(mp)
+        train(compose_train("callbacks.last_checkpoint.every_s=0", "callbacks.model_checkpoint.every_s=3600",
+                            f"data.cache_dir={cache_dir}", f"paths.output_dir={out}"))
+    assert writes == at_once
+    assert {p.name: p.read_bytes() for p in (out / "checkpoints").iterdir()} == files
+
+
+@pytest.mark.slow
+def test_logged_values_are_those_of_lightnings_own_log(tmp_path, cache_dir, caplog):
+    """The model's fast path into Lightning's results (``FERClassifier._log``) against plain ``self.log``: the same
+    CSV rows (train, val and test metrics of every epoch), epoch lines, best checkpoint and metrics."""
+    from fer_lightning.models.base import FERClassifier
+
+    seen = {}
+    for name in ("fast", "plain"):
+        out = tmp_path / name
+        with pytest.MonkeyPatch.context() as mp:
+            if name == "plain":
+                mp.setattr(FERClassifier, "_log", lambda self, key, value, batch_size=None, **meta:
+                           self.log(key, value, batch_size=batch_size, **meta))
+            caplog.clear()
+            with caplog.at_level("INFO", logger="fer_lightning.progress"):
+                metrics = train(compose_train("logger=csv", "progress.mode=lines", "trainer.enable_progress_bar=true",
+                                              "trainer.max_epochs=4", f"data.cache_dir={cache_dir}",
+                                              f"paths.output_dir={out}"))
+        lines = [r.getMessage().split(";")[0] for r in caplog.records if r.name == "fer_lightning.progress"]
+        seen[name] = ((out / "csv" / "metrics.csv").read_text(), lines, Path(metrics["best_checkpoint"]).name,
+                      {k: v for k, v in metrics.items() if k not in VOLATILE})
+    fast, plain = seen["fast"], seen["plain"]
+    assert fast[0].count("\n") > 8 and "val/acc_happiness" in fast[0] and "train/loss" in fast[0]
+    assert [line for line in fast[1] if line.startswith("epoch ")] and fast[1] == plain[1]
+    assert fast == plain

@@ -1,13 +1,15 @@
 """Lightning callbacks of the project: :class:`TrainingPictures` (TensorBoard pictures when training starts),
 :class:`ConfusionFigures` (the validation and test confusion matrices as TensorBoard figures) and
-:class:`LastCheckpoint` (``checkpoints/last.ckpt``: at most every ``every_s`` seconds, on interruption and at the
-end)."""
+:class:`BestCheckpoint` and :class:`LastCheckpoint` (the best checkpoint and ``checkpoints/last.ckpt``: written at most
+every ``every_s`` seconds, on interruption and at the end)."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from typing import Any
+from weakref import proxy
 
 import pytorch_lightning as pl
 import torch
@@ -23,61 +25,77 @@ from fer_lightning.runs.checkpoints import FITTED_KEY
 log = logging.getLogger(__name__)
 
 
-def _copied(value):
-    """``value`` with every tensor in its dicts, lists and tuples copied (a checkpoint held until it is written)."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().clone()
-    if isinstance(value, dict):
-        return type(value)((k, _copied(v)) for k, v in value.items())
-    if isinstance(value, list | tuple) and not hasattr(value, "_fields"):
-        return type(value)(_copied(v) for v in value)
-    return value
+def _held(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """``checkpoint`` deep-copied but for its fitted layers (which never change): what it is now, kept until it is
+    written. Tensors that share storage still share it, so it is written byte for byte as it would be now."""
+    fitted = {k: v for k, v in checkpoint.items() if k == FITTED_KEY}
+    return {**copy.deepcopy({k: v for k, v in checkpoint.items() if k != FITTED_KEY}), **fitted}
 
 
-class LastCheckpoint(ModelCheckpoint):
-    """A :class:`~pytorch_lightning.callbacks.ModelCheckpoint` for ``last.ckpt``, the resume point
-    (``conf/callbacks/last_checkpoint.yaml``), written at the end of an epoch when ``every_s`` seconds have passed
-    since it was last written (0: every epoch), and else kept in memory (a copy of the checkpoint of the epoch's
-    end) until it is due, training ends, or training is interrupted (:meth:`flush`). A run killed outright loses at
-    most ``every_s`` seconds and the epoch it was in; heads whose epochs take milliseconds no longer write a
-    checkpoint per epoch.
+class HeldCheckpoint(ModelCheckpoint):
+    """A :class:`~pytorch_lightning.callbacks.ModelCheckpoint` whose files are written when ``every_s`` seconds have
+    passed since one was last written (0: at once, as Lightning does), and else held in memory (a copy of the
+    checkpoint as it would have been written then) until one is due, training ends, or training is interrupted
+    (:meth:`flush`). Whenever a file is due, every checkpoint held by any of them is written with it, so the files
+    on disk always agree (``last.ckpt`` never names a best checkpoint that is not written). A run killed outright
+    loses at most ``every_s`` seconds; the files a finished or interrupted run leaves are the same as when each was
+    written at once. Heads whose epochs take milliseconds no longer write a checkpoint per epoch.
 
-    A class of its own also so that its state key never equals another ModelCheckpoint's:
-    ``callbacks.model_checkpoint.monitor=null`` would otherwise give two checkpoint callbacks with the same key,
-    which Lightning refuses.
+    Args:
+        every_s: seconds between writes (``callbacks.<option>.every_s``); 0: every checkpoint when it is made.
     """
+
+    option = "model_checkpoint"
 
     def __init__(self, *args: Any, every_s: float = 0.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if isinstance(every_s, bool) or not isinstance(every_s, int | float) or every_s < 0:
-            raise FERError(f"callbacks.last_checkpoint.every_s={every_s}: give 0 (every epoch) or a number of "
-                           "seconds between writes of last.ckpt")
+            raise FERError(f"callbacks.{self.option}.every_s={every_s}: give 0 (write at once) or a number of "
+                           "seconds between checkpoint writes")
         self.every_s = float(every_s)
         self._written_at = time.monotonic()
-        self._pending: tuple[str, dict[str, Any]] | None = None
+        self._pending: dict[str, dict[str, Any]] = {}  # path -> the checkpoint to write there
+        self._doomed: list[str] = []  # files replaced by a held checkpoint: removed once it is written
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         self._written_at = time.monotonic()
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        self._pending.pop(filepath, None)
         if time.monotonic() - self._written_at >= self.every_s:
-            self._pending = None
+            flush_all(trainer)  # what every checkpoint callback holds first, then this one
             super()._save_checkpoint(trainer, filepath)
             self._written_at = time.monotonic()
             return
-        # not due: the epoch's checkpoint as it would be written, its tensors copied (the fitted layers never change)
+        # not due: the checkpoint as it would be written now
         ckpt = trainer._checkpoint_connector.dump_checkpoint(self.save_weights_only)
-        self._pending = (filepath, {k: v if k == FITTED_KEY else _copied(v) for k, v in ckpt.items()})
+        self._pending[filepath] = _held(ckpt)
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
 
+    def _remove_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        if self._pending.pop(filepath, None) is not None:
+            return  # held, never written
+        if self._pending:  # replaced by a held one: the file stays until its replacement is written
+            self._doomed.append(filepath)
+            return
+        super()._remove_checkpoint(trainer, filepath)
+
     def flush(self, trainer: pl.Trainer) -> None:
-        """Write the epoch-end checkpoint held in memory, if any (rank 0 writes)."""
-        if self._pending is not None:
-            filepath, ckpt = self._pending
-            self._pending = None
+        """Write the checkpoints held in memory, if any (rank 0 writes), then remove the files they replace."""
+        written = list(self._pending)
+        for filepath, ckpt in self._pending.items():
             trainer.strategy.save_checkpoint(ckpt, filepath)
+            if trainer.is_global_zero:
+                for logger in trainer.loggers:
+                    logger.after_save_checkpoint(proxy(self))
+        self._pending = {}
+        for filepath in self._doomed:
+            if filepath not in written:
+                super()._remove_checkpoint(trainer, filepath)
+        self._doomed = []
+        if written:
             self._written_at = time.monotonic()
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -87,6 +105,35 @@ class LastCheckpoint(ModelCheckpoint):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         super().on_exception(trainer, pl_module, exception)
         self.flush(trainer)
+
+
+def flush_all(trainer: pl.Trainer) -> None:
+    """Write what every :class:`HeldCheckpoint` of ``trainer`` holds."""
+    for cb in trainer.checkpoint_callbacks:
+        if isinstance(cb, HeldCheckpoint):
+            cb.flush(trainer)
+
+
+class BestCheckpoint(HeldCheckpoint):
+    """The best checkpoint on the monitored metric (``conf/callbacks/model_checkpoint.yaml``): Lightning's
+    :class:`~pytorch_lightning.callbacks.ModelCheckpoint`, held in memory between writes (:class:`HeldCheckpoint`).
+    Its state in checkpoints keeps ModelCheckpoint's key, so checkpoints written by either resume into the other."""
+
+    @property
+    def state_key(self) -> str:
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+
+class LastCheckpoint(HeldCheckpoint):
+    """``last.ckpt``, the resume point (``conf/callbacks/last_checkpoint.yaml``), held in memory between writes
+    (:class:`HeldCheckpoint`: written every ``every_s`` seconds, at the end and on interruption).
+
+    A class of its own also so that its state key never equals another ModelCheckpoint's:
+    ``callbacks.model_checkpoint.monitor=null`` would otherwise give two checkpoint callbacks with the same key,
+    which Lightning refuses.
+    """
+
+    option = "last_checkpoint"
 
 
 class TrainingPictures(Callback):

@@ -28,7 +28,7 @@ from typing import Any
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 
-from fer_lightning.engine.callbacks import LastCheckpoint
+from fer_lightning.engine.callbacks import flush_all
 from fer_lightning.errors import FERError
 from fer_lightning.io.atomic import escape_surrogates
 from fer_lightning.runs.folder import SPLITS, RunFolder
@@ -157,8 +157,6 @@ class ExactResume(pl.Callback):
                         "repeat the uninterrupted one", self.seed, state_dict.get("seed"))
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        for cb in trainer.checkpoint_callbacks:  # last.ckpt held in memory is written first: the hint names it
-            if isinstance(cb, LastCheckpoint):
-                cb.flush(trainer)
+        flush_all(trainer)  # the checkpoints held in memory are written first: the hint names last.ckpt
         if isinstance(exception, KeyboardInterrupt) and trainer.is_global_zero:
             print(f"fer-lightning: {resume_hint(self.out)}", file=sys.stderr, flush=True)
