@@ -61,3 +61,25 @@ def test_validation_outside_training_is_always_drawn(tmp_path):
 def test_a_bad_interval_is_one_line():
     with pytest.raises(FERError, match="every_n_epochs=0"):
         ConfusionFigures(every_n_epochs=0)
+
+
+def test_a_redrawn_figure_is_the_picture_of_a_new_one():
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from fer_lightning.reporting.figures import confusion_matrix_figure, redraw_confusion_matrix_figure
+
+    def pixels(fig):
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        return np.asarray(canvas.buffer_rgba()).copy()
+
+    names = ["anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise"]
+    rng = np.random.default_rng(0)
+    first, later = rng.integers(0, 12, (7, 7)), rng.integers(0, 120, (7, 7))
+    later[3] = 0  # a class with no image
+    fig = confusion_matrix_figure(first, names, "val confusion matrix (epoch 9)")
+    before = pixels(fig)
+    redraw_confusion_matrix_figure(fig, later, "val confusion matrix (epoch 19)")
+    after, new = pixels(fig), pixels(confusion_matrix_figure(later, names, "val confusion matrix (epoch 19)"))
+    assert np.array_equal(after, new) and not np.array_equal(before, after)

@@ -19,17 +19,40 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from fer_lightning.errors import FERError
 from fer_lightning.features.extractor import HandcraftedFeatures, resize_uint8
 from fer_lightning.reporting.faces import hog_figure, image_grid_figure, lbp_figure
-from fer_lightning.reporting.figures import confusion_matrix_figure
+from fer_lightning.reporting.figures import confusion_matrix_figure, redraw_confusion_matrix_figure
 from fer_lightning.runs.checkpoints import FITTED_KEY
 
 log = logging.getLogger(__name__)
 
 
+def _copied(value: Any, memo: dict[Any, Any]) -> Any:
+    """``value`` with its dicts, lists, tuples and tensors copied, each object once and the storage of every tensor
+    once: what was one object (or shared a storage) still is, so the copy is written byte for byte as ``value``
+    would have been."""
+    if id(value) in memo:
+        return memo[id(value)]
+    if isinstance(value, torch.Tensor):
+        storage = value.untyped_storage()
+        key = ("storage", storage.data_ptr() or id(value))
+        if key not in memo:
+            memo[key] = storage.clone()
+        out = value.new_empty(0).set_(memo[key], value.storage_offset(), value.size(), value.stride())
+    elif isinstance(value, dict):
+        out = copy.copy(value)  # its class and attributes (a state dict's _metadata), then its values copied
+        for k, v in value.items():
+            out[k] = _copied(v, memo)
+    elif isinstance(value, list | tuple) and not hasattr(value, "_fields"):
+        out = type(value)(_copied(v, memo) for v in value)
+    else:
+        return value
+    memo[id(value)] = out
+    return out
+
+
 def _held(checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """``checkpoint`` deep-copied but for its fitted layers (which never change): what it is now, kept until it is
-    written. Tensors that share storage still share it, so it is written byte for byte as it would be now."""
-    fitted = {k: v for k, v in checkpoint.items() if k == FITTED_KEY}
-    return {**copy.deepcopy({k: v for k, v in checkpoint.items() if k != FITTED_KEY}), **fitted}
+    """``checkpoint`` as it is now, kept until it is written (:func:`_copied`; its fitted layers never change)."""
+    memo: dict[Any, Any] = {}
+    return {k: v if k == FITTED_KEY else _copied(v, memo) for k, v in checkpoint.items()}
 
 
 class HeldCheckpoint(ModelCheckpoint):
@@ -215,13 +238,22 @@ class ConfusionFigures(Callback):
             raise FERError(f"callbacks.confusion_figures.every_n_epochs={every_n_epochs}: give a whole number >= 1")
         self.every_n_epochs = int(every_n_epochs)
         self._undrawn: tuple[int, int] | None = None  # (epoch, global step) of a validation not drawn yet
+        self._figures: dict[str, Any] = {}  # stage -> its figure, redrawn for the next matrix
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._figures = {}  # a model's classes
 
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str, epoch: int, step: int) -> None:
         writers = [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
         cm = getattr(pl_module, "confusion", {}).get(stage)
         if not writers or cm is None:
             return
-        fig = confusion_matrix_figure(cm.numpy(), pl_module.class_names, f"{stage} confusion matrix (epoch {epoch})")
+        title = f"{stage} confusion matrix (epoch {epoch})"
+        fig = self._figures.get(stage)  # drawn before: the same classes, redrawn (the same picture, in half the time)
+        if fig is None:
+            fig = self._figures[stage] = confusion_matrix_figure(cm.numpy(), pl_module.class_names, title)
+        else:
+            redraw_confusion_matrix_figure(fig, cm.numpy(), title)
         for w in writers:
             w.add_figure(f"{stage}/confusion_matrix", fig, global_step=step, close=False)
 

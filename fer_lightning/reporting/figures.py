@@ -16,11 +16,15 @@ import numpy as np
 from matplotlib.figure import Figure
 
 
-def confusion_matrix_figure(cm: np.ndarray, class_names: Sequence[str], title: str = "Confusion matrix") -> Figure:
-    """Row-normalised confusion matrix (rows = true class) with the counts written in each cell."""
+def _fractions(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     cm = np.asarray(cm, dtype=float)
     rows = cm.sum(axis=1, keepdims=True)
-    frac = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    return cm, np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+
+
+def confusion_matrix_figure(cm: np.ndarray, class_names: Sequence[str], title: str = "Confusion matrix") -> Figure:
+    """Row-normalised confusion matrix (rows = true class) with the counts written in each cell."""
+    cm, frac = _fractions(cm)
     n = len(class_names)
     fig = Figure(figsize=(1.0 + 0.75 * n, 0.8 + 0.7 * n), dpi=100)
     ax = fig.subplots()
@@ -36,6 +40,19 @@ def confusion_matrix_figure(cm: np.ndarray, class_names: Sequence[str], title: s
                     color="white" if frac[i, j] > 0.5 else "black", fontsize=8)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
     fig.tight_layout()
+    return fig
+
+
+def redraw_confusion_matrix_figure(fig: Figure, cm: np.ndarray, title: str) -> Figure:
+    """``fig``, made by :func:`confusion_matrix_figure` for the same classes, showing ``cm`` and ``title`` instead:
+    the picture a new figure would give, without building one and its layout again (most of a figure's time)."""
+    cm, frac = _fractions(cm)
+    ax = fig.axes[0]
+    ax.images[0].set_data(frac)
+    ax.set_title(title)
+    for text, count, share in zip(ax.texts, cm.ravel(), frac.ravel(), strict=True):
+        text.set_text(f"{int(count)}")
+        text.set_color("white" if share > 0.5 else "black")
     return fig
 
 
