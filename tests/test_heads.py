@@ -177,6 +177,8 @@ def test_best_checkpoint_held_in_memory_leaves_the_same_files_and_is_written_bef
     assert any(name.startswith("epoch_") for name in files)
     assert at_once.count("last.ckpt") == 3 and held.count("last.ckpt") == 1
     assert len([w for w in held if w.startswith("epoch_")]) == 1  # written once, at the end
+    last = torch.load(tmp_path / "every_3600" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert any(k.startswith("ModelCheckpoint{") for k in last["callbacks"])  # the key of checkpoints written before
     # last.ckpt due every epoch, the best held: a new best is written with last.ckpt, just before it
     with pytest.MonkeyPatch.context() as mp:
         writes = spy_writes(mp)

@@ -86,7 +86,8 @@ class HeldCheckpoint(ModelCheckpoint):
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         self._pending.pop(filepath, None)
-        if time.monotonic() - self._written_at >= self.every_s:
+        # rank 0's clock decides for every process (writing waits for all of them)
+        if trainer.strategy.broadcast(time.monotonic() - self._written_at >= self.every_s):
             flush_all(trainer)  # what every checkpoint callback holds first, then this one
             super()._save_checkpoint(trainer, filepath)
             self._written_at = time.monotonic()
