@@ -42,7 +42,7 @@ BUILT = re.compile(r"built (decoded|features) .* in ([\d.]+) s")
 # next one found
 MARKS = (
     ("fitted layers, model, trainer", re.compile(r"data on \w+: "), 0),
-    ("pictures at train start", re.compile(r"TensorBoard pictures logged"), 0),
+    ("pictures at train start", re.compile(r"TensorBoard pictures"), 0),
     ("epochs", re.compile(r"epoch \d+/\d+: "), -1),
     ("end of fit", re.compile(r"training stopped"), 0),
     ("test, outputs", re.compile(r".* test acc "), 0),

@@ -30,7 +30,7 @@ def test_stages_split_the_run_at_its_log_lines_and_add_up():
              (10.1, "fer_lightning.data.datamodule", "paper split of 213 images: 133 train / 23 val / 57 test"),
              (12.6, "fer_lightning.io.chunked", "built features /c/f: 213 rows in 2.0 s (106 rows/s)"),
              (15.0, "fer_lightning.data.device", "data on cpu: 213 images, batches drawn there"),
-             (16.0, "fer_lightning.engine.callbacks", "TensorBoard pictures logged: pictures/augmented_batch"),
+             (16.0, "fer_lightning.engine.callbacks", "TensorBoard pictures (drawn while training runs): pictures/hog"),
              (16.5, "fer_lightning.progress", "epoch 1/2: train/loss 1.9, val/loss 1.9, val/acc 0.1; 0.5 s"),
              (17.5, "fer_lightning.progress", "epoch 2/2: train/loss 1.8, val/loss 1.9, val/acc 0.2; 0.4 s"),
              (18.0, "fer_lightning.training", "training stopped: max_epochs, after 2 epochs"),
@@ -43,7 +43,7 @@ def test_stages_split_the_run_at_its_log_lines_and_add_up():
         "exit: loggers closed, process ends"]
     assert [round(s, 3) for _, s in got] == [8.5, 1.5, 0.6, 2.0, 2.4, 1.0, 1.5, 0.5, 0.25, 1.75]
     # a run without pictures (no TensorBoard logger): their time goes to the next stage found
-    without = bench().stages(log.replace("TensorBoard pictures logged", "something else"), 1_800_000_000.0,
+    without = bench().stages(log.replace("TensorBoard pictures", "something else"), 1_800_000_000.0,
                              1_800_000_020.0)
     assert dict(without)["epochs (2)"] == pytest.approx(2.5) and "pictures at train start" not in dict(without)
 
