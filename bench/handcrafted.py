@@ -135,13 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--folder", default=str(Path(tempfile.gettempdir()) / "fer-bench-handcrafted"),
                    help="where the JAFFE-format images are generated once and kept")
     p.add_argument("--out", default=None, help="keep the run folder here (default: a temporary one)")
-    p.add_argument("--dry-run", action="store_true", help="30 images at 48 px, 2 epochs (what the tests run)")
+    p.add_argument("--dry-run", action="store_true", help="30 images at 48 px, 2 epochs (1 copy if converged)")
     args, overrides = p.parse_known_args(argv)
     if args.dry_run:
         args.size = 48
         data = jaffe_set(Path(args.folder), 2, 3, 30)
-        overrides = ["data.test_size=7", "data.val_size=7", "trainer.max_epochs=2", "recipe.augment.copies=1",
-                     *overrides]
+        tiny = ["data.test_size=7", "data.val_size=7", "trainer.max_epochs=2"]
+        overrides = [*tiny, *(["recipe.augment.copies=1"] if args.recipe == "converged" else []), *overrides]
     else:
         data = jaffe_set(Path(args.folder), 10, 4, 213)
     n_images = len(list(data.glob("*.tiff")))
