@@ -83,3 +83,33 @@ def test_a_redrawn_figure_is_the_picture_of_a_new_one():
     redraw_confusion_matrix_figure(fig, later, "val confusion matrix (epoch 19)")
     after, new = pixels(fig), pixels(confusion_matrix_figure(later, names, "val confusion matrix (epoch 19)"))
     assert np.array_equal(after, new) and not np.array_equal(before, after)
+
+
+def test_figures_are_drawn_off_the_training_thread_in_order_and_waited_for(caplog):
+    import threading
+
+    from fer_lightning.engine.callbacks import Drawing
+
+    drawing, release, done = Drawing(), threading.Event(), []
+
+    def slow_figure(name):
+        assert release.wait(10)  # the training thread goes on meanwhile
+        done.append((name, threading.current_thread().name.startswith("fer-figures")))
+
+    drawing.submit(slow_figure, "a")
+    drawing.submit(done.append, ("b", True))
+    assert done == []  # submit did not wait for the drawing
+    release.set()
+    drawing.wait()
+    assert done == [("a", True), ("b", True)]
+    assert not [t for t in threading.enumerate() if t.name.startswith("fer-figures")]  # the thread ended
+
+    def broken():
+        raise ValueError("no such colormap")
+
+    drawing.submit(broken)
+    with pytest.raises(ValueError, match="no such colormap"):
+        drawing.wait()
+    drawing.submit(broken)
+    drawing.wait(raise_errors=False)  # after another exception: a warning, not a second exception
+    assert "a TensorBoard figure was not drawn: no such colormap" in caplog.text

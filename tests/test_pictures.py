@@ -199,8 +199,8 @@ def test_callback_logs_what_the_model_sees_without_moving_the_random_streams(tmp
                          callbacks=[before, pictures, after], enable_progress_bar=False,
                          enable_model_summary=False, enable_checkpointing=False)
     seen = {}
-    real = pictures.figures
-    pictures.figures = lambda t, m: seen.setdefault("figs", real(t, m))
+    real = pictures.draw
+    pictures.draw = lambda parts: seen.setdefault("figs", real(parts))  # on the drawing thread
     trainer.fit(model, datamodule=dm)
     assert torch.equal(before.states[0], after.states[0])
     figs = seen["figs"]

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import copy
 import logging
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 from weakref import proxy
 
@@ -53,6 +56,50 @@ def _held(checkpoint: dict[str, Any]) -> dict[str, Any]:
     """``checkpoint`` as it is now, kept until it is written (:func:`_copied`; its fitted layers never change)."""
     memo: dict[Any, Any] = {}
     return {k: v if k == FITTED_KEY else _copied(v, memo) for k, v in checkpoint.items()}
+
+
+class Drawing:
+    """Figures drawn and logged on a background thread, in the order they were asked for, while training goes on
+    (matplotlib and PNG encoding cost more than many epochs of a head on fixed features); :meth:`wait` before the
+    run's results are final: it also ends the thread. One figure is drawn at a time in the process.
+
+    Examples:
+        >>> drawing, done = Drawing(), []
+        >>> drawing.submit(done.append, "figure 1"); drawing.submit(done.append, "figure 2")
+        >>> drawing.wait(); done
+        ['figure 1', 'figure 2']
+    """
+
+    _one_at_a_time = threading.Lock()  # matplotlib is not thread-safe: one figure at a time in the process
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: list[Future] = []
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fer-figures")
+        self._pending.append(self._pool.submit(self._locked, fn, *args))
+
+    @classmethod
+    def _locked(cls, fn: Callable[..., Any], *args: Any) -> None:
+        with cls._one_at_a_time:
+            fn(*args)
+
+    def wait(self, raise_errors: bool = True) -> None:
+        """Until every figure asked for is logged, then the thread ends; a figure that failed raises here (or is
+        logged as a warning)."""
+        pending, self._pending = self._pending, []
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        for future in pending:
+            try:
+                future.result()
+            except Exception as err:
+                if raise_errors:
+                    raise
+                log.warning("a TensorBoard figure was not drawn: %s", err)
 
 
 class HeldCheckpoint(ModelCheckpoint):
@@ -171,24 +218,41 @@ class TrainingPictures(Callback):
       the model's own descriptor settings.
 
     The random draws happen on forked random-number generators, so a run's training is the same with or without
-    this callback. Nothing is computed without a TensorBoard logger (or on other ranks than 0).
+    this callback. The figures are drawn and logged on a background thread (:class:`Drawing`) while the first
+    epochs run; the end of training waits for them. Nothing is computed without a TensorBoard logger (or on other
+    ranks than 0).
     """
 
     def __init__(self, n_images: int = 16, n_faces: int = 4) -> None:
         self.n_images, self.n_faces = int(n_images), int(n_faces)
+        self._drawing = Drawing()
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         writers = [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
         if not writers or not trainer.is_global_zero or self.n_images < 1:
             return
-        figures = self.figures(trainer, pl_module)
-        for tag, fig in figures.items():
+        parts, step = self.pictures(trainer, pl_module), trainer.global_step
+        self._drawing.submit(self._log, parts, writers, step)
+        log.info("TensorBoard pictures (drawn while training runs): %s", ", ".join(parts))
+
+    def _log(self, parts: dict[str, Any], writers: list[Any], step: int) -> None:
+        for tag, fig in self.draw(parts).items():
             for w in writers:
-                w.add_figure(tag, fig, global_step=trainer.global_step, close=False)
-        log.info("TensorBoard pictures logged: %s", ", ".join(figures))
+                w.add_figure(tag, fig, global_step=step, close=False)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._drawing.wait()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._drawing.wait(raise_errors=False)
 
     def figures(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
         """``tag -> Figure`` for this run (what :meth:`on_train_start` logs)."""
+        return self.draw(self.pictures(trainer, pl_module))
+
+    def pictures(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, tuple[Any, ...]]:
+        """``tag -> (figure builder, its arguments)``: the images drawn (random draws on forked generators, on the
+        training thread), not yet drawn."""
         device = pl_module.device
         with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
             batch = self._sample(trainer)
@@ -199,17 +263,22 @@ class TrainingPictures(Callback):
                 seen = augment(seen)  # a head on stored features: what its augmented copies were made with
         names = getattr(pl_module, "class_names", None)
         titles = [names[int(t)] if names else str(int(t)) for t in batch["label"]]
-        out = {"pictures/augmented_batch": image_grid_figure(
-            seen[:, 0].float().cpu().numpy(), titles,
-            f"What the model sees: {len(titles)} augmented training images ({seen.shape[-1]} px)")}
+        out = {"pictures/augmented_batch": (image_grid_figure, seen[:, 0].float().cpu().numpy(), titles,
+                                            f"What the model sees: {len(titles)} augmented training images "
+                                            f"({seen.shape[-1]} px)")}
         extractor = getattr(pl_module, "extractor", None)
         if isinstance(extractor, HandcraftedFeatures):
             faces = raw[: self.n_faces]
             for name, cfg, build in (("hog", extractor.hog_cfg, hog_figure), ("lbp", extractor.lbp_cfg, lbp_figure)):
                 if cfg is not None:
                     scale = int(cfg["scales"][0])
-                    out[f"pictures/{name}"] = build(resize_uint8(faces, scale)[:, 0].numpy(), cfg)
+                    out[f"pictures/{name}"] = (build, resize_uint8(faces, scale)[:, 0].numpy(), cfg)
         return out
+
+    @staticmethod
+    def draw(parts: dict[str, tuple[Any, ...]]) -> dict[str, Any]:
+        """``tag -> Figure`` from :meth:`pictures`."""
+        return {tag: build(*args) for tag, (build, *args) in parts.items()}
 
     def _sample(self, trainer: pl.Trainer) -> dict[str, Any]:
         """A random batch of training items straight from the dataset (the training loader's own iterator and
@@ -226,7 +295,8 @@ class TrainingPictures(Callback):
 class ConfusionFigures(Callback):
     """Logs the model's validation confusion matrix every ``every_n_epochs`` epochs and at the end of training
     (the last validation's, when it was not drawn), and the test's (``val/confusion_matrix``,
-    ``test/confusion_matrix``), as a figure to every TensorBoard logger. The model computes the matrix
+    ``test/confusion_matrix``), as a figure to every TensorBoard logger, drawn on a background thread
+    (:class:`Drawing`; the ends of training and testing wait for them). The model computes the matrix
     (``pl_module.confusion[stage]``); nothing is drawn without a TensorBoard logger. Drawing a figure costs about
     0.1-0.3 s on a CPU, more than an epoch of a head on fixed features: hence not every epoch by default.
 
@@ -239,9 +309,11 @@ class ConfusionFigures(Callback):
             raise FERError(f"callbacks.confusion_figures.every_n_epochs={every_n_epochs}: give a whole number >= 1")
         self.every_n_epochs = int(every_n_epochs)
         self._undrawn: tuple[int, int] | None = None  # (epoch, global step) of a validation not drawn yet
-        self._figures: dict[str, Any] = {}  # stage -> its figure, redrawn for the next matrix
+        self._figures: dict[str, Any] = {}  # stage -> its figure, redrawn for the next matrix (on the drawing thread)
+        self._drawing = Drawing()
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._drawing.wait()
         self._figures = {}  # a model's classes
 
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str, epoch: int, step: int) -> None:
@@ -249,12 +321,15 @@ class ConfusionFigures(Callback):
         cm = getattr(pl_module, "confusion", {}).get(stage)
         if not writers or cm is None:
             return
+        self._drawing.submit(self._draw, writers, cm.numpy().copy(), list(pl_module.class_names), stage, epoch, step)
+
+    def _draw(self, writers: list[Any], cm: Any, class_names: list[str], stage: str, epoch: int, step: int) -> None:
         title = f"{stage} confusion matrix (epoch {epoch})"
         fig = self._figures.get(stage)  # drawn before: the same classes, redrawn (the same picture, in half the time)
         if fig is None:
-            fig = self._figures[stage] = confusion_matrix_figure(cm.numpy(), pl_module.class_names, title)
+            fig = self._figures[stage] = confusion_matrix_figure(cm, class_names, title)
         else:
-            redraw_confusion_matrix_figure(fig, cm.numpy(), title)
+            redraw_confusion_matrix_figure(fig, cm, title)
         for w in writers:
             w.add_figure(f"{stage}/confusion_matrix", fig, global_step=step, close=False)
 
@@ -272,6 +347,14 @@ class ConfusionFigures(Callback):
         if self._undrawn is not None:
             self._log(trainer, pl_module, "val", *self._undrawn)
             self._undrawn = None
+        self._drawing.wait()
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._log(trainer, pl_module, "test", trainer.current_epoch, trainer.global_step)
+        self._drawing.wait()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._drawing.wait()  # a validation outside training
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._drawing.wait(raise_errors=False)
