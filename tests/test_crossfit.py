@@ -15,7 +15,7 @@ from fer_lightning.models.components.fusion import LikelihoodWeights
 from fer_lightning.models.late_fusion import EnsembleFER, LateFusionFER, crossfit_folds, out_of_fold_probs
 from fer_lightning.models.registry import MODELS
 
-from .test_late_fusion import CLASSES, TinyNet, _members, _save
+from .test_late_fusion import CLASSES, TinyNet, _members, _save, run_job
 
 
 @pytest.fixture(autouse=True)
@@ -152,21 +152,13 @@ def test_the_crossfit_configs_compose_and_the_pipeline_plans_the_inner_fold_runs
 def test_a_crossfit_late_fusion_job_fits_loglik_on_its_members_inner_fold_predictions(tmp_path, cache_dir):
     import json
 
-    from hydra import compose, initialize_config_dir
-
-    from fer_lightning.engine.configs import config_dir
-    from fer_lightning.engine.pipeline import run_pipeline
     from fer_lightning.runs.folder import RunFolder
 
     out = tmp_path / "job"
     small = ["data.image_size=32", "recipes.paper.finetune.max_epochs=1", "recipes.converged.head.max_epochs=2",
              "recipes.converged.augment.copies=1", "pipeline.models.deep.backbone.weights=none",
-             "pipeline.models.late_fusion.weights=crossfit", "logger=none", "callbacks.training_pictures=null",
-             "trainer.enable_progress_bar=false"]
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=late_fusion", *small, f"data.cache_dir={cache_dir}",
-                                          f"paths.output_dir={out}"])
-    run_pipeline(cfg)
+             "pipeline.models.late_fusion.weights=crossfit"]
+    run_job("late_fusion", small, out, cache_dir)
     outer = RunFolder(out / "deep").read_splits()
     outer_train = {f for f, part in outer.items() if part == "train"}
     fused = json.loads((out / "late_fusion" / "metrics.json").read_text())
