@@ -40,7 +40,7 @@ def crossfit_folds(options: Mapping[str, Any]) -> int:
         >>> crossfit_folds({"weights": "crossfit", "crossfit_folds": 3}), crossfit_folds({"weights": "loglik"})
         (3, 0)
     """
-    weights = options.get("weights") or "loglik"
+    weights = options.get("weights") or LateFusionFER.default_weights
     crossfits = options.get("fit_on") == "crossfit" or WEIGHTINGS.get(weights).crossfits
     return int(options.get("crossfit_folds") or 3) if crossfits else 0
 
@@ -106,7 +106,7 @@ class LateFusionFER(FERClassifier):
     # nothing to fit: training validates (fixing the weights) and tests; in a pipeline, members name earlier stages
     needs = DataNeeds(trains=False, members_from_stages=True)
     min_members = 2
-    default_weights = "loglik"  # model.weights when none is given
+    default_weights = "mean"  # model.weights when none is given (docs "Fusion weights": chosen on validation)
 
     def __init__(
         self,
