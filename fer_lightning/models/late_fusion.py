@@ -183,9 +183,10 @@ class LateFusionFER(FERClassifier):
         return cls(**hparams)
 
     def _no_crossfit_runs(self, weights: str) -> str:
-        return (f"model.weights={weights} model.fit_on={self.fit_on} cross-fits the weights, which needs each "
-                "member's runs on inner folds of the training split (model.crossfit_members={name: [run with "
-                "data.inner_folds=k data.inner_fold=0, ..., k-1]}); experiment=late_fusion trains them for you")
+        return (f"model={self.model_name} model.weights={weights} model.fit_on={self.fit_on} cross-fits the weights, "
+                "which needs each member's runs on inner folds of the training split (model.crossfit_members={name: "
+                "[run with data.inner_folds=k data.inner_fold=0, ..., k-1]}); experiment=late_fusion trains them "
+                "for you; or use model.weights=mean")
 
     @classmethod
     def offline_overrides(cls, hparams: dict[str, Any]) -> dict[str, Any]:
