@@ -159,7 +159,8 @@ def test_the_late_fusion_experiment_is_the_ablations_late_fusion_augmented():
     assert _resolved(models.deep) == _resolved(abl.pipeline.models.deep)
     assert _resolved(models.handcrafted) == _resolved(abl.pipeline.models.handcrafted_augmented)
     assert models.handcrafted.augment.copies == 8 and models.handcrafted.optim.lr == 1e-3
-    assert list(models.late_fusion.members) == ["deep", "handcrafted"] and models.late_fusion.weights == "loglik"
+    assert list(models.late_fusion.members) == ["deep", "handcrafted"] and models.late_fusion.weights == "mean"
+    assert abl.pipeline.models.late_fusion_augmented.weights == "loglik"  # the ablation keeps its weights
     assert cfg.optimized_metric == "late_fusion/val/acc"
 
 

@@ -327,26 +327,33 @@ def test_a_deep_checkpoint_with_flip_tta_exports_to_onnx_with_the_same_probabili
     np.testing.assert_allclose(ExportedModel(path)(faces.numpy()), expected, rtol=0, atol=1e-4)
 
 
-@pytest.mark.slow
-def test_the_modern_experiment_runs_end_to_end_with_a_reserve_and_a_flip_tta_deep_member(tmp_path, cache_dir):
-    import csv
-    import json
+QUIET = ["logger=none", "callbacks.training_pictures=null", "trainer.enable_progress_bar=false"]
 
+
+def run_job(experiment: str, overrides: list[str], out: Path, cache_dir: Path) -> None:
+    """A pipeline experiment (quiet, with these overrides) run into ``out``."""
     from hydra import compose, initialize_config_dir
 
     from fer_lightning.engine.configs import config_dir
     from fer_lightning.engine.pipeline import run_pipeline
 
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={experiment}", *overrides, *QUIET, f"data.cache_dir={cache_dir}",
+                                          f"paths.output_dir={out}"])
+    run_pipeline(cfg)
+
+
+@pytest.mark.slow
+def test_the_modern_experiment_runs_end_to_end_with_a_reserve_and_a_flip_tta_deep_member(tmp_path, cache_dir):
+    import csv
+    import json
+
     out = tmp_path / "job"
     small = ["data.image_size=48", "recipes.modern.finetune.max_epochs=2", "recipes.modern.finetune.warmup_epochs=1",
              "recipes.modern.finetune.unfreeze_epoch=1", "recipes.modern.head.max_epochs=3",
              "recipes.modern.head.warmup_epochs=1", "recipes.modern.augment.copies=1", "data.fusion_reserve=0.5",
-             "pipeline.models.deep.backbone.weights=none", "pipeline.models.deep.tta=flip", "logger=none",
-             "callbacks.training_pictures=null", "trainer.enable_progress_bar=false"]
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=modern", *small, f"data.cache_dir={cache_dir}",
-                                          f"paths.output_dir={out}"])
-    run_pipeline(cfg)
+             "pipeline.models.deep.backbone.weights=none", "pipeline.models.deep.tta=flip"]
+    run_job("modern", small, out, cache_dir)
     assert [r["model"] for r in json.loads((out / "summary.json").read_text())["rows"]] == [
         "deep", "handcrafted", "late_fusion"]
     metrics = {s: json.loads((out / s / "metrics.json").read_text()) for s in ("deep", "handcrafted", "late_fusion")}

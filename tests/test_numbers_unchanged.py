@@ -3,6 +3,10 @@ bit for bit the test and validation metrics, confusion matrices, epochs and ``pr
 0.2 redesign (``fixtures/golden/tiny_pipelines.json``, written by the 0.1 code on this CPU).
 
 When a change is *meant* to change numbers, record the fixture again with the change and say so in its commit.
+Recorded again since: ``late_fusion/late_fusion`` only, when ``experiment=late_fusion``'s fusion weights became
+``mean`` instead of ``loglik`` (issue #21, chosen on validation: docs "Fusion weights"); its members and the
+``paper`` rows are the 0.1 numbers still, and the fused predictions here are unchanged (only the NLLs and the
+probabilities in ``predictions.csv`` moved).
 """
 
 from __future__ import annotations

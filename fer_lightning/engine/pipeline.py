@@ -20,6 +20,7 @@ from fer_lightning.engine.build import model_needs
 from fer_lightning.engine.checks import check_config
 from fer_lightning.engine.training import train
 from fer_lightning.errors import FERError
+from fer_lightning.models.late_fusion import crossfit_folds
 from fer_lightning.reporting.summary import COLUMNS, summary_markdown, summary_rows
 from fer_lightning.runs.folder import METRICS, SUMMARY_JSON, RunFolder
 from fer_lightning.runs.legacy import renamed_targets
@@ -47,14 +48,15 @@ def _stage_config(cfg: DictConfig, stage: str, out: Path) -> DictConfig:
 
 def _plan(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     """What each stage needs from earlier ones, checked before anything trains: ``{stage: {"backbone_from":
-    stage | None, "members": [stages]}}``."""
+    stage | None, "members": [stages], "crossfit": k}}`` (k: the inner folds its members are trained on again for
+    cross-fitted fusion weights, 0 for none)."""
     stages = list(cfg.pipeline.models)
     deep_stage = cfg.pipeline.get("deep_stage", "deep")
     plan: dict[str, dict[str, Any]] = {}
     for i, stage in enumerate(stages):
         node = cfg.pipeline.models[stage]
         traits = model_needs(node)
-        needs: dict[str, Any] = {"backbone_from": None, "members": []}
+        needs: dict[str, Any] = {"backbone_from": None, "members": [], "crossfit": 0}
         if traits.fuses_backbone and cfg.pipeline.get("hybrid_from_deep", True):
             if deep_stage not in stages[:i]:
                 raise FERError(f"pipeline: stage '{stage}' fuses the backbone of stage '{deep_stage}', which must "
@@ -67,6 +69,12 @@ def _plan(cfg: DictConfig) -> dict[str, dict[str, Any]]:
                 raise FERError(f"pipeline: stage '{stage}' combines stages {members}; give two or more stages that "
                                f"run before it (missing: {', '.join(missing) or 'none'})")
             needs["members"] = members
+            needs["crossfit"] = crossfit_folds(node)
+            built = [m for m in members if plan[m]["backbone_from"] or plan[m]["members"]]
+            if needs["crossfit"] and built:
+                raise FERError(f"pipeline: stage '{stage}' cross-fits its weights, which retrains each member on "
+                               f"inner folds; stage(s) {', '.join(built)} build on other stages and cannot be; "
+                               "use model.weights=loglik or mean there")
         plan[stage] = needs
     return plan
 
@@ -103,18 +111,20 @@ def _best(result: dict[str, Any], stage_dir: Path) -> str:
     return result.get("best_checkpoint") or str(RunFolder(stage_dir).last_checkpoint)
 
 
-def out_of_fold_backbones(cfg: DictConfig, deep_stage: str, folds: int, out: Path) -> list[str]:
-    """Fine-tune the deep stage ``folds`` times, each time without one inner fold of the training images
-    (``data.inner_folds``), in ``<job>/<deep_stage>_oof<folds>/fold<i>/``; returns their best checkpoints."""
+def out_of_fold_runs(cfg: DictConfig, stage: str, folds: int, out: Path) -> list[str]:
+    """Train a stage (same config, recipe and seed) ``folds`` times, each time without one inner fold of the
+    training images (``data.inner_folds``), in ``<job>/<stage>_oof<folds>/fold<i>/``; returns their best
+    checkpoints: the deep stage's give a hybrid out-of-fold features, any member's give a late fusion
+    out-of-fold predictions (cross-fitted weights)."""
     ckpts = []
     for i in range(folds):
-        stage_cfg = _stage_config(cfg, deep_stage, out)
+        stage_cfg = _stage_config(cfg, stage, out)
         with open_dict(stage_cfg):
             stage_cfg.data.inner_folds = folds
             stage_cfg.data.inner_fold = i
-            stage_cfg.variant = f"{deep_stage}_oof"
-            stage_cfg.paths.output_dir = str(out / f"{deep_stage}_oof{folds}" / f"fold{i}")
-        log.info("pipeline: out-of-fold backbone %d of %d", i + 1, folds)
+            stage_cfg.variant = f"{stage}_oof"
+            stage_cfg.paths.output_dir = str(out / f"{stage}_oof{folds}" / f"fold{i}")
+        log.info("pipeline: %s on inner fold %d of %d", stage, i + 1, folds)
         ckpts.append(_best(_train_stage(stage_cfg), Path(stage_cfg.paths.output_dir)))
     return ckpts
 
@@ -125,7 +135,9 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
 
     A model that fuses a backbone (hybrid) gets the deep stage's fine-tuned one (``pipeline.hybrid_from_deep``)
     and, with ``model.backbone.oof_folds=k``, out-of-fold training features from k more fine-tunings (shared by
-    every stage with the same k); a late-fusion stage combines the best checkpoints of the stages it names.
+    every stage with the same k); a late-fusion stage combines the best checkpoints of the stages it names, and
+    with cross-fitted weights (``model.weights=crossfit``) fits them on the out-of-fold predictions of k more runs
+    of each member (shared the same way).
     Stages already finished in the job's folder with the same configuration are reused.
     """
     out = Path(cfg.paths.output_dir)
@@ -135,7 +147,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     for stage in plan:  # every stage's options, before the first stage trains
         check_config(_stage_config(cfg, stage, out))
     results: dict[str, dict[str, Any]] = {}
-    oof: dict[int, list[str]] = {}
+    oof: dict[tuple[str, int], list[str]] = {}  # (stage, k) -> its k inner-fold runs, shared by the stages
     for n, (stage, needs) in enumerate(plan.items(), start=1):
         stage_cfg = _stage_config(cfg, stage, out)
         with open_dict(stage_cfg):
@@ -145,11 +157,16 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
                 log.info("pipeline: %s uses the fine-tuned backbone of %s", stage, stage_cfg.model.backbone.checkpoint)
                 k = int(stage_cfg.model.backbone.get("oof_folds") or 0)
                 if k:
-                    if k not in oof:
-                        oof[k] = out_of_fold_backbones(cfg, source, k, out)
-                    stage_cfg.model.backbone.oof_checkpoints = oof[k]
+                    if (source, k) not in oof:
+                        oof[source, k] = out_of_fold_runs(cfg, source, k, out)
+                    stage_cfg.model.backbone.oof_checkpoints = oof[source, k]
             if needs["members"]:
                 stage_cfg.model.members = {m: _best(results[m], out / m) for m in needs["members"]}
+            if k := needs["crossfit"]:
+                for m in needs["members"]:
+                    if (m, k) not in oof:
+                        oof[m, k] = out_of_fold_runs(cfg, m, k, out)
+                stage_cfg.model.crossfit_members = {m: oof[m, k] for m in needs["members"]}
         log.info("pipeline: stage %s (%d of %d)", stage, n, len(plan))
         results[stage] = _train_stage(stage_cfg)
 

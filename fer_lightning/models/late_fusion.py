@@ -1,18 +1,21 @@
 """Late fusion: the class probabilities of trained models (e.g. the deep and the handcrafted one) combined by a
-weighted mean. Nothing is trained; the weights come from the validation split."""
+weighted mean. Nothing is trained; the weights come from the validation split, the part of it reserved for the
+fusion, or out-of-fold predictions of the training images (``model.fit_on=crossfit``)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from fer_lightning.data.contract import DataNeeds, ModelData
 from fer_lightning.data.preprocessing import to_unit
+from fer_lightning.data.splits import Split, inner_split
 from fer_lightning.errors import FERError
 from fer_lightning.features.extractor import blocks_in_batches
 from fer_lightning.models.base import FERClassifier
@@ -24,8 +27,58 @@ from fer_lightning.runtime.registry import choose
 
 log = logging.getLogger(__name__)
 # model.fit_on: auto (the validation images reserved for the fusion, data.fusion_reserve, when there are some; else
-# the validation split) | val (the validation split, on which the members were selected, even with a reserve)
-FIT_ON = ("auto", "val")
+# the validation split) | val (the validation split, on which the members were selected, even with a reserve) |
+# crossfit (out-of-fold predictions of every training image by the members' runs on model.crossfit_folds inner folds)
+FIT_ON = ("auto", "val", "crossfit")
+
+
+def crossfit_folds(options: Mapping[str, Any]) -> int:
+    """The number of inner folds a late fusion's options (``model.*``) cross-fit its weights on; 0 when they do
+    not (neither ``weights=crossfit`` nor ``fit_on=crossfit``).
+
+    Examples:
+        >>> crossfit_folds({"weights": "crossfit", "crossfit_folds": 3}), crossfit_folds({"weights": "loglik"})
+        (3, 0)
+    """
+    weights = options.get("weights") or LateFusionFER.default_weights
+    crossfits = options.get("fit_on") == "crossfit" or WEIGHTINGS.get(weights).crossfits
+    return int(options.get("crossfit_folds") or 3) if crossfits else 0
+
+
+def out_of_fold_probs(fold_probs: Sequence[Callable[[torch.Tensor], torch.Tensor]], split: Split,
+                      labels: Sequence[str], subjects: Sequence[str], images: torch.Tensor, *, seed: int = 0,
+                      by_subject: bool = False) -> torch.Tensor:
+    """Out-of-fold class probabilities of every training image: ``fold_probs[i]`` (the run trained on inner fold
+    ``i`` of ``k = len(fold_probs)``, ``data.inner_folds=k data.inner_fold=i``) predicts exactly the training
+    images that fold held out (:func:`~fer_lightning.data.splits.inner_split`), which it never trained on.
+
+    Shape:
+        - images: :math:`(N, 1, H, W)`, every image of the dataset; ``fold_probs[i]``: :math:`(B, 1, H, W)` ->
+          :math:`(B, C)`.
+        - Output: :math:`(T, C)`, the T training images in the order of ``split.train``.
+
+    Examples:
+        >>> from fer_lightning.data.splits import Split
+        >>> split = Split(train=np.arange(6), val=np.arange(6, 8), test=np.arange(8, 10))
+        >>> labels, images = ["a", "b"] * 5, torch.arange(10.0).reshape(10, 1, 1, 1)
+        >>> fold = lambda x: torch.stack([x.flatten(), -x.flatten()], 1)  # "probabilities" that name the image
+        >>> out_of_fold_probs([fold, fold], split, labels, labels, images)[:, 0]
+        tensor([0., 1., 2., 3., 4., 5.])
+    """
+    train = np.asarray(split.train)
+    position = {int(row): i for i, row in enumerate(train)}
+    out: torch.Tensor | None = None
+    covered = torch.zeros(len(train), dtype=torch.bool)
+    for i, probs_of in enumerate(fold_probs):
+        held = inner_split(split, labels, subjects, folds=len(fold_probs), fold=i, seed=seed,
+                           by_subject=by_subject).test
+        probs = probs_of(images[torch.as_tensor(held, dtype=torch.long)])
+        out = probs.new_zeros(len(train), probs.shape[-1]) if out is None else out
+        at = torch.as_tensor([position[int(r)] for r in held], dtype=torch.long)
+        out[at], covered[at] = probs, True
+    if out is None or not bool(covered.all()):
+        raise RuntimeError("out-of-fold predictions do not cover every training image")
+    return out
 
 
 class LateFusionFER(FERClassifier):
@@ -42,7 +95,10 @@ class LateFusionFER(FERClassifier):
     of the face (at validation, which fits the weights, test, evaluation, prediction and in exported files).
     ``fit_on``: ``auto`` fits the weights on the validation images reserved for them (``data.fusion_reserve``),
     which no member was selected on, when there are some, else on the validation split; ``val``: on the
-    validation split even with a reserve. The members' weights and settings travel in the checkpoint, which loads
+    validation split even with a reserve; ``crossfit`` (implied by ``weights=crossfit``, which is ``loglik``
+    fitted there): on out-of-fold predictions of every training image (:func:`out_of_fold_probs`) by each
+    member's ``crossfit_folds`` inner-fold runs, ``crossfit_members`` ``{name: [run of inner fold 0, ...]}``
+    (in a pipeline, trained for you). The members' weights and settings travel in the checkpoint, which loads
     with nothing else.
     """
 
@@ -50,7 +106,7 @@ class LateFusionFER(FERClassifier):
     # nothing to fit: training validates (fixing the weights) and tests; in a pipeline, members name earlier stages
     needs = DataNeeds(trains=False, members_from_stages=True)
     min_members = 2
-    default_weights = "loglik"  # model.weights when none is given
+    default_weights = "mean"  # model.weights when none is given (docs "Fusion weights": chosen on validation)
 
     def __init__(
         self,
@@ -61,11 +117,16 @@ class LateFusionFER(FERClassifier):
         optim: dict[str, Any] | None = None,
         tta: str = "none",
         fit_on: str = "auto",
+        crossfit_folds: int = 3,
+        crossfit_members: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         super().__init__(class_names, optim=optim)
         self.fit_on = choose(fit_on, FIT_ON, "model.fit_on")
         weights = weights or self.default_weights
         self.weighting = WEIGHTINGS.get(weights)()
+        self.crossfits = self.fit_on == "crossfit" or self.weighting.crossfits
+        if self.crossfits and member_specs is None and not crossfit_members:
+            raise FERError(self._no_crossfit_runs(weights))
         TTA_VIEWS.get(tta)
         self.tta = tta
         if member_specs is None:
@@ -121,9 +182,15 @@ class LateFusionFER(FERClassifier):
         hparams = {**spec["hparams"], **cls.offline_overrides(spec["hparams"])}
         return cls(**hparams)
 
+    def _no_crossfit_runs(self, weights: str) -> str:
+        return (f"model={self.model_name} model.weights={weights} model.fit_on={self.fit_on} cross-fits the weights, "
+                "which needs each member's runs on inner folds of the training split (model.crossfit_members={name: "
+                "[run with data.inner_folds=k data.inner_fold=0, ..., k-1]}); experiment=late_fusion trains them "
+                "for you; or use model.weights=mean")
+
     @classmethod
     def offline_overrides(cls, hparams: dict[str, Any]) -> dict[str, Any]:
-        return {"members": None}
+        return {"members": None, "crossfit_members": None}
 
     def train(self, mode: bool = True) -> LateFusionFER:
         super().train(mode)
@@ -149,11 +216,18 @@ class LateFusionFER(FERClassifier):
             per_image = blocks_in_batches(lambda x: {"p": self.member_probs(to_unit(x)).transpose(0, 1)}, images,
                                           batch_size, self.weights.device)["p"]
             probs = per_image.transpose(0, 1)  # (M, N, C)
-        if self.weighting.calibrates and len(images):
+        return self.fit_weights_on(probs, targets)
+
+    @torch.no_grad()
+    def fit_weights_on(self, probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Set the weights (and temperatures) from the members' held-out probabilities ``(M, N, C)``, not yet
+        calibrated, and the labels ``(N,)``; returns the weights."""
+        self.temperatures.fill_(1.0)
+        if self.weighting.calibrates and len(targets):
             t = self.weighting.temperatures(probs, targets)
             self.temperatures.copy_(t.to(self.temperatures.dtype))
             probs = calibrate(probs, t)
-        w = (self.weighting if len(images) else EqualWeights())(probs, targets)
+        w = (self.weighting if len(targets) else EqualWeights())(probs, targets)
         self.weights = w.to(self.weights.device, self.weights.dtype)
         self.fitted.fill_(True)
         record = self.fit_record()
@@ -177,18 +251,48 @@ class LateFusionFER(FERClassifier):
 
     def prepare(self, data: ModelData, stage: str) -> None:
         """Fix the weights (once) on the validation images reserved for them (``data.fusion_reserve``), which no
-        member was selected on; without a reserve, on the validation split."""
+        member was selected on; without a reserve, on the validation split; with ``fit_on=crossfit``, on the
+        out-of-fold predictions of the training images."""
         if bool(self.fitted):
             return
         reserve = torch.as_tensor(data.split.reserve, dtype=torch.long)
-        part = "reserve" if len(reserve) and self.fit_on == "auto" else "val"
-        rows = torch.as_tensor(getattr(data.split, part), dtype=torch.long)
-        log.info("fusion weights (%s) fitted on the %d %s images", self.hparams["weights"], len(rows),
-                 "reserved validation" if part == "reserve" else "validation")
-        self.fit_weights(data.images[rows], data.targets[rows])
-        self.hparams["fitted_on"] = f"{part} ({len(rows)} images)"
+        if self.crossfits:
+            self._fit_crossfit(data)
+        else:
+            part = "reserve" if len(reserve) and self.fit_on == "auto" else "val"
+            rows = torch.as_tensor(getattr(data.split, part), dtype=torch.long)
+            log.info("fusion weights (%s) fitted on the %d %s images", self.hparams["weights"], len(rows),
+                     "reserved validation" if part == "reserve" else "validation")
+            self.fit_weights(data.images[rows], data.targets[rows])
+            self.hparams["fitted_on"] = f"{part} ({len(rows)} images)"
         if len(reserve):  # the fused accuracy on the reserve, which selected no member: what chooses a weighting
             self.hparams["reserve_acc"] = self.accuracy(data.images[reserve], data.targets[reserve])
+
+    def _fit_crossfit(self, data: ModelData) -> None:
+        folds, runs = int(self.hparams["crossfit_folds"]), self.hparams.get("crossfit_members") or {}
+        if set(runs) != set(self.members) or any(len(runs[n]) != folds for n in runs):
+            raise FERError(f"{self._no_crossfit_runs(self.hparams['weights'])} (model.crossfit_folds={folds} runs "
+                           f"of each of {', '.join(self.members)})")
+        device = self.weights.device
+        per_member = []
+        for name in self.members:
+            fold_models = [load_model(str(resolve_checkpoint(str(p), f"model.crossfit_members.{name}")),
+                                      option=f"model.crossfit_members.{name}").eval().to(device) for p in runs[name]]
+            per_member.append(out_of_fold_probs([self._probs_of(m) for m in fold_models], data.split, data.labels,
+                                                data.subjects, data.images, seed=data.seed,
+                                                by_subject=data.subject_independent))
+        train = torch.as_tensor(np.asarray(data.split.train), dtype=torch.long)
+        log.info("fusion weights (%s) fitted on out-of-fold predictions of the %d training images (%d folds)",
+                 self.hparams["weights"], len(train), folds)
+        self.fit_weights_on(torch.stack(per_member).cpu(), data.targets[train])
+        self.hparams["fitted_on"] = f"crossfit ({folds} folds, {len(train)} training images)"
+
+    def _probs_of(self, model: nn.Module, batch_size: int = 32) -> Callable[[torch.Tensor], torch.Tensor]:
+        """uint8 images ``(B, 1, H, W)`` -> ``(B, C)`` class probabilities of ``model``, with this fusion's TTA."""
+        def probs(x: torch.Tensor) -> torch.Tensor:
+            return tta_probs(lambda im: model(im).float().softmax(-1), to_unit(x), self.tta)
+        return lambda images: blocks_in_batches(lambda x: {"p": probs(x)}, images, batch_size,
+                                                self.weights.device)["p"]
 
     @torch.no_grad()
     def accuracy(self, images: torch.Tensor, targets: torch.Tensor, batch_size: int = 32) -> float:

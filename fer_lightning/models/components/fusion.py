@@ -145,6 +145,7 @@ class LateFusionWeights(ABC):
 
     uses_validation = True
     calibrates = False
+    crossfits = False  # fitted on out-of-fold predictions of the training images (model.fit_on=crossfit)
 
     @abstractmethod
     def __call__(self, probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -281,6 +282,22 @@ class CalibratedMean(LateFusionWeights):
         return torch.tensor([fit_temperature(p, targets) for p in probs], dtype=torch.float64)
 
 
+class CrossfitWeights(LikelihoodWeights):
+    """``model.weights=crossfit``: the ``loglik`` weights fitted on out-of-fold predictions of the training images
+    (``model.fit_on=crossfit``): each member is trained again on k inner folds of the training split, and each of
+    those runs predicts the training images it did not train on. No member was selected on those predictions, so
+    a member that merely fits (or memorises) its own validation or training images gains no weight from it.
+
+    Examples:
+        >>> probs = torch.tensor([[[0.9, 0.1]], [[0.5, 0.5]]])  # out-of-fold: like loglik, on other predictions
+        >>> CrossfitWeights()(probs, torch.tensor([0]))
+        tensor([0.6429, 0.3571], dtype=torch.float64)
+    """
+
+    crossfits = True
+
+
 # model.weights: how the members of a late fusion are weighted (docs: "Fusion weights")
 WEIGHTINGS: Registry[type[LateFusionWeights]] = Registry("model.weights", {
-    "mean": EqualWeights, "loglik": LikelihoodWeights, "shrunk": ShrunkWeights, "calibrated": CalibratedMean})
+    "mean": EqualWeights, "loglik": LikelihoodWeights, "shrunk": ShrunkWeights, "calibrated": CalibratedMean,
+    "crossfit": CrossfitWeights})
