@@ -88,7 +88,7 @@ def test_a_redrawn_figure_is_the_picture_of_a_new_one():
 def test_figures_are_drawn_off_the_training_thread_in_order_and_waited_for(caplog):
     import threading
 
-    from fer_lightning.engine.callbacks import Drawing
+    from fer_lightning.engine.drawing import Drawing
 
     drawing, release, done = Drawing(), threading.Event(), []
 

@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import copy
 import logging
-import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 from weakref import proxy
 
@@ -19,6 +16,7 @@ import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from fer_lightning.engine.drawing import Drawing
 from fer_lightning.errors import FERError
 from fer_lightning.features.extractor import HandcraftedFeatures, resize_uint8
 from fer_lightning.reporting.faces import hog_figure, image_grid_figure, lbp_figure
@@ -56,50 +54,6 @@ def _held(checkpoint: dict[str, Any]) -> dict[str, Any]:
     """``checkpoint`` as it is now, kept until it is written (:func:`_copied`; its fitted layers never change)."""
     memo: dict[Any, Any] = {}
     return {k: v if k == FITTED_KEY else _copied(v, memo) for k, v in checkpoint.items()}
-
-
-class Drawing:
-    """Figures drawn and logged on a background thread, in the order they were asked for, while training goes on
-    (matplotlib and PNG encoding cost more than many epochs of a head on fixed features); :meth:`wait` before the
-    run's results are final: it also ends the thread. One figure is drawn at a time in the process.
-
-    Examples:
-        >>> drawing, done = Drawing(), []
-        >>> drawing.submit(done.append, "figure 1"); drawing.submit(done.append, "figure 2")
-        >>> drawing.wait(); done
-        ['figure 1', 'figure 2']
-    """
-
-    _one_at_a_time = threading.Lock()  # matplotlib is not thread-safe: one figure at a time in the process
-
-    def __init__(self) -> None:
-        self._pool: ThreadPoolExecutor | None = None
-        self._pending: list[Future] = []
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fer-figures")
-        self._pending.append(self._pool.submit(self._locked, fn, *args))
-
-    @classmethod
-    def _locked(cls, fn: Callable[..., Any], *args: Any) -> None:
-        with cls._one_at_a_time:
-            fn(*args)
-
-    def wait(self, raise_errors: bool = True) -> None:
-        """Until every figure asked for is logged, then the thread ends; a figure that failed raises here (or is
-        logged as a warning)."""
-        pending, self._pending = self._pending, []
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
-        for future in pending:
-            try:
-                future.result()
-            except Exception as err:
-                if raise_errors:
-                    raise
-                log.warning("a TensorBoard figure was not drawn: %s", err)
 
 
 class HeldCheckpoint(ModelCheckpoint):
