@@ -226,6 +226,19 @@ def test_runs_of_versions_with_other_fingerprints_pair_by_their_test_images():
         report([], match="fingerprints")
 
 
+def test_a_test_set_whose_runs_carry_two_fingerprints_is_named_with_the_way_out():
+    from fer_lightning.reporting.document import split_fingerprints
+
+    same = [_run("deep", 0, 0.8, 0.75), _run("hybrid", 0, 0.9, 1.0), _run("deep", 1, 0.8, 0.75)]
+    assert split_fingerprints(same) == []
+    copied = _run("hybrid", 1, 0.9, 1.0)
+    copied.metrics.update(dataset="london-faces-256", dataset_fingerprint="g")  # the files copied again since
+    same[2].metrics["dataset"] = "london-faces-256"
+    (line,) = split_fingerprints([*same, copied])
+    assert "london-faces-256 on 1 test set(s) carry different dataset fingerprints" in line
+    assert "report.match=images" in line
+
+
 def test_paired_tests_against_a_reference():
     runs = [_run(v, 0, 0.5, 0.5, correct=c) for v, c in
             [("deep", (0, 1, 2)), ("a", (0,)), ("b", (0, 1)), ("c", (3,)), ("d", (1, 2, 3))]]

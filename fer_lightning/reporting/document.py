@@ -30,7 +30,7 @@ from fer_lightning.reporting.tables import (
     table2,
     table3,
 )
-from fer_lightning.runs.survey import MATCHES, Survey, _require_runs, survey
+from fer_lightning.runs.survey import MATCHES, Run, Survey, _require_runs, survey
 from fer_lightning.runtime.registry import choose
 
 log = logging.getLogger("fer_lightning.report")
@@ -51,6 +51,24 @@ def _survey_notes(found: Survey) -> list[str]:
     return lines
 
 
+def split_fingerprints(runs: list[Run]) -> list[str]:
+    """One line per test set (dataset name, split, fold, seed) whose runs carry different dataset fingerprints: the
+    files were copied, touched or relabelled between the runs (the fingerprint covers names, sizes, modification
+    times and labels), so ``report.match=data`` neither pairs them nor selects among them on validation."""
+    seen: dict[tuple, set] = {}
+    for r in runs:
+        m = r.metrics
+        seen.setdefault((m.get("dataset"), m.get("split"), m.get("fold"), m.get("seed")), set()).add(
+            m.get("dataset_fingerprint"))
+    split = {k: v for k, v in seen.items() if len(v) > 1}
+    if not split:
+        return []
+    names = sorted({str(k[0]) for k in split})
+    return [f"runs of {', '.join(names)} on {len(split)} test set(s) carry different dataset fingerprints (the "
+            "files were copied, touched or relabelled between runs), so they are not compared with each other; "
+            "if the images are the same, run the report again with report.match=images"]
+
+
 def report(dirs: list[Path], output: Path | None = None, match: str = "data") -> Path:
     """Write the report for the runs under ``dirs`` into ``output`` (default: the first dir); returns it.
     ``match``: runs share a test set when they share dataset fingerprint, split, fold and seed (``data``), or
@@ -63,6 +81,9 @@ def report(dirs: list[Path], output: Path | None = None, match: str = "data") ->
     _require_runs(found, dirs)
     for r in found.runs:
         r.match = match
+    unpaired = split_fingerprints([r for r in found.runs if not r.auxiliary]) if match == "data" else []
+    for line in unpaired:
+        print(f"fer-lightning: warning: {line}", file=sys.stderr)
     runs, failed = found.runs, found.failed
     auxiliary = [r for r in runs if r.auxiliary]
     runs = [r for r in runs if not r.auxiliary]
@@ -106,6 +127,7 @@ def report(dirs: list[Path], output: Path | None = None, match: str = "data") ->
     if failed:
         lines += [f"{len(failed)} job(s) failed and are left out: " + ", ".join(str(p) for p in failed), ""]
     lines += _survey_notes(found)
+    lines += [f"Warning: {line}.", ""] if (line := "; ".join(unpaired)) else []
     if cells and len(runs) < len(found.runs) - len(auxiliary):
         lines += [f"{n_cross} cross-dataset result(s) (a checkpoint tested on other data) are in the source x target "
                   "matrix below, not in Tables 2-3.", ""]
