@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 # the validation split) | val (the validation split, on which the members were selected, even with a reserve) |
 # crossfit (out-of-fold predictions of every training image by the members' runs on model.crossfit_folds inner folds)
 FIT_ON = ("auto", "val", "crossfit")
+CROSSFIT_FOLDS = 3  # model.crossfit_folds when none is given
 
 
 def crossfit_folds(options: Mapping[str, Any]) -> int:
@@ -42,7 +43,7 @@ def crossfit_folds(options: Mapping[str, Any]) -> int:
     """
     weights = options.get("weights") or LateFusionFER.default_weights
     crossfits = options.get("fit_on") == "crossfit" or WEIGHTINGS.get(weights).crossfits
-    return int(options.get("crossfit_folds") or 3) if crossfits else 0
+    return int(options.get("crossfit_folds") or CROSSFIT_FOLDS) if crossfits else 0
 
 
 def out_of_fold_probs(fold_probs: Sequence[Callable[[torch.Tensor], torch.Tensor]], split: Split,
@@ -117,7 +118,7 @@ class LateFusionFER(FERClassifier):
         optim: dict[str, Any] | None = None,
         tta: str = "none",
         fit_on: str = "auto",
-        crossfit_folds: int = 3,
+        crossfit_folds: int = CROSSFIT_FOLDS,
         crossfit_members: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         super().__init__(class_names, optim=optim)
