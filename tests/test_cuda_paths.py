@@ -24,15 +24,27 @@ def test_loaders_pin_memory_only_for_a_cuda_trainer(cache_dir, monkeypatch, devi
     assert dm.train_dataloader().pin_memory is pinned
 
 
-@pytest.mark.gpu
-def test_augmentation_on_cuda_equals_cpu():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_augmentation_on_the_device_gives_the_cpus_pixels_for_the_same_draws(device):
+    """kornia (0.8 and later) draws an augmentation's parameters on the device its module is on, from that device's
+    generator: ``torch.manual_seed`` (and exact resume's reseeding) seeds it too, so a run repeats itself on its
+    device, but CUDA's draws are not the CPU's (seen on an H200: a test that assumed so failed). Given the same
+    draws, the device computes the CPU's pixels."""
     x = torch.rand(8, 1, 48, 48)
     augment = FaceAugment()
     torch.manual_seed(0)
-    on_cpu = augment(x.clone())
-    torch.manual_seed(0)  # kornia draws its parameters from the CPU generator: the same draws on either device
-    on_cuda = augment.cuda()(x.cuda())
-    assert on_cuda.is_cuda and torch.allclose(on_cuda.cpu(), on_cpu, atol=1e-4)
+    params = augment.aug.forward_parameters(x.shape)  # drawn on the CPU
+    on_cpu = augment.aug(x.clone(), params=params)
+    on_device = augment.to(device).aug(x.to(device), params=params)  # kornia moves the parameters to the batch
+    assert on_device.device.type == device
+    assert torch.allclose(on_device.cpu(), on_cpu, atol=1e-4)
+
+    torch.manual_seed(1)
+    cpu_state = torch.get_rng_state()
+    first = augment(x.to(device))
+    assert torch.equal(torch.get_rng_state(), cpu_state) is (device == "cuda")  # drawn from the device's generator
+    torch.manual_seed(1)
+    assert torch.equal(augment(x.to(device)), first)  # and repeated under the same seed
 
 
 @pytest.mark.gpu

@@ -66,3 +66,25 @@ def test_dry_run_prints_a_row_for_every_step(tmp_path):
     header = printed.index("| step | what | result | target | seconds | peak GPU MB | status |")
     table = [ln for ln in printed[header:] if ln.startswith("| ")]  # (the paper run prints its own table above)
     assert len(table) == 2 + len(rows) and all(ln.count(" | ") == 6 for ln in table)
+
+
+def test_the_gpu_step_collects_every_cuda_marked_test():
+    """On a GPU machine the tests step collects only :func:`gpu_test_files` (an image without selenium or litserve
+    must not stop the collection): no CUDA-marked test of the suite may be left out of them."""
+    res = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "gpu", "-p", "no:cacheprovider",
+                          str(REPO / "tests")], cwd=REPO, capture_output=True, text=True, timeout=300)
+    collected = {ln.split("::")[0] for ln in res.stdout.splitlines() if "::" in ln}
+    assert collected, res.stdout[-2000:] + res.stderr[-2000:]
+    selected = {str(p.relative_to(REPO)) for p in gpu_check().gpu_test_files()}
+    assert collected == selected
+    assert "tests/test_serve_page.py" not in selected
+
+
+def test_a_second_check_in_one_work_folder_gets_its_own_run_folders(tmp_path):
+    """A run folder that holds a finished run is never written over (fer-train refuses it): a second check with the
+    same ``--work`` (a warm GPU machine) runs in ``check-2``, beside the shared cache."""
+    gpu = gpu_check()
+    first, second = gpu.check_folder(tmp_path), gpu.check_folder(tmp_path)
+    assert (first.name, second.name) == ("check-1", "check-2") and first.is_dir() and second.is_dir()
+    (tmp_path / "check-x").mkdir()
+    assert gpu.check_folder(tmp_path).name == "check-3"

@@ -13,7 +13,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 class FaceAugment(nn.Module):
     """The paper's training augmentation: horizontal flip, rotation, zoom in/out and brightness, batch-wise on the
-    batch's device (kornia), drawn from torch's global generator.
+    batch's device (kornia). Its parameters are drawn from torch's global generator of the device the *module* is
+    on (kornia moves its generator with the module): the data module keeps it on the CPU, so a GPU run draws the
+    CPU run's augmentations and kornia moves them to the batch; a module moved to CUDA would draw CUDA's numbers.
 
     Args:
         hflip: probability of a horizontal flip.

@@ -151,7 +151,7 @@ class HandcraftedFER(FERClassifier):
                 f"{MAX_VIEW_BYTES / 2**30:.0f} GiB): copies help small datasets, set model.augment.copies=0 here"
             )
         device = data.feature_device
-        augment = data.augment.to(device)
+        augment = data.augment  # left where it is: its draws stay the CPU generator's, and kornia moves them to x
 
         def blocks(x: torch.Tensor) -> dict[str, torch.Tensor]:
             x = x.to(device)
