@@ -3,6 +3,8 @@ and prints a row for each; a step that fails prints one line and the next step s
 
 import importlib.util
 import json
+import os
+import platform
 import subprocess
 import sys
 
@@ -88,3 +90,40 @@ def test_a_second_check_in_one_work_folder_gets_its_own_run_folders(tmp_path):
     assert (first.name, second.name) == ("check-1", "check-2") and first.is_dir() and second.is_dir()
     (tmp_path / "check-x").mkdir()
     assert gpu.check_folder(tmp_path).name == "check-3"
+
+
+def gpu_kit():
+    spec = importlib.util.spec_from_file_location("bench_gpu_kit", REPO / "bench" / "gpu_kit.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_kit_takes_its_versions_from_the_lock_and_names_a_package_it_lacks():
+    kit = gpu_kit()
+    versions = kit.locked_versions(REPO / "uv.lock", kit.MISSING)
+    assert set(versions) == set(kit.MISSING) and all(v[0].isdigit() for v in versions.values())
+    with pytest.raises(SystemExit, match="pins no not-a-package"):
+        kit.locked_versions(REPO / "uv.lock", ("kornia", "not-a-package"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the kit is packed for x86-64 Linux GPU machines")
+def test_the_gpu_kit_runs_the_check_with_its_own_packages(tmp_path):
+    """bench/gpu_kit.py packs kornia and hydra for a GPU image that lacks them (here: for this Python), and its
+    run.sh runs bench/gpu.py with them first on the path; without an ImageNet file it says the check is random init."""
+    kit = tmp_path / "kit"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    res = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_kit.py"), "--out", str(kit), "--python", version,
+                          "--torch-home", str(tmp_path / "no-torch-home")], cwd=REPO, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "random init" in res.stderr and not (kit / "torch-home").exists()
+    probe = subprocess.run([sys.executable, "-c", "import kornia, hydra; print(kornia.__file__, hydra.__file__)"],
+                           env={**os.environ, "PYTHONPATH": str(kit / "site")}, capture_output=True, text=True)
+    assert probe.stdout.split() and all(p.startswith(str(kit / "site")) for p in probe.stdout.split()), probe
+    run = subprocess.run(["bash", str(kit / "run.sh"), "--dry-run", "--only", "augment", "--work", str(tmp_path / "w")],
+                         cwd=REPO, env={**os.environ, "FER_GPU_PYTHON": sys.executable}, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "| augment | kornia augmentation" in run.stdout
