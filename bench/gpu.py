@@ -20,7 +20,7 @@ steps that run a command):
 - ``export``: ONNX export of that checkpoint.
 
 ImageNet weights are used when they are in torchvision's cache (``$TORCH_HOME``), else the backbone starts from
-random init (said in the first line). Prints one markdown table at the end (it pastes into docs/gpu.md) and writes
+random init (said in the first line). Prints one markdown table at the end (it pastes into docs/scaling.md) and writes
 the same rows as JSON (``--out``). On an H200 the steps took about 7 minutes in all (docs/scaling.md); each step's
 budget is a cap for a step that hangs or crawls (10 minutes if every step ran to its cap).
 ``--fail-step NAME`` makes a step fail on purpose (the tests check that the next one still runs).
