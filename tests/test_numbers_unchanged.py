@@ -60,8 +60,9 @@ def machine() -> str:
             f"{torch.get_num_threads()} threads")
 
 
-def run_tiny_pipelines(out: Path, cache_dir: Path) -> dict:
-    """The rows of both tiny jobs, run into ``out``."""
+def run_tiny_pipelines(out: Path, cache_dir: Path, config_dir=config_dir, run_pipeline=run_pipeline) -> dict:
+    """The rows of both tiny jobs, run into ``out`` (``config_dir`` and ``run_pipeline``: another code's, for
+    ``fixtures/golden/record.py``)."""
     got = {}
     for experiment, overrides in STAGES.items():
         with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
