@@ -18,18 +18,25 @@ class Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple[str, int, str]] = []
 
-    def add_figure(self, tag, fig, global_step, close):
-        self.calls.append((tag, global_step, fig.axes[0].get_title()))
+    def log_figure(self, writers, tag, fig, step):
+        self.calls.append((tag, step, fig.axes[0].get_title()))
 
 
-def run(cb: ConfusionFigures, fn: str, epochs: int, tmp_path) -> list[tuple[str, int, str]]:
+def run(cb: ConfusionFigures, fn: str, epochs: int, tmp_path, clock: list[float] | None = None
+        ) -> list[tuple[str, int, str]]:
     rec = Recorder()
     module = SimpleNamespace(confusion={"val": torch.eye(2, dtype=torch.long), "test": torch.eye(2, dtype=torch.long)},
                              class_names=["a", "b"])
-    with mock.patch.object(TensorBoardLogger, "experiment", new=property(lambda self: rec)):
+    with mock.patch.object(TensorBoardLogger, "experiment", new=property(lambda self: rec)), \
+            mock.patch("fer_lightning.engine.callbacks.log_figure", rec.log_figure), \
+            mock.patch("fer_lightning.engine.callbacks.time.monotonic", lambda: clock[-1] if clock else 1e9):
         trainer = SimpleNamespace(loggers=[TensorBoardLogger(str(tmp_path))], sanity_checking=False,
                                   state=SimpleNamespace(fn=fn), current_epoch=0, global_step=0)
+        if fn == "fit":
+            cb.on_train_start(trainer, module)
         for epoch in range(epochs):
+            if clock is not None:
+                clock.append(clock[-1] + 4.0)  # every validation 4 s after the one before
             trainer.current_epoch, trainer.global_step = epoch, 10 * (epoch + 1)
             cb.on_validation_end(trainer, module)
         if fn == "fit":
@@ -39,7 +46,7 @@ def run(cb: ConfusionFigures, fn: str, epochs: int, tmp_path) -> list[tuple[str,
 
 
 def test_every_n_epochs_and_the_last_validation_at_the_end(tmp_path):
-    calls = run(ConfusionFigures(every_n_epochs=10), "fit", 23, tmp_path)
+    calls = run(ConfusionFigures(every_n_epochs=10, every_s=0), "fit", 23, tmp_path)
     val = [(step, title) for tag, step, title in calls if tag == "val/confusion_matrix"]
     assert val == [(100, "val confusion matrix (epoch 9)"), (200, "val confusion matrix (epoch 19)"),
                    (230, "val confusion matrix (epoch 22)")]
@@ -47,10 +54,24 @@ def test_every_n_epochs_and_the_last_validation_at_the_end(tmp_path):
 
 
 def test_the_last_epoch_is_not_drawn_twice_and_one_draws_every_epoch(tmp_path):
-    calls = run(ConfusionFigures(every_n_epochs=10), "fit", 20, tmp_path)
+    calls = run(ConfusionFigures(every_n_epochs=10, every_s=0), "fit", 20, tmp_path)
     assert [s for tag, s, _ in calls if tag == "val/confusion_matrix"] == [100, 200]
-    calls = run(ConfusionFigures(every_n_epochs=1), "fit", 3, tmp_path)
+    calls = run(ConfusionFigures(every_n_epochs=1, every_s=0), "fit", 3, tmp_path)
     assert [s for tag, s, _ in calls if tag == "val/confusion_matrix"] == [10, 20, 30]
+
+
+def test_at_most_one_figure_in_every_s_seconds_and_the_last_at_the_end(tmp_path):
+    """Validations 4 s apart, every_s=10: a figure once 10 s have passed since training started or the last
+    figure (epochs 2, 5, 8), and the last validation (epoch 9) at the end; every_n_epochs still applies."""
+    calls = run(ConfusionFigures(every_n_epochs=1, every_s=10), "fit", 10, tmp_path, clock=[0.0])
+    assert [title for tag, _, title in calls if tag == "val/confusion_matrix"] == [
+        f"val confusion matrix (epoch {e})" for e in (2, 5, 8, 9)]
+    calls = run(ConfusionFigures(every_n_epochs=2, every_s=10), "fit", 10, tmp_path, clock=[0.0])
+    assert [s // 10 - 1 for tag, s, _ in calls if tag == "val/confusion_matrix"] == [3, 7, 9]  # odd epochs only
+    calls = run(ConfusionFigures(), "fit", 30, tmp_path, clock=[0.0])  # the defaults: 10 epochs, 30 s
+    assert [s // 10 - 1 for tag, s, _ in calls if tag == "val/confusion_matrix"] == [9, 19, 29]
+    with pytest.raises(FERError, match="every_s=-1"):
+        ConfusionFigures(every_s=-1)
 
 
 def test_validation_outside_training_is_always_drawn(tmp_path):

@@ -17,14 +17,8 @@ from torch import nn
 from fer_lightning.engine.callbacks import TrainingPictures
 from fer_lightning.models.deep import DeepFER
 from fer_lightning.reporting.explain import GradCAM, cam_layer
-from fer_lightning.reporting.faces import (
-    Labelled,
-    grad_cam_figure,
-    hog_figure,
-    image_grid_figure,
-    lbp_figure,
-    misclassified_figure,
-)
+from fer_lightning.reporting.faces import Labelled, grad_cam_figure, misclassified_figure
+from fer_lightning.reporting.mosaics import hog_figure, image_grid_figure, lbp_figure, mosaic, tile_at
 
 CLASSES = ["anger", "happiness", "neutral"]
 
@@ -130,28 +124,70 @@ def _faces(n=3, size=48):
     return rng.integers(0, 256, (n, size, size), dtype=np.uint8)
 
 
-def test_image_grid_titles_and_layout():
-    fig = image_grid_figure(_faces(5).astype(np.float32) / 255, ["a", "b", "c", "d", "e"], "grid", ncols=4)
-    shown = [ax for ax in fig.axes if ax.images]
-    assert len(fig.axes) == 8 and [ax.get_title() for ax in shown] == ["a", "b", "c", "d", "e"]
+def _tiles(ax, n, shape, ncols, band=0):
+    """The ``n`` tiles of the mosaic shown in ``ax``."""
+    image = ax.images[0].get_array()
+    return [np.asarray(image[tile_at(i, shape, ncols, band=band)]) for i in range(n)]
+
+
+def test_a_mosaic_puts_each_tile_where_tile_at_says_and_nothing_else():
+    tiles = np.arange(5 * 3 * 4, dtype=np.float32).reshape(5, 3, 4)
+    m = mosaic(tiles, ncols=2, gap=2, band=1)
+    assert m.shape == (3 * (1 + 3 + 2) - 2, 2 * (4 + 2) - 2)
+    for i in range(5):
+        assert np.array_equal(m[tile_at(i, (3, 4), 2, gap=2, band=1)], tiles[i])
+    assert int(np.isnan(m).sum()) == m.size - tiles.size  # the rest is background
+
+
+def test_image_grid_shows_each_image_with_its_title_above_it():
+    images = _faces(5).astype(np.float32) / 255
+    fig = image_grid_figure(images, ["a", "b", "c", "d", "e"], "grid", ncols=4)
+    (ax,) = fig.axes  # one axes, one image: the mosaic
+    band = round(0.18 * 48)
+    assert all(np.array_equal(t, im) for t, im in zip(_tiles(ax, 5, (48, 48), 4, band), images, strict=True))
+    assert [t.get_text() for t in ax.texts] == ["a", "b", "c", "d", "e"]
+    for i, text in enumerate(ax.texts):  # centred over its image, in the band above it
+        rows, cols = tile_at(i, (48, 48), 4, band=band)
+        x, y = text.get_position()
+        assert cols.start < x < cols.stop and rows.start - band <= y < rows.start
     assert fig.get_suptitle() == "grid" and fig.get_figwidth() <= 7.5
+    assert np.allclose(_tiles(image_grid_figure(_faces(2), ["a", "b"], "uint8").axes[0], 2, (48, 48), 2,
+                              band)[1], _faces(2)[1] / 255, atol=1e-7)
+
+
+@pytest.mark.parametrize("size, cell, orientations", [(48, 8, 9), (53, 6, 8), (70, 12, 12), (40, 16, 9)])
+def test_hog_glyphs_are_scikit_images_hog_picture(size, cell, orientations):
+    """The same lines and sums as ``hog(visualize=True)``, at any image size, cell size and number of bins."""
+    from fer_lightning.features.hog import hog_glyphs
+
+    faces = np.random.default_rng(size).integers(0, 256, (3, size, size + 5), dtype=np.uint8)
+    ours = hog_glyphs(torch.from_numpy(faces).unsqueeze(1), orientations, cell)
+    for face, glyphs in zip(faces, ours, strict=True):
+        _, reference = sk_hog(face, orientations, (cell, cell), (1, 1), visualize=True)
+        assert glyphs.shape == reference.shape and np.array_equal(glyphs != 0, reference != 0)
+        assert np.allclose(glyphs, reference, rtol=1e-5, atol=1e-9)
 
 
 def test_hog_and_lbp_figures_show_the_descriptors():
     faces = _faces(2)
     cfg = {"orientations": 9, "pixels_per_cell": 8, "cells_per_block": 2, "block_norm": "L2-Hys"}
-    fig = hog_figure(faces, cfg)
+    (ax,) = hog_figure(faces, cfg).axes
+    shown = _tiles(ax, 4, (48, 48), 2)  # row 1: the faces, row 2: their HOG glyphs
     for i, face in enumerate(faces):
+        assert np.allclose(shown[i], face / 255, atol=1e-7)
         _, glyphs = sk_hog(face, 9, (8, 8), (2, 2), "L2-Hys", visualize=True)
-        assert np.array_equal(fig.axes[2 + i].images[0].get_array(), glyphs)  # row 2: the HOG glyphs
+        expected = np.clip(glyphs / np.percentile(glyphs, 99.5), 0, 1)  # scaled to each face's 99.5th percentile
+        assert np.allclose(shown[2 + i], expected, atol=1e-5)
     fig = lbp_figure(faces, {"P": 8, "R": 1.0, "grid": [4, 4]})
-    axes = fig.axes[:6]  # 3 rows x 2 faces, then the colour bars
+    face_ax, code_ax, hist_ax = fig.axes[:3]  # then the two colour bars
+    assert len(fig.axes) == 5
     for i, face in enumerate(faces):
-        codes = axes[2 + i].images[0].get_array()
-        assert np.array_equal(codes, local_binary_pattern(face, 8, 1, "uniform"))
-        hists = axes[4 + i].images[0].get_array()
-        assert hists.shape == (16, 10) and np.allclose(hists.sum(1), 1.0)
-        assert len(axes[2 + i].lines) == 6  # the 4x4 cell grid: 3 + 3 lines
+        assert np.allclose(_tiles(face_ax, 2, (48, 48), 2)[i], face / 255, atol=1e-7)
+        assert np.array_equal(_tiles(code_ax, 2, (48, 48), 2)[i], local_binary_pattern(face, 8, 1, "uniform"))
+        hists = _tiles(hist_ax, 2, (16, 48), 2)[i]  # 16 cells x 10 codes, each code's column widened to 48
+        assert np.allclose(hists[:, ::5].sum(1), 1.0) and len(np.unique(hists[0, :5])) == 1
+    (cells,) = code_ax.collections  # the 4x4 cell grid of each face: 3 + 3 lines
+    assert len(cells.get_segments()) == 12
 
 
 def test_misclassified_and_grad_cam_figures_are_labelled():
@@ -205,14 +241,13 @@ def test_callback_logs_what_the_model_sees_without_moving_the_random_streams(tmp
     assert torch.equal(before.states[0], after.states[0])
     figs = seen["figs"]
     assert set(figs) == {"pictures/augmented_batch", "pictures/hog", "pictures/lbp"}
-    grid = figs["pictures/augmented_batch"]
-    shown = [ax for ax in grid.axes if ax.images]
-    assert len(shown) == 6 and all(ax.get_title() in dm.class_names for ax in shown)
-    pixels = np.stack([ax.images[0].get_array() for ax in shown])
-    assert pixels.dtype == np.float32 and 0 <= pixels.min() and pixels.max() <= 1 and pixels.shape[1:] == (64, 64)
+    (grid,) = figs["pictures/augmented_batch"].axes
+    assert len(grid.texts) == 6 and all(t.get_text() in dm.class_names for t in grid.texts)
+    pixels = np.stack(_tiles(grid, 6, (64, 64), 6, band=round(0.18 * 64)))
+    assert 0 <= pixels.min() and pixels.max() <= 1 and not np.isnan(pixels).any()
     stored = dm.decoded.images[:, 0].float().numpy() / 255
     assert not any(np.allclose(p, s, atol=1e-3) for p in pixels for s in stored)  # augmented, not stored ones
-    assert len([ax for ax in figs["pictures/hog"].axes if ax.images]) == 4  # 2 faces, 2 rows
+    assert figs["pictures/hog"].axes[0].images[0].get_array().shape == (2 * 64 + 4, 2 * 64 + 4)  # 2 faces, 2 rows
     events = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
     events.Reload()
     assert {"pictures/augmented_batch", "pictures/hog", "pictures/lbp"} <= set(events.Tags()["images"])

@@ -48,7 +48,8 @@ class FERDataModule(pl.LightningDataModule):
     """Any supported dataset with the paper's split, leave-one-subject-out, subject k-fold or its own split.
 
     Batches hold ``image`` as uint8 on the loader side; :meth:`on_after_batch_transfer` turns them into float
-    ``(B, 1, S, S)`` in ``[0, 1]`` on the target device and augments them there during training.
+    ``(B, 1, S, S)`` in ``[0, 1]`` on the target device and augments them there during training (for a model that
+    reads images: a head on stored features gets them as stored).
 
     Args:
         source: the dataset's on-disk format with its options (:mod:`fer_lightning.data.sources`).
@@ -314,16 +315,17 @@ class FERDataModule(pl.LightningDataModule):
     # ------------------------------------------------------------ on device
     def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, Any]:
         """The batch's images as float in ``[0, 1]``, augmented when training. A model whose ``reads_images`` is
-        False (a head on stored features) never sees them: only the augmentation's random draws are made
-        (:meth:`~fer_lightning.data.augment.FaceAugment.draw`), so every number is what the full augmentation gives."""
+        False (a head on stored features) never sees them: they stay uint8 as stored, and in training only the
+        augmentation's random draws are made (:meth:`~fer_lightning.data.augment.FaceAugment.draw`), so every number
+        is what the full augmentation gives."""
+        training = self.trainer is not None and self.trainer.training
+        model = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
+        if not getattr(model, "reads_images", True) and hasattr(self.augment, "draw"):
+            if training:
+                self.augment.draw(batch["image"])  # its shape is all a draw reads
+            return batch
         x = to_unit(batch["image"])
-        if self.trainer is not None and self.trainer.training:
-            model = getattr(self.trainer, "lightning_module", None)
-            if getattr(model, "reads_images", True) or not hasattr(self.augment, "draw"):
-                x = self.augment(x)
-            else:
-                self.augment.draw(x)
-        batch["image"] = x
+        batch["image"] = self.augment(x) if training else x
         return batch
 
 

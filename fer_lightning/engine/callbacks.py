@@ -16,11 +16,11 @@ import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from fer_lightning.engine.drawing import Drawing
+from fer_lightning.engine.drawing import Drawing, log_figure
 from fer_lightning.errors import FERError
-from fer_lightning.features.extractor import HandcraftedFeatures, resize_uint8
-from fer_lightning.reporting.faces import hog_figure, image_grid_figure, lbp_figure
+from fer_lightning.features.extractor import HandcraftedFeatures, resize_uint8, to_unit
 from fer_lightning.reporting.figures import confusion_matrix_figure, redraw_confusion_matrix_figure
+from fer_lightning.reporting.mosaics import hog_figure, image_grid_figure, lbp_figure
 from fer_lightning.runs.checkpoints import FITTED_KEY
 
 log = logging.getLogger(__name__)
@@ -191,8 +191,7 @@ class TrainingPictures(Callback):
 
     def _log(self, parts: dict[str, Any], writers: list[Any], step: int) -> None:
         for tag, fig in self.draw(parts).items():
-            for w in writers:
-                w.add_figure(tag, fig, global_step=step, close=False)
+            log_figure(writers, tag, fig, step)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._drawing.wait()
@@ -214,7 +213,7 @@ class TrainingPictures(Callback):
             seen = trainer.strategy.batch_to_device(batch, dataloader_idx=0)["image"]  # augmented, on the device
             augment = getattr(trainer.datamodule, "augment", None)
             if not getattr(pl_module, "reads_images", True) and augment is not None:
-                seen = augment(seen)  # a head on stored features: what its augmented copies were made with
+                seen = augment(to_unit(seen))  # a head on stored features: what its augmented copies were made with
         names = getattr(pl_module, "class_names", None)
         titles = [names[int(t)] if names else str(int(t)) for t in batch["label"]]
         out = {"pictures/augmented_batch": (image_grid_figure, seen[:, 0].float().cpu().numpy(), titles,
@@ -247,21 +246,28 @@ class TrainingPictures(Callback):
 
 
 class ConfusionFigures(Callback):
-    """Logs the model's validation confusion matrix every ``every_n_epochs`` epochs and at the end of training
-    (the last validation's, when it was not drawn), and the test's (``val/confusion_matrix``,
-    ``test/confusion_matrix``), as a figure to every TensorBoard logger, drawn on a background thread
-    (:class:`Drawing`; the ends of training and testing wait for them). The model computes the matrix
-    (``pl_module.confusion[stage]``); nothing is drawn without a TensorBoard logger. Drawing a figure costs about
-    0.1-0.3 s on a CPU, more than an epoch of a head on fixed features: hence not every epoch by default.
+    """Logs the model's validation confusion matrix every ``every_n_epochs`` epochs, at most once in ``every_s``
+    seconds, and at the end of training (the last validation's, when it was not drawn), and the test's
+    (``val/confusion_matrix``, ``test/confusion_matrix``), as a figure to every TensorBoard logger, drawn on a
+    background thread (:class:`Drawing`; the ends of training and testing wait for them). The model computes the
+    matrix (``pl_module.confusion[stage]``); nothing is drawn without a TensorBoard logger. Drawing a figure costs
+    about 0.1 s of CPU, more than an epoch of a head on fixed features: hence neither every epoch nor, for a
+    training of seconds, more than the last one.
 
     Args:
         every_n_epochs: draw the validation matrix of epochs ``n-1, 2n-1, ...``; 1: every epoch.
+        every_s: and only when this many seconds have passed since training started or the last one was drawn;
+            0: every ``every_n_epochs`` epochs whatever the time.
     """
 
-    def __init__(self, every_n_epochs: int = 10) -> None:
-        if int(every_n_epochs) < 1:
+    def __init__(self, every_n_epochs: int = 10, every_s: float = 30.0) -> None:
+        if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
             raise FERError(f"callbacks.confusion_figures.every_n_epochs={every_n_epochs}: give a whole number >= 1")
-        self.every_n_epochs = int(every_n_epochs)
+        if isinstance(every_s, bool) or not isinstance(every_s, int | float) or every_s < 0:
+            raise FERError(f"callbacks.confusion_figures.every_s={every_s}: give 0 (every every_n_epochs epochs) or "
+                           "a number of seconds between two figures")
+        self.every_n_epochs, self.every_s = every_n_epochs, float(every_s)
+        self._drawn_at = time.monotonic()
         self._undrawn: tuple[int, int] | None = None  # (epoch, global step) of a validation not drawn yet
         self._figures: dict[str, Any] = {}  # stage -> its figure, redrawn for the next matrix (on the drawing thread)
         self._drawing = Drawing()
@@ -269,6 +275,9 @@ class ConfusionFigures(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._drawing.wait()
         self._figures = {}  # a model's classes
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._drawn_at = time.monotonic()
 
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str, epoch: int, step: int) -> None:
         writers = [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
@@ -284,16 +293,17 @@ class ConfusionFigures(Callback):
             fig = self._figures[stage] = confusion_matrix_figure(cm, class_names, title)
         else:
             redraw_confusion_matrix_figure(fig, cm, title)
-        for w in writers:
-            w.add_figure(f"{stage}/confusion_matrix", fig, global_step=step, close=False)
+        log_figure(writers, f"{stage}/confusion_matrix", fig, step)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         epoch, step = trainer.current_epoch, trainer.global_step
-        if trainer.state.fn != "fit" or (epoch + 1) % self.every_n_epochs == 0:
+        due = (epoch + 1) % self.every_n_epochs == 0 and time.monotonic() - self._drawn_at >= self.every_s
+        if trainer.state.fn != "fit" or due:
             self._log(trainer, pl_module, "val", epoch, step)
             self._undrawn = None
+            self._drawn_at = time.monotonic()
         else:
             self._undrawn = (epoch, step)
 

@@ -1,5 +1,5 @@
 """Figures drawn on a background thread while training goes on (:class:`Drawing`), for the callbacks that log
-TensorBoard pictures and confusion figures."""
+TensorBoard pictures and confusion figures, and logged as images (:func:`log_figure`)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
+
+import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -54,3 +56,15 @@ class Drawing:
                 if raise_errors:
                     raise
                 log.warning("a TensorBoard figure was not drawn: %s", err)
+
+
+def log_figure(writers: list[Any], tag: str, fig: Any, step: int) -> None:
+    """Log a matplotlib figure to every TensorBoard writer (``SummaryWriter.add_image``): rendered once, with Agg
+    and without pyplot (``add_figure`` renders it once per writer and goes through pyplot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    rgb = np.asarray(canvas.buffer_rgba())[..., :3]
+    for w in writers:
+        w.add_image(tag, rgb, global_step=step, dataformats="HWC")

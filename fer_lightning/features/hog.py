@@ -214,3 +214,50 @@ class HOG(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return hog(x, self.orientations, self.pixels_per_cell, self.cells_per_block, self.block_norm)
+
+
+def hog_glyphs(x: torch.Tensor, orientations: int = 9, pixels_per_cell: int = 8) -> np.ndarray:
+    """What each image's HOG holds, as a picture: scikit-image's ``hog(visualize=True)`` image, drawn at once.
+
+    In every cell, one line through its centre per orientation bin (perpendicular to the bin's mid gradient
+    direction, ``pixels_per_cell // 2 - 1`` pixels either side), as bright as that bin's gradient-magnitude sum per
+    pixel of the cell (before block normalisation). The same lines and sums as scikit-image, added in its order;
+    the sums are this module's (float32 rounding apart, scikit-image's).
+
+    Shape:
+        - Input: :math:`(B, 1, H, W)` uint8 or float.
+        - Output: :math:`(B, H, W)` float64 numpy.
+
+    Examples:
+        >>> from skimage.feature import hog as sk_hog
+        >>> x = torch.randint(0, 256, (1, 1, 32, 40), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+        >>> _, reference = sk_hog(x[0, 0].numpy(), 9, (8, 8), (2, 2), visualize=True)
+        >>> bool(np.allclose(hog_glyphs(x)[0], reference, rtol=1e-5, atol=1e-9))
+        True
+    """
+    from skimage.draw import line
+
+    if x.ndim != 4 or x.shape[1] != 1:
+        raise ValueError(f"hog_glyphs expects (B, 1, H, W) grey images, got {tuple(x.shape)}")
+    cell = int(pixels_per_cell)
+    hist = _cell_histograms(x[:, 0], orientations, cell).double().cpu().numpy()  # (B, n_r, n_c, O)
+    b, n_r, n_c, _ = hist.shape
+    out = np.zeros((b, *x.shape[-2:]))
+    radius = cell // 2 - 1
+    middle = np.pi * (np.arange(orientations) + 0.5) / orientations  # scikit-image's float64 arithmetic, per centre
+    rows, cols = np.arange(n_r) * cell + cell // 2, np.arange(n_c) * cell + cell // 2
+    for o in range(orientations):
+        dr, dc = radius * np.sin(middle[o]), radius * np.cos(middle[o])
+        # the line's two ends relative to each cell's centre (the same for nearly every cell: grouped)
+        row_ends = np.stack([np.trunc(rows - dc), np.trunc(rows + dc)], 1).astype(int) - rows[:, None]
+        col_ends = np.stack([np.trunc(cols + dr), np.trunc(cols - dr)], 1).astype(int) - cols[:, None]
+        for r_end in np.unique(row_ends, axis=0):
+            r_sel = np.flatnonzero((row_ends == r_end).all(1))
+            for c_end in np.unique(col_ends, axis=0):
+                c_sel = np.flatnonzero((col_ends == c_end).all(1))
+                rr, cc = line(int(r_end[0]), int(c_end[0]), int(r_end[1]), int(c_end[1]))
+                at_r = rows[r_sel][:, None, None] + rr  # (cells' rows, 1, pixels)
+                at_c = cols[c_sel][None, :, None] + cc  # (1, cells' columns, pixels)
+                sums = hist[:, r_sel][:, :, c_sel, o][..., None]  # (B, rows, columns, 1)
+                out[:, at_r, at_c] += sums
+    return out

@@ -102,6 +102,18 @@ def atomic_write_bytes(dest: str | Path, data: bytes) -> None:
     atomic_write(dest, write)
 
 
+def atomic_torch_save(dest: str | Path, obj: Any) -> None:
+    """``torch.save(obj)`` to ``dest`` as :func:`atomic_write` writes files, serialised straight into the file (no
+    copy of it in memory: a checkpoint's fitted layers can be 100 MB)."""
+    import torch
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+
+    atomic_write(dest, write)
+
+
 def atomic_write_text(dest: str | Path, text: str) -> None:
     atomic_write_bytes(dest, escape_surrogates(text).encode("utf-8"))
 

@@ -1,4 +1,5 @@
-"""Labelled figures of faces: image grids, HOG and LBP visualisations, misclassified images, Grad-CAM overlays.
+"""Labelled figures of faces for the report: misclassified images and Grad-CAM overlays (the training pictures of
+many faces are in :mod:`~fer_lightning.reporting.mosaics`).
 
 Every builder returns a :class:`matplotlib.figure.Figure` made without pyplot (no global figure state, no backend
 switch), sized for a printed page (at most 7.5 inches wide, text of 7 points or more at 150 dpi). Images are
@@ -12,15 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import matplotlib
 import numpy as np
-import torch
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
-
-from fer_lightning.features.lbp import grid_edges, lbp_codes, lbp_histograms
 
 PAGE_WIDTH = 7.5  # inches
 DPI = 150
@@ -39,95 +36,6 @@ def short_names(class_names: Sequence[str]) -> list[str]:
     """Three-letter class labels for tight axes (the full names when three letters are ambiguous)."""
     short = [c[:3] for c in class_names]
     return short if len(set(short)) == len(short) else list(class_names)
-
-
-def image_grid_figure(images: np.ndarray, titles: Sequence[str], title: str, ncols: int = 8) -> Figure:
-    """A grid of grey images, each titled (e.g. with its label)."""
-    n = len(images)
-    ncols = max(1, min(ncols, n))
-    nrows = max(1, math.ceil(n / ncols))
-    side = PAGE_WIDTH / ncols
-    fig = Figure(figsize=(PAGE_WIDTH, side * nrows + 0.45), dpi=DPI, layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        if i < n:
-            _grey(ax, images[i])
-            ax.set_title(titles[i], fontsize=7, pad=2)
-        else:
-            ax.axis("off")
-    fig.suptitle(title, fontsize=9)
-    return fig
-
-
-def hog_figure(faces: np.ndarray, cfg: dict[str, Any], title: str = "") -> Figure:
-    """Each face and its HOG: per cell, one line per orientation bin, as bright as that bin's gradient-magnitude
-    sum (scikit-image's ``hog(visualize=True)``, the reference the project's HOG equals). ``cfg``: the HOG
-    settings (``orientations``, ``pixels_per_cell``, ``cells_per_block``, ``block_norm``)."""
-    from skimage.feature import hog
-
-    n = len(faces)
-    col = min(1.8, PAGE_WIDTH / n)
-    fig = Figure(figsize=(col * n, 2 * col + 0.5), dpi=DPI, layout="constrained")
-    axes = fig.subplots(2, n, squeeze=False)
-    ppc, cpb = int(cfg["pixels_per_cell"]), int(cfg["cells_per_block"])
-    for i, face in enumerate(faces):
-        _, glyphs = hog(np.asarray(face), orientations=int(cfg["orientations"]), pixels_per_cell=(ppc, ppc),
-                        cells_per_block=(cpb, cpb), block_norm=cfg["block_norm"], visualize=True)
-        _grey(axes[0, i], face)
-        axes[1, i].imshow(glyphs, cmap="gray", vmin=0, vmax=max(float(np.percentile(glyphs, 99.5)), 1e-12))
-        axes[1, i].set_xticks([])
-        axes[1, i].set_yticks([])
-    axes[0, 0].set_ylabel("face", fontsize=8)
-    axes[1, 0].set_ylabel("HOG", fontsize=8)
-    fig.suptitle(title or f"HOG: {cfg['orientations']} orientations, {ppc}x{ppc}-pixel cells, "
-                 f"{faces.shape[-1]} px", fontsize=9)
-    return fig
-
-
-def lbp_figure(faces: np.ndarray, cfg: dict[str, Any], title: str = "") -> Figure:
-    """Each face, its uniform LBP code map (codes ``0..P``: the number of brighter-or-equal neighbours of a
-    uniform pattern; ``P + 1``: non-uniform) with the histogram cells drawn, and its per-cell code histograms
-    (rows: cells in row-major order, columns: codes), as the descriptor holds them. Computed with the project's
-    LBP. ``cfg``: ``P``, ``R``, ``grid``."""
-    P, R, grid = int(cfg["P"]), float(cfg["R"]), tuple(int(g) for g in cfg["grid"])
-    n_codes = P + 2
-    x = torch.as_tensor(np.asarray(faces)).unsqueeze(1)
-    codes = lbp_codes(x, P, R)
-    hists = lbp_histograms(codes, n_codes, grid).view(len(faces), grid[0] * grid[1], n_codes).numpy()
-    codes = codes[:, 0].numpy()
-    h, w = codes.shape[-2:]
-    n = len(faces)
-    col = min(1.8, PAGE_WIDTH / (n + 0.3))
-    fig = Figure(figsize=(col * n + 0.9, 3 * col + 0.6), dpi=DPI, layout="constrained")
-    axes = fig.subplots(3, n, squeeze=False)
-    cmap = matplotlib.colormaps["tab10" if n_codes <= 10 else "viridis"].resampled(n_codes)
-    for i in range(n):
-        _grey(axes[0, i], faces[i])
-        im = axes[1, i].imshow(codes[i], cmap=cmap, vmin=-0.5, vmax=n_codes - 0.5, interpolation="nearest")
-        for e in grid_edges(h, grid[0])[1:-1]:
-            axes[1, i].axhline(e - 0.5, color="white", lw=0.5)
-        for e in grid_edges(w, grid[1])[1:-1]:
-            axes[1, i].axvline(e - 0.5, color="white", lw=0.5)
-        axes[1, i].set_xticks([])
-        axes[1, i].set_yticks([])
-        hm = axes[2, i].imshow(hists[i], cmap="magma", aspect="auto", vmin=0, vmax=float(hists.max()),
-                               interpolation="nearest")
-        axes[2, i].set_xticks(range(0, n_codes, max(1, n_codes // 5)))
-        axes[2, i].tick_params(labelsize=7)
-        axes[2, i].set_xlabel("code", fontsize=7)
-        if i:
-            axes[2, i].set_yticks([])
-    axes[0, 0].set_ylabel("face", fontsize=8)
-    axes[1, 0].set_ylabel(f"codes, {grid[0]}x{grid[1]} cells", fontsize=8)
-    axes[2, 0].set_ylabel("cell", fontsize=8)
-    cb = fig.colorbar(im, ax=axes[1, :].tolist(), ticks=range(n_codes), fraction=0.05, pad=0.02)
-    cb.ax.set_yticklabels([str(c) for c in range(P + 1)] + ["non-unif."], fontsize=6)
-    cb.set_label("uniform LBP code", fontsize=7)
-    cb2 = fig.colorbar(hm, ax=axes[2, :].tolist(), fraction=0.05, pad=0.02)
-    cb2.ax.tick_params(labelsize=6)
-    cb2.set_label("fraction of the cell", fontsize=7)
-    fig.suptitle(title or f"Uniform LBP (P={P}, R={R:g}), {w} px", fontsize=9)
-    return fig
 
 
 @dataclass

@@ -16,7 +16,6 @@ with its fitted layers in ``state_dict``, loads as it always did.
 from __future__ import annotations
 
 import hashlib
-import io
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ import torch
 from lightning_fabric.plugins import CheckpointIO
 
 from fer_lightning.errors import FERError
-from fer_lightning.io.atomic import atomic_write_bytes
+from fer_lightning.io.atomic import atomic_torch_save
 from fer_lightning.runs.folder import RunFolder
 
 FORMAT_KEY = "fer_lightning"
@@ -45,7 +44,7 @@ def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous().reshape(-1)
         h.update(f"{name}|{t.dtype}|{tuple(tensors[name].shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes())
+        h.update(t.view(torch.uint8).numpy())  # its bytes where they are (no copy)
     return h.hexdigest()[:16]
 
 
@@ -57,9 +56,7 @@ def write_fitted(checkpoint: dict[str, Any], path: str | Path) -> dict[str, Any]
         return checkpoint
     target = RunFolder.fitted_file(Path(path).parent, fitted["digest"])
     if not target.is_file():
-        buffer = io.BytesIO()
-        torch.save(fitted["tensors"], buffer)
-        atomic_write_bytes(target, buffer.getvalue())
+        atomic_torch_save(target, fitted["tensors"])
     out = {k: v for k, v in checkpoint.items() if k != FITTED_KEY}
     out[FORMAT_KEY] = {**checkpoint[FORMAT_KEY], "fitted": {"file": target.name, "digest": fitted["digest"]}}
     return out
@@ -155,9 +152,7 @@ class CheckedCheckpointIO(CheckpointIO):
         if "://" in str(path):
             self.inner.save_checkpoint(checkpoint, path, storage_options=storage_options)
             return
-        buffer = io.BytesIO()  # serialised first (as Lightning does): the file write is then the only thing to fail
-        torch.save(write_fitted(checkpoint, path), buffer)
-        atomic_write_bytes(path, buffer.getvalue())
+        atomic_torch_save(path, write_fitted(checkpoint, path))
 
     def remove_checkpoint(self, path: Any) -> None:
         self.inner.remove_checkpoint(path)
