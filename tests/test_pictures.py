@@ -168,6 +168,16 @@ def test_hog_glyphs_are_scikit_images_hog_picture(size, cell, orientations):
         assert np.allclose(glyphs, reference, rtol=1e-5, atol=1e-9)
 
 
+def test_images_larger_than_the_grid_shows_are_shrunk_keeping_their_aspect():
+    big = np.full((3, 600, 300), 0.25, np.float32)  # 3 images: each at most about 190 px wide in the figure
+    (ax,) = image_grid_figure(big, ["a", "b", "c"], "big", ncols=3).axes
+    m = ax.images[0].get_array()
+    data = ~np.isnan(np.asarray(m))
+    rows, cols = data.any(1).sum(), data.any(0).sum() // 3  # one row of 3 tiles
+    assert rows < 600 and rows == 2 * cols and data.sum() == 3 * rows * cols
+    assert np.allclose(np.asarray(m)[data], 0.25)  # shrunk, not changed
+
+
 def test_hog_and_lbp_figures_show_the_descriptors():
     faces = _faces(2)
     cfg = {"orientations": 9, "pixels_per_cell": 8, "cells_per_block": 2, "block_norm": "L2-Hys"}

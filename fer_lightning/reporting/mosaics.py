@@ -87,12 +87,14 @@ def _row_label(ax: Any, text: str, y: float = 0.5) -> None:
 
 
 def _at_most(images: np.ndarray, side: int) -> np.ndarray:
-    """Square images larger than ``side`` pixels shrunk to it (area-weighted): what a figure shows of them anyway,
-    at a fraction of the pixels to colour and resample."""
-    if images.shape[-1] <= side:
+    """Images whose longer side is over ``side`` pixels shrunk to it (antialiased, the aspect kept): what a figure
+    shows of them anyway, at a fraction of the pixels to colour and resample."""
+    h, w = images.shape[-2:]
+    if max(h, w) <= side:
         return images
+    size = (max(1, round(h * side / max(h, w))), max(1, round(w * side / max(h, w))))
     x = torch.as_tensor(np.ascontiguousarray(images), dtype=torch.float32).unsqueeze(1)
-    return torch.nn.functional.interpolate(x, size=(side, side), mode="bilinear", antialias=True)[:, 0].numpy()
+    return torch.nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True)[:, 0].numpy()
 
 
 def image_grid_figure(images: np.ndarray, titles: Sequence[str], title: str, ncols: int = 8) -> Figure:
@@ -147,7 +149,7 @@ def lbp_figure(faces: np.ndarray, cfg: dict[str, Any], title: str = "") -> Figur
     h, w = codes.shape[-2:]
     col = min(1.8, (PAGE_WIDTH - LEFT_IN - 0.9) / n)
     width = col * n + LEFT_IN + 0.9
-    fig, axes = _figure(width, [col * h / w * 1.0, col * h / w, col * 0.9], right=0.9)
+    fig, axes = _figure(width, [col * h / w, col * h / w, col * 0.9], right=0.9)
     _show(axes[0], mosaic(_unit(faces), n), "gray", 0.0, 1.0)
     cmap = matplotlib.colormaps["tab10" if n_codes <= 10 else "viridis"].resampled(n_codes)
     _show(axes[1], mosaic(codes, n), cmap, -0.5, n_codes - 0.5)
