@@ -70,11 +70,12 @@ def _show(ax: Any, image: np.ndarray, cmap: str | Colormap, vmin: float, vmax: f
     ax.set_axis_off()
 
 
-def _figure(width: float, heights: Sequence[float], right: float = 0.05) -> tuple[Figure, list[Any]]:
-    """A figure ``width`` inches wide with one axes per row of ``heights`` inches (top to bottom), the title above
-    them, row labels left of them and ``right`` inches to their right."""
+def _figure(title: str, width: float, heights: Sequence[float], right: float = 0.05) -> tuple[Figure, list[Any]]:
+    """A figure ``width`` inches wide with one axes per row of ``heights`` inches (top to bottom), ``title`` above
+    them, room for row labels left of them and ``right`` inches to their right."""
     total = sum(heights) + TITLE_IN + 0.05
     fig = Figure(figsize=(width, total), dpi=DPI)
+    fig.suptitle(title, fontsize=9, y=1 - 0.08 / total, va="top")
     axes, top = [], total - TITLE_IN
     for h in heights:
         top -= h
@@ -107,12 +108,11 @@ def image_grid_figure(images: np.ndarray, titles: Sequence[str], title: str, nco
     h, w = images.shape[1:]
     band = max(1, round(LABEL_BAND * h))
     m = mosaic(images, ncols, GAP, band)
-    fig, (ax,) = _figure(width, [(width - LEFT_IN - 0.05) * m.shape[0] / m.shape[1]])
+    fig, (ax,) = _figure(title, width, [(width - LEFT_IN - 0.05) * m.shape[0] / m.shape[1]])
     _show(ax, m, "gray", 0.0, 1.0)
     for i, text in enumerate(titles):
         rows, cols = tile_at(i, (h, w), ncols, GAP, band)
         ax.text((cols.start + cols.stop - 1) / 2, rows.start - 1, text, ha="center", va="bottom", fontsize=7)
-    fig.suptitle(title, fontsize=9, y=1 - 0.08 / fig.get_figheight(), va="top")
     return fig
 
 
@@ -126,12 +126,11 @@ def hog_figure(faces: np.ndarray, cfg: dict[str, Any], title: str = "") -> Figur
     top = np.maximum(np.percentile(glyphs.reshape(n, -1), 99.5, axis=1), 1e-12)
     m = mosaic(np.concatenate([_unit(faces), np.clip(glyphs / top[:, None, None], 0, 1)]), n)
     col = min(1.8, (PAGE_WIDTH - LEFT_IN) / n)
-    fig, (ax,) = _figure(col * n + LEFT_IN + 0.05, [col * n * m.shape[0] / m.shape[1]])
+    title = title or f"HOG: {cfg['orientations']} orientations, {ppc}x{ppc}-pixel cells, {faces.shape[-1]} px"
+    fig, (ax,) = _figure(title, col * n + LEFT_IN + 0.05, [col * n * m.shape[0] / m.shape[1]])
     _show(ax, m, "gray", 0.0, 1.0)
     _row_label(ax, "face", 0.75)
     _row_label(ax, "HOG", 0.25)
-    fig.suptitle(title or f"HOG: {cfg['orientations']} orientations, {ppc}x{ppc}-pixel cells, "
-                 f"{faces.shape[-1]} px", fontsize=9, y=1 - 0.08 / fig.get_figheight(), va="top")
     return fig
 
 
@@ -149,7 +148,8 @@ def lbp_figure(faces: np.ndarray, cfg: dict[str, Any], title: str = "") -> Figur
     h, w = codes.shape[-2:]
     col = min(1.8, (PAGE_WIDTH - LEFT_IN - 0.9) / n)
     width = col * n + LEFT_IN + 0.9
-    fig, axes = _figure(width, [col * h / w, col * h / w, col * 0.9], right=0.9)
+    title = title or f"Uniform LBP (P={P}, R={R:g}), {w} px"
+    fig, axes = _figure(title, width, [col * h / w, col * h / w, col * 0.9], right=0.9)
     _show(axes[0], mosaic(_unit(faces), n), "gray", 0.0, 1.0)
     cmap = matplotlib.colormaps["tab10" if n_codes <= 10 else "viridis"].resampled(n_codes)
     _show(axes[1], mosaic(codes, n), cmap, -0.5, n_codes - 0.5)
@@ -175,6 +175,4 @@ def lbp_figure(faces: np.ndarray, cfg: dict[str, Any], title: str = "") -> Figur
         cb.set_label(label, fontsize=7)
         if label.startswith("uniform"):
             cb.set_ticks(range(n_codes), labels=[str(c) for c in range(P + 1)] + ["non-unif."])
-    fig.suptitle(title or f"Uniform LBP (P={P}, R={R:g}), {w} px", fontsize=9, y=1 - 0.08 / fig.get_figheight(),
-                 va="top")
     return fig
