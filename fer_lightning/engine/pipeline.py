@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fer_lightning.engine.build import model_needs
 from fer_lightning.engine.checks import check_config
+from fer_lightning.engine.parallel import Results, Unit, check_workers, run_units
 from fer_lightning.engine.training import train
 from fer_lightning.errors import FERError
 from fer_lightning.models.late_fusion import crossfit_folds
@@ -111,64 +112,111 @@ def _best(result: dict[str, Any], stage_dir: Path) -> str:
     return result.get("best_checkpoint") or str(RunFolder(stage_dir).last_checkpoint)
 
 
-def out_of_fold_runs(cfg: DictConfig, stage: str, folds: int, out: Path) -> list[str]:
-    """Train a stage (same config, recipe and seed) ``folds`` times, each time without one inner fold of the
-    training images (``data.inner_folds``), in ``<job>/<stage>_oof<folds>/fold<i>/``; returns their best
-    checkpoints: the deep stage's give a hybrid out-of-fold features, any member's give a late fusion
-    out-of-fold predictions (cross-fitted weights)."""
-    ckpts = []
-    for i in range(folds):
+def _oof_unit(cfg: DictConfig, stage: str, folds: int, i: int, out: Path) -> Unit:
+    """Stage ``stage`` (same config, recipe and seed) trained without inner fold ``i`` of ``folds`` of the
+    training images (``data.inner_folds``), in ``<job>/<stage>_oof<folds>/fold<i>/``: the deep stage's give a
+    hybrid out-of-fold features, any member's give a late fusion out-of-fold predictions (cross-fitted weights)."""
+
+    def config(_: Results) -> DictConfig:
         stage_cfg = _stage_config(cfg, stage, out)
         with open_dict(stage_cfg):
             stage_cfg.data.inner_folds = folds
             stage_cfg.data.inner_fold = i
             stage_cfg.variant = f"{stage}_oof"
             stage_cfg.paths.output_dir = str(out / f"{stage}_oof{folds}" / f"fold{i}")
-        log.info("pipeline: %s on inner fold %d of %d", stage, i + 1, folds)
-        ckpts.append(_best(_train_stage(stage_cfg), Path(stage_cfg.paths.output_dir)))
-    return ckpts
+        return stage_cfg
+
+    return Unit(_oof_key(stage, folds, i), (), config, f"{stage} on inner fold {i + 1} of {folds}",
+                _fine_tunes(cfg.pipeline.models[stage]) * (folds - 1) / folds)
+
+
+def _oof_key(stage: str, folds: int, i: int) -> str:
+    return f"{stage}_oof{folds}/fold{i}"
+
+
+def _fine_tunes(model_cfg: DictConfig) -> float:
+    """1 for a model that fine-tunes a CNN, else 0 (:attr:`Unit.length`)."""
+    return float((model_cfg.get("backbone") or {}).get("trainable", False))
+
+
+def _units(cfg: DictConfig, plan: dict[str, dict[str, Any]], out: Path) -> list[Unit]:
+    """The pipeline's trainings in its order, each after what it needs: every stage, preceded by the inner-fold
+    runs it needs and that no earlier stage needed (shared by every stage with the same k)."""
+    units: list[Unit] = []
+    keys: set[str] = set()
+
+    def inner_folds(source: str, k: int) -> list[str]:
+        folds = [_oof_key(source, k, i) for i in range(k)]
+        for i, key in enumerate(folds):
+            if key not in keys:
+                units.append(_oof_unit(cfg, source, k, i, out))
+                keys.add(key)
+        return folds
+
+    for n, (stage, needs) in enumerate(plan.items(), start=1):
+        after: list[str] = []
+        backbone_oof: list[str] = []
+        crossfit: dict[str, list[str]] = {}
+        if source := needs["backbone_from"]:
+            after.append(source)
+            if k := int(cfg.pipeline.models[stage].get("backbone", {}).get("oof_folds") or 0):
+                backbone_oof = inner_folds(source, k)
+        after += needs["members"]
+        if k := needs["crossfit"]:
+            crossfit = {m: inner_folds(m, k) for m in needs["members"]}
+        after += backbone_oof + [key for folds in crossfit.values() for key in folds]
+        units.append(Unit(stage, tuple(after), _stage_with(cfg, stage, needs, out, backbone_oof, crossfit),
+                          f"stage {stage} ({n} of {len(plan)})", _fine_tunes(cfg.pipeline.models[stage])))
+        keys.add(stage)
+    return units
+
+
+def _stage_with(cfg: DictConfig, stage: str, needs: dict[str, Any], out: Path, backbone_oof: list[str],
+                crossfit: dict[str, list[str]]):
+    """The config of ``stage`` given the results of what it needs: the fine-tuned backbone it fuses (and the
+    out-of-fold ones), the best checkpoints of the stages it combines (and of their inner-fold runs)."""
+
+    def config(results: Results) -> DictConfig:
+        def best(key: str) -> str:
+            return _best(results[key], out / key)
+
+        stage_cfg = _stage_config(cfg, stage, out)
+        with open_dict(stage_cfg):
+            if source := needs["backbone_from"]:
+                stage_cfg.model.backbone.checkpoint = best(source)
+                log.info("pipeline: %s uses the fine-tuned backbone of %s", stage, stage_cfg.model.backbone.checkpoint)
+                if backbone_oof:
+                    stage_cfg.model.backbone.oof_checkpoints = [best(key) for key in backbone_oof]
+            if needs["members"]:
+                stage_cfg.model.members = {m: best(m) for m in needs["members"]}
+            if crossfit:
+                stage_cfg.model.crossfit_members = {m: [best(key) for key in keys] for m, keys in crossfit.items()}
+        return stage_cfg
+
+    return config
 
 
 def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
-    """Train the stages of ``cfg.pipeline.models`` in order, each in ``<output_dir>/<stage>``; returns
+    """Train the stages of ``cfg.pipeline.models``, each in ``<output_dir>/<stage>``; returns
     ``{"<stage>/<metric>": value}`` and writes ``summary.md``, ``summary.csv`` and ``summary.json``.
 
     A model that fuses a backbone (hybrid) gets the deep stage's fine-tuned one (``pipeline.hybrid_from_deep``)
     and, with ``model.backbone.oof_folds=k``, out-of-fold training features from k more fine-tunings (shared by
     every stage with the same k); a late-fusion stage combines the best checkpoints of the stages it names, and
     with cross-fitted weights (``model.weights=crossfit``) fits them on the out-of-fold predictions of k more runs
-    of each member (shared the same way).
+    of each member (shared the same way). The trainings run in order, or ``pipeline.workers`` at a time
+    (:mod:`~fer_lightning.engine.parallel`).
     Stages already finished in the job's folder with the same configuration are reused.
     """
     out = Path(cfg.paths.output_dir)
     if (out / SUMMARY_JSON).exists():
         raise FERError(f"{out} already holds a finished pipeline; give hydra.run.dir a new folder")
+    workers, threads = check_workers(cfg.pipeline.get("workers"), cfg.pipeline.get("threads"), cfg.get("trainer"))
     plan = _plan(cfg)
     for stage in plan:  # every stage's options, before the first stage trains
         check_config(_stage_config(cfg, stage, out))
-    results: dict[str, dict[str, Any]] = {}
-    oof: dict[tuple[str, int], list[str]] = {}  # (stage, k) -> its k inner-fold runs, shared by the stages
-    for n, (stage, needs) in enumerate(plan.items(), start=1):
-        stage_cfg = _stage_config(cfg, stage, out)
-        with open_dict(stage_cfg):
-            if needs["backbone_from"]:
-                source = needs["backbone_from"]
-                stage_cfg.model.backbone.checkpoint = _best(results[source], out / source)
-                log.info("pipeline: %s uses the fine-tuned backbone of %s", stage, stage_cfg.model.backbone.checkpoint)
-                k = int(stage_cfg.model.backbone.get("oof_folds") or 0)
-                if k:
-                    if (source, k) not in oof:
-                        oof[source, k] = out_of_fold_runs(cfg, source, k, out)
-                    stage_cfg.model.backbone.oof_checkpoints = oof[source, k]
-            if needs["members"]:
-                stage_cfg.model.members = {m: _best(results[m], out / m) for m in needs["members"]}
-            if k := needs["crossfit"]:
-                for m in needs["members"]:
-                    if (m, k) not in oof:
-                        oof[m, k] = out_of_fold_runs(cfg, m, k, out)
-                stage_cfg.model.crossfit_members = {m: oof[m, k] for m in needs["members"]}
-        log.info("pipeline: stage %s (%d of %d)", stage, n, len(plan))
-        results[stage] = _train_stage(stage_cfg)
+    done = run_units(_units(cfg, plan, out), _train_stage, workers, threads)
+    results = {stage: done[stage] for stage in plan}
 
     any_run = next(iter(results.values()))
     meta = {k: any_run[k] for k in ("dataset", "split", "fold", "seed")}
