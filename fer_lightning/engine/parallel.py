@@ -70,9 +70,8 @@ def check_workers(workers: Any, threads: Any, trainer: Any) -> tuple[int, int | 
         values.append(None if value is None else int(value))
     n_workers, n_threads = values
     n_workers = n_workers or 1
-    devices = str(trainer.get("devices", 1)) if trainer is not None else "1"
-    strategy = str(OmegaConf.to_container(trainer, resolve=False).get("strategy", "auto")) if trainer is not None \
-        else "auto"
+    devices = str(OmegaConf.select(trainer, "devices", default=1)) if trainer is not None else "1"
+    strategy = str(OmegaConf.select(trainer, "strategy", default="auto")) if trainer is not None else "auto"
     if n_workers > 1 and (devices not in ("1", "[0]") or "ddp" in strategy.lower()):
         raise FERError(f"pipeline.workers={n_workers} runs trainings side by side, each on one device; "
                        f"trainer.devices={devices} (or a DDP trainer) starts processes of its own: set "

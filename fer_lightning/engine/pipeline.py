@@ -11,6 +11,7 @@ images.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -172,7 +173,7 @@ def _units(cfg: DictConfig, plan: dict[str, dict[str, Any]], out: Path) -> list[
 
 
 def _stage_with(cfg: DictConfig, stage: str, needs: dict[str, Any], out: Path, backbone_oof: list[str],
-                crossfit: dict[str, list[str]]):
+                crossfit: dict[str, list[str]]) -> Callable[[Results], DictConfig]:
     """The config of ``stage`` given the results of what it needs: the fine-tuned backbone it fuses (and the
     out-of-fold ones), the best checkpoints of the stages it combines (and of their inner-fold runs)."""
 
