@@ -8,6 +8,10 @@ import csv
 import json
 import logging
 import os
+import re
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,7 +22,7 @@ from omegaconf import OmegaConf
 from fer_lightning.engine.parallel import Unit, check_workers, run_units
 from fer_lightning.errors import FERError
 
-from .conftest import TINY, run_cli
+from .conftest import REPO, TINY, run_cli
 
 
 def _fake_train(cfg):
@@ -95,42 +99,69 @@ def test_workers_and_threads_are_checked():
 REDUCED = ["deep", "handcrafted_converged", "hybrid_oof", "hybrid_e2e", "late_fusion"]
 
 
-def _ablation(out: Path, cache: Path, *extra: str, threads: int | None = None):
+def _ablation_args(out: Path, cache: Path, *extra: str) -> list[str]:
     drop = [f"~pipeline.models.{s}" for s in ("handcrafted", "hybrid", "handcrafted_linear", "hybrid_converged",
                                                "hybrid_linear", "hybrid_block", "hybrid_perblock",
                                                "handcrafted_augmented", "hybrid_augmented", "late_fusion_augmented")]
-    env = {"OMP_NUM_THREADS": str(threads)} if threads else None
-    return run_cli("fer_lightning.train", *TINY, "experiment=fusion_ablation", "trainer.max_epochs=1",
-                   "pipeline.models.deep.backbone.weights=none", "pipeline.models.hybrid_oof.backbone.oof_folds=2",
-                   f"data.cache_dir={cache}", f"hydra.run.dir={out}", "progress.mode=lines", *drop, *extra, env=env)
+    return ["fer_lightning.train", *TINY, "experiment=fusion_ablation", "trainer.max_epochs=3",
+            "pipeline.models.deep.backbone.weights=none", "pipeline.models.hybrid_oof.backbone.oof_folds=2",
+            f"data.cache_dir={cache}", f"hydra.run.dir={out}", "progress.mode=lines", *drop, *extra]
+
+
+def _interrupted(out: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess:
+    """The reduced ablation interrupted as Ctrl-C does (SIGINT to its process group) once its first training has
+    finished (the deep stage is still training then: its split is the larger)."""
+    proc = subprocess.Popen([sys.executable, "-m", *_ablation_args(out, cache, *extra)], cwd=REPO,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    log, deadline = out / "ablation.log", time.monotonic() + 300
+    while not (log.is_file() and re.search(r"pipeline: \S+ finished in", log.read_text())):
+        assert proc.poll() is None and time.monotonic() < deadline, "the job ended before it could be interrupted"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 @pytest.mark.slow
 def test_two_workers_give_the_numbers_and_weights_of_one_process(tmp_path):
     """The reduced ablation (a fine-tuning, its two out-of-fold runs, heads, end-to-end fusion, late fusion) as
     ``fer-train``: in one process on one thread, then in two workers of one thread each: the same summary and
-    bit-identical weights in every stage; the workers' lines are in the job's log."""
-    one = _ablation(tmp_path / "one", tmp_path / "cache1", threads=1)
+    bit-identical weights in every stage; the workers' lines are in the job's log. Interrupted by Ctrl-C in two
+    workers, then run again: the same summary and weights."""
+    one = run_cli(*_ablation_args(tmp_path / "one", tmp_path / "cache1"), env={"OMP_NUM_THREADS": "1"})
     assert one.returncode == 0, one.stderr[-3000:]
-    two = _ablation(tmp_path / "two", tmp_path / "cache2", "pipeline.workers=2", "pipeline.threads=1")
+    workers = ("pipeline.workers=2", "pipeline.threads=1")
+    two = run_cli(*_ablation_args(tmp_path / "two", tmp_path / "cache2", *workers))
     assert two.returncode == 0, two.stderr[-3000:]
+    stopped = _interrupted(tmp_path / "three", tmp_path / "cache3", *workers)
+    assert stopped.returncode == 2 and stopped.stderr.strip().splitlines()[-1] == (
+        "fer-lightning: error: pipeline: interrupted; the finished trainings are kept and the interrupted ones go on "
+        f"from their last.ckpt: run the same command with hydra.run.dir={tmp_path / 'three'}")
+    assert not (tmp_path / "three" / "summary.csv").exists()
+    again = run_cli(*_ablation_args(tmp_path / "three", tmp_path / "cache3", *workers))
+    assert again.returncode == 0, again.stderr[-3000:]
 
     def rows(out: Path) -> list[dict[str, str]]:
         with open(out / "summary.csv") as f:
             return list(csv.DictReader(f))
 
     assert [r["model"] for r in rows(tmp_path / "one")] == REDUCED
-    assert rows(tmp_path / "one") == rows(tmp_path / "two")
-    ckpts = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*.ckpt"))
+    assert rows(tmp_path / "one") == rows(tmp_path / "two") == rows(tmp_path / "three")
+    ckpts = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*.ckpt") if p.name != "last.ckpt")
     assert any("deep_oof2/fold1" in str(p) for p in ckpts) and any("hybrid_e2e" in str(p) for p in ckpts)
-    assert ckpts == sorted(p.relative_to(tmp_path / "two") for p in (tmp_path / "two").rglob("*.ckpt"))
-    for rel in ckpts:
-        a, b = (torch.load(tmp_path / d / rel, map_location="cpu", weights_only=False)["state_dict"]
-                for d in ("one", "two"))
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), rel
+    for run in ("two", "three"):
+        assert ckpts == sorted(p.relative_to(tmp_path / run) for p in (tmp_path / run).rglob("*.ckpt")
+                               if p.name != "last.ckpt")
+        for rel in ckpts:
+            a, b = (torch.load(tmp_path / d / rel, map_location="cpu", weights_only=False)["state_dict"]
+                    for d in ("one", run))
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), (run, rel)
     log = (tmp_path / "two" / "ablation.log").read_text()
     assert "pipeline: 7 trainings, 2 at a time in worker processes, 1 CPU thread(s) each" in log
     assert log.count("training stopped:") == 6 and "pipeline: deep on inner fold 2 of 2" in log
+    assert "pipeline: deep finished in " in log
+    assert "resuming it from" in (tmp_path / "three" / "ablation.log").read_text()
 
 
 def test_the_ablation_plans_each_training_after_what_it_needs(tmp_path):

@@ -216,7 +216,13 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     plan = _plan(cfg)
     for stage in plan:  # every stage's options, before the first stage trains
         check_config(_stage_config(cfg, stage, out))
-    done = run_units(_units(cfg, plan, out), _train_stage, workers, threads)
+    try:
+        done = run_units(_units(cfg, plan, out), _train_stage, workers, threads)
+    except KeyboardInterrupt:
+        if workers == 1:  # Lightning has said how to resume the interrupted training
+            raise
+        raise FERError(f"pipeline: interrupted; the finished trainings are kept and the interrupted ones go on from "
+                       f"their last.ckpt: run the same command with hydra.run.dir={out}") from None
     results = {stage: done[stage] for stage in plan}
 
     any_run = next(iter(results.values()))
