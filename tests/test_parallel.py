@@ -187,3 +187,13 @@ def test_the_ablation_plans_each_training_after_what_it_needs(tmp_path):
     stage = units["hybrid_oof"].config(results)
     assert stage.model.backbone.checkpoint == "/runs/deep.ckpt"
     assert list(stage.model.backbone.oof_checkpoints) == [f"/runs/{k}.ckpt" for k in oof]
+
+
+@pytest.mark.slow
+def test_the_workers_bench_runs_and_on_one_thread_both_jobs_agree():
+    res = subprocess.run([sys.executable, str(REPO / "bench" / "workers.py"), "--dry-run"], capture_output=True,
+                         text=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = res.stdout.strip().splitlines()
+    assert "summary.csv: the same" in lines
+    assert re.fullmatch(r"pipeline.workers=2 against one at a time ratio: \d+\.\dx", lines[-1])
