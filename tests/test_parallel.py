@@ -33,6 +33,12 @@ def _fake_train(cfg):
         raise FERError(f"model.fake={cfg.key}: refused")
     if cfg.get("die"):
         os._exit(3)
+    if cfg.get("meet"):  # wait for the training named there to be running too (side by side, or never)
+        Path(cfg.out, f"{cfg.key}.running").touch()
+        deadline = time.monotonic() + 120
+        while not Path(cfg.out, f"{cfg.meet}.running").exists():
+            assert time.monotonic() < deadline, f"{cfg.key} never ran beside {cfg.meet}"
+            time.sleep(0.05)
     time.sleep(cfg.sleep)
     Path(cfg.out, f"{cfg.key}.json").write_text(json.dumps({"start": start, "end": time.time()}))
     return {"key": cfg.key, "threads": torch.get_num_threads(), "pid": os.getpid()}
@@ -45,7 +51,7 @@ def _unit(key, out, after=(), sleep=0.1, length=0.0, **extra):
 
 def test_trainings_run_side_by_side_each_after_what_it_needs(tmp_path, caplog):
     caplog.set_level(logging.INFO)
-    units = [_unit("b", tmp_path, sleep=0.2), _unit("a", tmp_path, sleep=1.5, length=1.0),
+    units = [_unit("b", tmp_path, sleep=0.2, meet="a"), _unit("a", tmp_path, sleep=1.0, length=1.0, meet="b"),
              _unit("c", tmp_path, after=["a"], sleep=0.2), _unit("d", tmp_path, after=["b", "c"], sleep=0.1)]
     results = run_units(units, _fake_train, workers=2, threads=1)
     assert list(results) == ["b", "a", "c", "d"]  # the pipeline's order

@@ -1,6 +1,7 @@
-"""Several models trained in one job, in order, on the same split: the paper's pipeline (fine-tune the deep model,
-fuse its backbone in the hybrid model, train the handcrafted model) and the fusion ablation (more fusion variants,
-out-of-fold features, late fusion), with a Table-2-style summary.
+"""Several models trained in one job on the same split: the paper's pipeline (fine-tune the deep model, fuse its
+backbone in the hybrid model, train the handcrafted model) and the fusion ablation (more fusion variants,
+out-of-fold features, late fusion), with a Table-2-style summary. The trainings run in order, or side by side
+(``pipeline.workers``, :mod:`~fer_lightning.engine.parallel`).
 
 Selected by a config with a ``pipeline`` node (``experiment=paper``, ``experiment=fusion_ablation``). Every
 stage trains on the job's own split (``data.seed`` / ``data.fold``), so in a Hydra multirun over seeds or
