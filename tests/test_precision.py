@@ -2,11 +2,14 @@
 the fitted z-score/PCA layers stay exact under autocast."""
 
 import logging
+import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from fer_lightning.engine.training import train
+from fer_lightning.errors import FERError
 from fer_lightning.features.extractor import HandcraftedFeatures
 from fer_lightning.models.components.fusion import FusionHead
 from fer_lightning.models.deep import DeepFER
@@ -75,6 +78,54 @@ def test_channels_last_same_outputs(make_cfg):
         assert torch.allclose(fast(x), plain(x), atol=1e-5)
     m = train(make_cfg("model.channels_last=true", "trainer.fast_dev_run=true"))
     assert m["n_test"] == 16
+
+
+@pytest.mark.parametrize(("device", "precision", "expected"), [
+    ("cpu", "32-true", True), ("cuda", "bf16-mixed", True), ("cuda", "16-mixed", True), ("cuda", "32-true", False)])
+def test_channels_last_auto_follows_the_trainers_device_and_precision(device, precision, expected):
+    model = DeepFER(["a", "b"], backbone={"weights": "none"}, channels_last="auto")
+    model._trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)), precision=precision)
+    model.configure_model()
+    assert model.backbone.channels_last is expected
+    assert model.backbone.features[0][0].weight.is_contiguous(memory_format=torch.channels_last) is expected
+
+
+def test_channels_last_other_values_are_refused_in_one_line():
+    with pytest.raises(FERError, match=r"^model.channels_last=maybe: give true, false or auto"):
+        DeepFER(["a", "b"], backbone={"weights": "none"}, channels_last="maybe")
+
+
+def test_deep_training_on_the_cpu_is_channels_last_by_default(make_cfg):
+    """The default (auto) trains the CNN in channels-last memory format on the CPU: the checkpoint's convolution
+    weights keep that layout, load into a model in the plain layout, and classify as it does."""
+    cfg = make_cfg("trainer.max_epochs=1")
+    assert cfg.model.channels_last == "auto"
+    m = train(cfg)
+    state = torch.load(m["best_checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
+    conv = state["backbone.features.0.0.weight"]
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    fast = DeepFER.from_checkpoint(m["best_checkpoint"]).eval()
+    plain = DeepFER(list(fast.class_names), backbone={"weights": "none"}, head=fast.hparams["head"],
+                    channels_last=False).eval()
+    plain.load_state_dict(fast.state_dict())
+    fast.configure_model()
+    x = faces(4).float() / 255
+    with torch.no_grad():
+        assert torch.allclose(fast(x), plain(x), atol=1e-5)
+
+
+def test_gap_features_do_not_depend_on_which_layout_filled_the_cache(make_cfg, tmp_path):
+    """A frozen backbone's GAP features are cached per dataset and weights (and the layout and device they were
+    computed in, which move their last bits): a hybrid with ``channels_last=true`` and one without build the same
+    table, bit for bit, so a run's numbers do not depend on which of them filled the cache first."""
+    tables, cache = {}, tmp_path / "cache"
+    for channels_last in ("true", "false"):
+        train(make_cfg("model=hybrid", f"model.channels_last={channels_last}", "trainer.fast_dev_run=true",
+                       f"data.cache_dir={cache}", out=tmp_path / f"run-{channels_last}"))
+        (table,) = [p for p in cache.glob("gap-*") if p.is_dir()]
+        tables[channels_last] = (table.name, (table / "deep.npy").read_bytes())
+        shutil.rmtree(table)  # the next run computes its own
+    assert tables["true"] == tables["false"]
 
 
 def test_compile_wraps_the_backbone_and_keeps_the_state_dict():

@@ -28,6 +28,26 @@ STAGES = ("train", "val", "test")
 CLASS_WEIGHTS = ("none", "balanced")
 
 
+def channels_last_wanted(setting: bool | str, device: str, precision: Any = "32-true") -> bool:
+    """Whether a CNN backbone trains in channels-last memory format (``model.channels_last``): ``true``,
+    ``false``, or ``auto`` (where it was measured faster: on a CPU, through oneDNN, and on a GPU with 16-bit
+    precision, ``trainer.precision=bf16-mixed`` or ``16-mixed``; docs/scaling.md). Other values are refused in
+    one line.
+
+    Examples:
+        >>> channels_last_wanted("auto", "cpu"), channels_last_wanted("auto", "cuda", "bf16-mixed")
+        (True, True)
+        >>> channels_last_wanted("auto", "cuda", "32-true"), channels_last_wanted(False, "cpu")
+        (False, False)
+    """
+    if isinstance(setting, bool):
+        return setting
+    if setting != "auto":
+        raise FERError(f"model.channels_last={setting}: give true, false or auto (channels-last memory format "
+                       "for the CNN: auto is on a CPU and with 16-bit precision on a GPU)")
+    return device == "cpu" or "16" in str(precision)
+
+
 class FERClassifier(pl.LightningModule):
     """Subclasses build their network in ``__init__`` and implement ``forward(images) -> logits``; what they need
     from the data beyond batches is declared in ``needs`` (:class:`~fer_lightning.data.contract.DataNeeds`) and
@@ -48,20 +68,21 @@ class FERClassifier(pl.LightningModule):
         class_names: Sequence[str],
         optim: dict[str, Any] | None = None,
         class_weights: str = "none",
-        channels_last: bool = False,
+        channels_last: bool | str = False,
         compile: bool | str = False,
     ) -> None:
         """``optim``: :class:`~fer_lightning.models.components.optim.OptimSettings` keys (a recipe section;
         defaults: the paper's
         Adam 1e-4); ``class_weights``: ``none`` or ``balanced`` (loss weights inverse to the training split's
-        class frequencies); ``channels_last``, ``compile``: speed options for a CNN backbone
-        (:meth:`configure_model`)."""
+        class frequencies); ``channels_last`` (true, false or auto: :func:`channels_last_wanted`), ``compile``:
+        speed options for a CNN backbone (:meth:`configure_model`)."""
         super().__init__()
         self.class_names = tuple(class_names)
         self.optim = OptimSettings.from_config(optim)
         choose(class_weights, CLASS_WEIGHTS, "model.class_weights")
         self.class_weights = class_weights
-        self.channels_last, self.compile_backbone = bool(channels_last), compile
+        channels_last_wanted(channels_last, "cpu")  # refused here, before anything trains, when it is no choice
+        self.channels_last, self.compile_backbone = channels_last, compile
         self.criterion = nn.CrossEntropyLoss(label_smoothing=self.optim.label_smoothing)
         # the modern recipe's primitives (MixUp/CutMix, RandAugment, erasing, EMA, unfreezing): all off by default
         self.primitives = Primitives(self.optim, len(self.class_names))
@@ -202,12 +223,16 @@ class FERClassifier(pl.LightningModule):
 
     def configure_model(self) -> None:
         """Speed options, applied when a Trainer sets the model up (every model with a ``backbone``): its weights
-        and inputs in channels-last memory format (``channels_last``), and ``torch.compile`` of it (``compile``:
-        true for torch's default backend, or a backend name such as ``aot_eager``); the state dict keeps its keys."""
+        and inputs in channels-last memory format (``channels_last``, on the trainer's device and precision:
+        :func:`channels_last_wanted`), and ``torch.compile`` of it (``compile``: true for torch's default backend,
+        or a backend name such as ``aot_eager``); the state dict keeps its keys."""
         backbone = getattr(self, "backbone", None)
         if backbone is None:
             return
-        if self.channels_last and not backbone.channels_last:
+        trainer = self._trainer
+        device = (trainer.strategy.root_device if trainer is not None else next(backbone.parameters()).device).type
+        precision = trainer.precision if trainer is not None else "32-true"
+        if channels_last_wanted(self.channels_last, device, precision) and not backbone.channels_last:
             backbone.to(memory_format=torch.channels_last)
             backbone.channels_last = True
         if self.compile_backbone and getattr(backbone, "_compiled_call_impl", None) is None:

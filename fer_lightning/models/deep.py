@@ -34,7 +34,7 @@ class DeepFER(FERClassifier):
         head: dict[str, Any] | None = None,
         optim: dict[str, Any] | None = None,
         class_weights: str = "none",
-        channels_last: bool = False,
+        channels_last: bool | str = False,
         compile: bool | str = False,
         init_from: str | None = None,
         tta: str = "none",

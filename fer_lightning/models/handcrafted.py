@@ -48,7 +48,7 @@ class HandcraftedFER(FERClassifier):
         augment: dict[str, Any] | None = None,
         fitted_components: int | None = None,
         class_weights: str = "none",
-        channels_last: bool = False,
+        channels_last: bool | str = False,
         compile: bool | str = False,
     ) -> None:
         """``pca``: ``{"n_components": 0.95}`` (a count, a variance fraction, or None for no PCA of the fused

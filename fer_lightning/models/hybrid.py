@@ -86,6 +86,12 @@ class HybridFER(HandcraftedFER):
         if self.frozen and self.gap_table is None:
             spec = {"dataset": data.fingerprint, "image_size": int(images.shape[-1]),
                     "backbone": self.backbone.fingerprint()}
+            # features computed another way round in their last bits (channels-last arithmetic, another device)
+            # are other features: their own table (NCHW on the CPU keeps the key it always had)
+            if self.backbone.channels_last:
+                spec["memory_format"] = "channels_last"
+            if device.type != "cpu":
+                spec["device"] = device.type
             store = block_store(
                 "gap", spec, self.extra_block_dims(), len(images), data.cache_dir,
                 lambda a, b: {DEEP_BLOCK: self.backbone.gap_features(images[a:b], device)}, batch_size=256,
