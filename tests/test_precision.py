@@ -115,9 +115,9 @@ def test_deep_training_on_the_cpu_is_channels_last_by_default(make_cfg):
 
 
 def test_gap_features_do_not_depend_on_which_layout_filled_the_cache(make_cfg, tmp_path):
-    """A frozen backbone's GAP features are cached per dataset and weights (and the layout and device they were
-    computed in, which move their last bits): a hybrid with ``channels_last=true`` and one without build the same
-    table, bit for bit, so a run's numbers do not depend on which of them filled the cache first."""
+    """A frozen backbone's GAP features are cached per dataset, weights and device; they are computed when the
+    model is set up, before ``channels_last`` applies: a hybrid with ``channels_last=true`` and one without build
+    the same table, bit for bit, so a run's numbers do not depend on which of them filled the cache first."""
     tables, cache = {}, tmp_path / "cache"
     for channels_last in ("true", "false"):
         train(make_cfg("model=hybrid", f"model.channels_last={channels_last}", "trainer.fast_dev_run=true",

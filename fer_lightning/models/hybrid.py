@@ -86,10 +86,8 @@ class HybridFER(HandcraftedFER):
         if self.frozen and self.gap_table is None:
             spec = {"dataset": data.fingerprint, "image_size": int(images.shape[-1]),
                     "backbone": self.backbone.fingerprint()}
-            # features computed another way round in their last bits (channels-last arithmetic, another device)
-            # are other features: their own table (NCHW on the CPU keeps the key it always had)
-            if self.backbone.channels_last:
-                spec["memory_format"] = "channels_last"
+            # computed on another device they differ in their last bits: their own table (the CPU keeps its key).
+            # The layout is always the plain one here: setup runs before configure_model applies channels_last
             if device.type != "cpu":
                 spec["device"] = device.type
             store = block_store(
