@@ -192,7 +192,25 @@ def test_stop_reason_max_time(make_cfg):
     m = train(make_cfg("trainer.max_epochs=50", "trainer.max_time=00:00:00:01",
                        "logger=none"))
     assert m["stop_reason"] == "max_time" and m["epochs"] < 50 and "limit_train_batches" not in m
-    assert m["train_images_seen"] == m["epochs"] * m["n_train"]
+    # the timer stops between batches: the last epoch is whole or cut short, and the record says which
+    if "last_epoch_batches" in m:
+        done, total = map(int, m["last_epoch_batches"].split("/"))
+        assert 0 < done < total
+        assert (m["epochs"] - 1) * m["n_train"] < m["train_images_seen"] < m["epochs"] * m["n_train"]
+    else:
+        assert m["train_images_seen"] == m["epochs"] * m["n_train"]
+
+
+@pytest.mark.slow
+def test_stop_between_batches_says_the_last_epoch_was_cut_short(make_cfg, tmp_path):
+    from fer_lightning.engine.training import train
+
+    # 130 training images in batches of 16: 9 batches an epoch; step 10 is the first batch of epoch 2
+    m = train(make_cfg("trainer.max_epochs=5", "+trainer.max_steps=10", "logger=none"))
+    assert m["n_train"] == 130 and m["stop_reason"] == "max_steps"
+    assert m["epochs"] == 2 and m["last_epoch_batches"] == "1/9" and m["train_images_seen"] == 130 + 16
+    whole = train(make_cfg("trainer.max_epochs=5", "+trainer.max_steps=9", "logger=none", out=tmp_path / "whole"))
+    assert whole["epochs"] == 1 and "last_epoch_batches" not in whole and whole["train_images_seen"] == 130
 
 
 # ---------------------------------------------------------------------------------------------- commands

@@ -103,10 +103,15 @@ class StopRecord(Callback):
     def __init__(self) -> None:
         self.images_seen = 0
         self.interrupted = False
+        self.epoch_batches = 0  # batches done in the last epoch started (Lightning ends a cut-short one too)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.epoch_batches = 0
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         self.images_seen += _batch_size(batch) * max(int(trainer.world_size), 1)
+        self.epoch_batches = batch_idx + 1
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self.interrupted = isinstance(exception, KeyboardInterrupt)
@@ -137,12 +142,17 @@ class StopRecord(Callback):
 
     def summary(self, trainer: pl.Trainer) -> dict[str, Any]:
         """``metrics.json`` fields: ``stop_reason``, ``epochs``, ``train_images_seen`` and
-        ``limit_train_batches`` (only when it is a fraction or a count below the whole training split)."""
+        ``limit_train_batches`` (only when it is a fraction or a count below the whole training split), and
+        ``last_epoch_batches`` ("k/n") when the last epoch was cut short after k of its n batches (``max_time`` and
+        ``max_steps`` stop between batches; ``epochs`` counts that epoch too)."""
         out: dict[str, Any] = {"stop_reason": self.reason(trainer), "epochs": int(trainer.current_epoch),
                                "train_images_seen": int(self.images_seen)}
         limit = trainer.limit_train_batches
         if limit is not None and not (isinstance(limit, float) and limit >= 1.0):
             out["limit_train_batches"] = limit
+        total = trainer.num_training_batches
+        if 0 < self.epoch_batches and isinstance(total, int) and self.epoch_batches < total:
+            out["last_epoch_batches"] = f"{self.epoch_batches}/{total}"
         return out
 
     @staticmethod
@@ -152,9 +162,15 @@ class StopRecord(Callback):
         Examples:
             >>> StopRecord.sentence({"stop_reason": "max_epochs", "epochs": 2, "train_images_seen": 260})
             'training stopped: max_epochs, after 2 epochs; 260 training images seen'
+            >>> StopRecord.sentence({"stop_reason": "max_time", "epochs": 2, "train_images_seen": 146,
+            ...                      "last_epoch_batches": "1/9"})  # doctest: +NORMALIZE_WHITESPACE
+            'training stopped: max_time, after 2 epochs, the last one cut short after 1/9 batches;
+             146 training images seen'
         """
         limit = summary.get("limit_train_batches")
         part = f" (each on limit_train_batches={limit} of the training batches)" if limit is not None else ""
+        if summary.get("last_epoch_batches"):
+            part += f", the last one cut short after {summary['last_epoch_batches']} batches"
         epochs = f"{summary['epochs']} epoch" + ("s" if summary["epochs"] != 1 else "")
         return (f"training stopped: {summary['stop_reason']}, after {epochs}{part}; "
                 f"{summary['train_images_seen']} training images seen")
