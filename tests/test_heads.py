@@ -213,3 +213,36 @@ def test_logged_values_are_those_of_lightnings_own_log(tmp_path, cache_dir, capl
     assert fast[0].count("\n") > 8 and "val/acc_happiness" in fast[0] and "train/loss" in fast[0]
     assert [line for line in fast[1] if line.startswith("epoch ")] and fast[1] == plain[1]
     assert fast == plain
+
+
+@pytest.mark.slow
+def test_validation_projects_stored_blocks_once_with_the_same_numbers(tmp_path, cache_dir):
+    """A validation batch of stored blocks gives the same fused features every epoch: the fixed layers run on it once
+    per data module (HandcraftedFER.logits), and the run's CSV rows, metrics and weights are those of a run that
+    projects every batch every epoch. 23 validation images in batches of 16: 2 batches an epoch."""
+    from fer_lightning.models import handcrafted
+    from fer_lightning.models.components.fusion import FusionHead
+
+    seen, original = {}, FusionHead.reduce
+    for name in ("kept", "every epoch"):
+        out, calls = tmp_path / name, []
+
+        def counted(self, blocks, calls=calls):
+            calls.append(self.training)
+            return original(self, blocks)
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(FusionHead, "reduce", counted)
+            if name == "every epoch":
+                mp.setattr(handcrafted, "MAX_REDUCED_BYTES", 0)
+            metrics = train(compose_train("logger=csv", "trainer.max_epochs=4", f"data.cache_dir={cache_dir}",
+                                          f"paths.output_dir={out}"))
+        weights = read_checkpoint(Path(metrics["best_checkpoint"]))["state_dict"]
+        seen[name] = ((out / "csv" / "metrics.csv").read_text(), {k: v for k, v in metrics.items()
+                                                                 if k not in VOLATILE}, weights,
+                      calls.count(False), calls.count(True))
+    kept, every = seen["kept"], seen["every epoch"]
+    assert kept[0] == every[0] and "val/loss" in kept[0] and kept[1] == every[1]
+    assert kept[2].keys() == every[2].keys() and all(torch.equal(kept[2][k], every[2][k]) for k in kept[2])
+    assert kept[4] == every[4] > 0  # training batches: projected every step, as before
+    assert every[3] - kept[3] == 4 * 2  # every epoch's 2 validation batches, projected once in the sanity check

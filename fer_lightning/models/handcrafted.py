@@ -23,6 +23,8 @@ from fer_lightning.models.components.fusion import FusionHead
 
 # the augmented copies of model.augment.copies are held in memory: refuse more than this (float32 values)
 MAX_VIEW_BYTES = 8 * 2**30
+# the fused features of validation/test batches kept between epochs (see HandcraftedFER.logits): at most this much
+MAX_REDUCED_BYTES = 512 * 2**20
 
 
 class HandcraftedFER(FERClassifier):
@@ -82,6 +84,7 @@ class HandcraftedFER(FERClassifier):
             raise FERError(f"model.augment.copies={copies}: give a whole number of augmented copies, 0 or more")
         self.copies = copies
         self.views: AugmentedViews | None = None  # built in setup when training with copies
+        self._reduced: dict[tuple[str, bytes], torch.Tensor] = {}  # see logits
         self.fusion = FusionHead(
             {**self.extra_block_dims(), **self.extractor.block_dims()},
             self.num_classes,
@@ -115,7 +118,19 @@ class HandcraftedFER(FERClassifier):
         """Those blocks for augmented ``(B, 1, H, W)`` uint8 images (the views of ``model.augment.copies``)."""
         return {}
 
+    def extra_blocks_stored(self, batch: dict[str, Any]) -> bool:
+        """Whether :meth:`extra_blocks` of ``batch`` are looked up from a table (the same for an image every time)."""
+        return True
+
     # ---------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        self._reduced = {}  # fused features of another data module's images, or of layers fitted anew
+        super().setup(stage)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._reduced = {}
+        super().on_load_checkpoint(checkpoint)
+
     def prepare(self, data: ModelData, stage: str) -> None:
         """Build the augmented copies (``model.augment.copies``) and fit the fixed layers on the training split."""
         if self.copies and self.views is None and (stage == "fit" or not self.fusion.fitted):
@@ -166,6 +181,20 @@ class HandcraftedFER(FERClassifier):
         return self.extractor(batch["image"])
 
     def logits(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The fusion's logits of a batch. An evaluation batch of stored blocks (precomputed, not augmented) gives
+        the same fused features every epoch: the fixed layers' work (a float64 projection of ~27k values by the PCA)
+        is done on its first validation and kept (``MAX_REDUCED_BYTES``, per data module), so that each later
+        validation runs the MLP only; the numbers are the same bit for bit."""
+        if (not self.training and not torch.is_grad_enabled() and "index" in batch
+                and self.extractor.source == "precomputed" and "features" in batch and self.extra_blocks_stored(batch)):
+            key = (str(batch["index"].device), batch["index"].cpu().numpy().tobytes())
+            reduced = self._reduced.get(key)
+            if reduced is None:
+                reduced = self.fusion.reduce({**self.extra_blocks(batch, batch["image"]), **batch["features"]})
+                held = sum(t.numel() * t.element_size() for t in self._reduced.values())
+                if held + reduced.numel() * reduced.element_size() <= MAX_REDUCED_BYTES:
+                    self._reduced[key] = reduced
+            return self.fusion.mlp(reduced)
         blocks = {**self.extra_blocks(batch, batch["image"]), **self.handcrafted_blocks(batch)}
         if self.training and self.views is not None and "index" in batch:
             blocks = self.views.swap(blocks, batch["index"], self.current_epoch)

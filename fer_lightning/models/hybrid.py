@@ -130,7 +130,10 @@ class HybridFER(HandcraftedFER):
     def extra_view_blocks(self, images: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
         return {DEEP_BLOCK: self.backbone.gap_features(images, device).to(images.device)}
 
+    def extra_blocks_stored(self, batch: dict[str, Any]) -> bool:
+        return self.frozen and self.gap_table is not None and "index" in batch
+
     def extra_blocks(self, batch: dict[str, Any] | None, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        if batch is not None and self.frozen and self.gap_table is not None and "index" in batch:
+        if batch is not None and self.extra_blocks_stored(batch):
             return {DEEP_BLOCK: self.gap_table[batch["index"].to(self.gap_table.device)].to(images.device)}
         return {DEEP_BLOCK: self.backbone(images)}
