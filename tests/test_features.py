@@ -170,3 +170,16 @@ def test_cuda_matches_cpu(images):
     for k in cpu:
         assert gpu[k].is_cuda
         assert (gpu[k].cpu() - cpu[k]).abs().max() < 1e-5, k
+
+
+def test_features_first_computed_under_inference_mode_then_outside_it():
+    """Lightning validates and tests under ``torch.inference_mode``: the buffers and tables HOG and LBP keep between
+    calls are made as plain tensors there too, so the same shapes computed afterwards outside that mode (a training
+    in the same process, a prediction) neither fail nor differ. A size no other test uses: fresh caches."""
+    x = torch.randint(0, 256, (3, 1, 43, 43), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    extractor = HandcraftedFeatures(hog={"scales": [43]}, lbp={"scales": [43], "grid": [3, 3]})
+    with torch.inference_mode():
+        inside = extractor(x)
+    outside = extractor(x)
+    assert inside.keys() == outside.keys() and all(torch.equal(inside[k], outside[k]) for k in inside)
+    assert not any(v.is_inference() for v in outside.values())

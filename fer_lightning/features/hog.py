@@ -73,6 +73,7 @@ def _gradients(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch
 
 
 @lru_cache(maxsize=32)
+@torch.inference_mode(False)  # plain tensors, also when first made under inference mode
 def _cell_keys(hh: int, ww: int, cell: int, bins_total: int, device: str) -> torch.Tensor:
     """``(hh, ww)`` int64: ``cell_index * bins_total`` for every pixel of the full-cell area."""
     n_c = ww // cell

@@ -188,6 +188,7 @@ def _cell_of(size: int, cells: int) -> torch.Tensor:
 
 
 @lru_cache(maxsize=16)
+@torch.inference_mode(False)  # plain tensors, also when first made under inference mode
 def _cells(h: int, w: int, gy: int, gx: int, n_codes: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``(1, h, w)`` int32 ``cell * n_codes`` of every pixel of a ``gy x gx`` grid, and each cell's area."""
     row_cell, col_cell = _cell_of(h, gy), _cell_of(w, gx)

@@ -59,6 +59,7 @@ def fractions_np(n: int, offset: float) -> tuple[int, int, np.ndarray]:
 
 
 @lru_cache(maxsize=64)
+@torch.inference_mode(False)  # plain tensors, also when first made under inference mode
 def _fractions(n: int, offset: float, device: str) -> tuple[int, int, torch.Tensor]:
     """For positions ``0..n-1`` shifted by ``offset``: (floor offset, ceil offset, scikit-image's float64
     fraction ``(p + offset) - floor(p + offset)`` per position)."""
@@ -166,9 +167,12 @@ def uniform8(pattern: torch.Tensor) -> torch.Tensor:
 
 
 @lru_cache(maxsize=4)
+@torch.inference_mode(False)
 def _workspace(b: int, h: int, w: int, device: str, thread: int) -> dict[str, torch.Tensor]:
     """The buffers of :func:`patterns_uint8` for ``(b, h, w)`` chunks, reused from chunk to chunk (fresh
-    multi-megabyte tensors cost their page faults on every call, more than the arithmetic on them)."""
+    multi-megabyte tensors cost their page faults on every call, more than the arithmetic on them). Always plain
+    tensors, also when first asked for under ``torch.inference_mode`` (as Lightning validates and tests): an
+    inference tensor could not be written to afterwards, outside that mode."""
     n = b * h * w
     new = lambda *shape, dtype: torch.empty(*shape, dtype=dtype, device=device)  # noqa: E731
     space = {"xpad": torch.zeros(b, h + 2, w + 2, dtype=torch.uint8, device=device),  # its zero border stays
@@ -233,6 +237,7 @@ def patterns_uint8(x: torch.Tensor) -> torch.Tensor:
 
 
 @lru_cache(maxsize=8)
+@torch.inference_mode(False)  # plain tensors, also when first made under inference mode
 def _cell_keys(n: int, h: int, w: int, row_cell: tuple, col_cell: tuple, device: str) -> torch.Tensor:
     """``(n, h, w)`` int32 ``(image * cells + cell) * 256`` of every pixel (the cell of each row and column given)."""
     cells = (max(row_cell) + 1) * (max(col_cell) + 1)
