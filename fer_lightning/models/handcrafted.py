@@ -180,22 +180,29 @@ class HandcraftedFER(FERClassifier):
             return batch["features"]
         return self.extractor(batch["image"])
 
+    def batch_blocks(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Every block of ``batch``, in fusion order (extra blocks first)."""
+        return {**self.extra_blocks(batch, batch["image"]), **self.handcrafted_blocks(batch)}
+
+    def blocks_stored(self, batch: dict[str, Any]) -> bool:
+        """Whether every block of ``batch`` is looked up (precomputed, from tables), none computed from its images."""
+        return self.extractor.source == "precomputed" and "features" in batch and self.extra_blocks_stored(batch)
+
     def logits(self, batch: dict[str, Any]) -> torch.Tensor:
         """The fusion's logits of a batch. An evaluation batch of stored blocks (precomputed, not augmented) gives
         the same fused features every epoch: the fixed layers' work (a float64 projection of ~27k values by the PCA)
         is done on its first validation and kept (``MAX_REDUCED_BYTES``, per data module), so that each later
         validation runs the MLP only; the numbers are the same bit for bit."""
-        if (not self.training and not torch.is_grad_enabled() and "index" in batch
-                and self.extractor.source == "precomputed" and "features" in batch and self.extra_blocks_stored(batch)):
+        if not self.training and not torch.is_grad_enabled() and "index" in batch and self.blocks_stored(batch):
             key = (str(batch["index"].device), batch["index"].cpu().numpy().tobytes())
             reduced = self._reduced.get(key)
             if reduced is None:
-                reduced = self.fusion.reduce({**self.extra_blocks(batch, batch["image"]), **batch["features"]})
+                reduced = self.fusion.reduce(self.batch_blocks(batch))
                 held = sum(t.numel() * t.element_size() for t in self._reduced.values())
                 if held + reduced.numel() * reduced.element_size() <= MAX_REDUCED_BYTES:
                     self._reduced[key] = reduced
             return self.fusion.mlp(reduced)
-        blocks = {**self.extra_blocks(batch, batch["image"]), **self.handcrafted_blocks(batch)}
+        blocks = self.batch_blocks(batch)
         if self.training and self.views is not None and "index" in batch:
             blocks = self.views.swap(blocks, batch["index"], self.current_epoch)
         return self.fusion(blocks)
